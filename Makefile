@@ -1,0 +1,38 @@
+# actwatch: `make demo` and `make test` install everything they need into .venv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+BACKENDS ?= tensorflow jax torch
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint typecheck check-backends clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,jax,torch]' '$(TORCH)'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/actwatch demo
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	@set -e; for b in $(BACKENDS); do \
+		echo "=== pytest with KERAS_BACKEND=$$b ==="; \
+		KERAS_BACKEND=$$b $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	done
+
+clean:
+	rm -rf $(VENV) logs reports build dist src/*.egg-info

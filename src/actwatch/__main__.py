@@ -1,0 +1,3 @@
+from actwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""Alerts: memory across checks, one message per event, the stop decision.
+
+A filter is *confirmed dead* once it has been dead (`max <= 0` over every probe or
+statistics sample) at `patience` consecutive checks. A layer raises a dead-filter alert when
+it has confirmed-dead filters not alerted before and its fraction of confirmed-dead filters
+is at least `dead_alert_fraction`: a few dead filters are normal in a ReLU network, a large
+share is the symptom. The alert names the newly dead filters; no later check repeats them
+unless they revive and die again. Only layers whose outputs are non-negative (ReLU-like)
+raise dead-filter alerts, and pooling layers raise none (they repeat their input's dead
+filters). Non-finite activations raise one alert, for the first watched layer that has them,
+until they disappear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .stats import LayerStats
+
+__all__ = ["Alert", "AlertTracker", "Decision"]
+
+AlertKind = Literal["dead", "nonfinite"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One event worth a human's attention.
+
+    Attributes:
+        kind: `"dead"` (filters newly confirmed dead) or `"nonfinite"` (NaN/Inf outputs).
+        layer: the layer's path.
+        step: the TensorBoard step of the check.
+        epoch: the epoch (0-based, as Keras counts) of the check, or None before training.
+        filters: indices of the filters this alert is about (the newly dead ones).
+        dead_filters: indices of all filters of the layer that are dead at this check.
+        died_since_last_check: those of `filters` that were alive at the previous check.
+        count: for "dead", how many filters are dead now; for "nonfinite", how many values.
+        total: the layer's number of filters; for "nonfinite", of values looked at.
+        fraction: `count / total`.
+        learning_rate: the optimizer's learning rate at the check, when known.
+        message: the plain-text message logged at WARNING.
+    """
+
+    kind: AlertKind
+    layer: str
+    step: int
+    epoch: int | None
+    filters: tuple[int, ...]
+    dead_filters: tuple[int, ...]
+    died_since_last_check: tuple[int, ...]
+    count: int
+    total: int
+    fraction: float
+    learning_rate: float | None
+    message: str
+
+    def markdown(self) -> str:
+        """The message as Markdown, for TensorBoard's text dashboard."""
+        return self.message.replace(f"'{self.layer}'", f"`{self.layer}`")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one check decided: its alerts, and whether to stop training (and why)."""
+
+    alerts: tuple[Alert, ...]
+    stop_reason: str | None
+    revived: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _indices(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.flatnonzero(mask))
+
+
+def _short(indices: Sequence[int], limit: int = 16) -> str:
+    shown = ", ".join(str(i) for i in indices[:limit])
+    return f"[{shown}{', ...' if len(indices) > limit else ''}]"
+
+
+def _when(step: int, epoch: int | None) -> str:
+    return f"Step {step} (before training)" if epoch is None else f"Epoch {epoch + 1} (step {step})"
+
+
+class AlertTracker:
+    """Remembers per-layer dead-filter streaks across checks and decides on alerts.
+
+    Args:
+        patience: checks in a row a filter must be dead before it counts as dead.
+        dead_alert_fraction: a layer alerts once this fraction of its filters is dead.
+        stop_on_dead_fraction: stop training once a layer's fraction of confirmed dead filters
+            reaches this value; None never stops.
+        pooling: paths of pooling layers (no dead-filter alerts of their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        patience: int = 1,
+        dead_alert_fraction: float = 0.25,
+        stop_on_dead_fraction: float | None = None,
+        pooling: Sequence[str] = (),
+    ) -> None:
+        self.patience = patience
+        self.dead_alert_fraction = dead_alert_fraction
+        self.stop_on_dead_fraction = stop_on_dead_fraction
+        self.pooling = frozenset(pooling)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new training run)."""
+        self._streak: dict[str, np.ndarray] = {}
+        self._alerted: dict[str, set[int]] = {}
+        self._previous_dead: dict[str, np.ndarray] = {}
+        self._nonfinite_alerted = False
+
+    def update(
+        self,
+        stats: Mapping[str, LayerStats],
+        *,
+        step: int,
+        epoch: int | None,
+        learning_rate: float | None,
+    ) -> Decision:
+        """Take one check's statistics; return its alerts and the stop decision."""
+        alerts: list[Alert] = []
+        revived: dict[str, tuple[int, ...]] = {}
+        stop_reason: str | None = None
+        for path, s in stats.items():
+            if path in self.pooling or not s.nonnegative:
+                continue
+            streak = self._streak.get(path)
+            if streak is None or streak.shape != s.dead.shape:
+                streak = np.zeros(s.dead.shape, dtype=np.int64)
+            streak = np.where(s.dead, streak + 1, 0)
+            self._streak[path] = streak
+            previous = self._previous_dead.get(path)
+            self._previous_dead[path] = s.dead
+            alerted = self._alerted.setdefault(path, set())
+            back = sorted(i for i in alerted if not s.dead[i])
+            if back:
+                revived[path] = tuple(back)
+                alerted.difference_update(back)
+            confirmed = streak >= self.patience
+            confirmed_fraction = float(confirmed.sum()) / max(s.filters, 1)
+            new = tuple(i for i in _indices(confirmed) if i not in alerted)
+            if new and confirmed_fraction >= self.dead_alert_fraction:
+                alerted.update(new)
+                died = (
+                    None if previous is None else tuple(i for i in new if not previous[i])
+                )
+                alerts.append(
+                    self._dead_alert(path, s, confirmed, new, died, step, epoch, learning_rate)
+                )
+            limit = self.stop_on_dead_fraction
+            if limit is not None and stop_reason is None and confirmed_fraction >= limit:
+                stop_reason = (
+                    f"layer '{path}' has {confirmed_fraction:.1%} of its filters dead, at or "
+                    f"above stop_on_dead_fraction={limit}"
+                )
+        alerts.extend(self._nonfinite(stats, step, epoch, learning_rate))
+        return Decision(alerts=tuple(alerts), stop_reason=stop_reason, revived=revived)
+
+    def _dead_alert(
+        self,
+        path: str,
+        s: LayerStats,
+        confirmed: np.ndarray,
+        new: tuple[int, ...],
+        died: tuple[int, ...] | None,
+        step: int,
+        epoch: int | None,
+        learning_rate: float | None,
+    ) -> Alert:
+        dead = _indices(confirmed)
+        count = len(dead)
+        fraction = count / max(s.filters, 1)
+        if died is None:
+            history = "They were dead at the first check."
+        else:
+            before = len(new) - len(died)
+            history = f"{len(died)} of them died since the last check" + (
+                f", {before} had been dead before." if before else "."
+            )
+        lr = f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
+        message = (
+            f"{_when(step, epoch)}: {len(new)} filter(s) of layer '{path}' are dead: "
+            f"{_short(new)}. The layer now has {count} of {s.filters} filters dead "
+            f"({fraction:.1%}). {history} A dead filter outputs <= 0 for every sample, so it "
+            "gets no gradient and stops learning; the usual cause is a learning rate that is "
+            f"too high{lr}."
+        )
+        return Alert(
+            kind="dead",
+            layer=path,
+            step=step,
+            epoch=epoch,
+            filters=new,
+            dead_filters=dead,
+            died_since_last_check=() if died is None else died,
+            count=count,
+            total=s.filters,
+            fraction=fraction,
+            learning_rate=learning_rate,
+            message=message,
+        )
+
+    def _nonfinite(
+        self,
+        stats: Mapping[str, LayerStats],
+        step: int,
+        epoch: int | None,
+        learning_rate: float | None,
+    ) -> list[Alert]:
+        bad = [(path, s) for path, s in stats.items() if s.nonfinite > 0]
+        if not bad:
+            self._nonfinite_alerted = False
+            return []
+        if self._nonfinite_alerted:
+            return []
+        self._nonfinite_alerted = True
+        path, s = bad[0]
+        later = len(bad) - 1
+        lr = f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
+        message = (
+            f"{_when(step, epoch)}: layer '{path}' produced {s.nonfinite} non-finite (NaN or Inf) "
+            f"values{f'; {later} later watched layers too' if later else ''}. Training has "
+            f"probably diverged: lower the learning rate{lr} or check the inputs."
+        )
+        return [
+            Alert(
+                kind="nonfinite",
+                layer=path,
+                step=step,
+                epoch=epoch,
+                filters=(),
+                dead_filters=_indices(s.dead),
+                died_since_last_check=(),
+                count=s.nonfinite,
+                total=s.values,
+                fraction=s.nonfinite / max(s.values, 1),
+                learning_rate=learning_rate,
+                message=message,
+            )
+        ]

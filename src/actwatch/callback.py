@@ -1,0 +1,449 @@
+"""`ActivationMonitor`: the Keras callback that wires the rooms together."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import tags
+from ._distribute import is_chief
+from .alerts import Alert, AlertTracker, Decision
+from .extract import resolve_layers
+from .grids import filter_grid, heatmap_overlay
+from .pipeline import CheckPipeline, CheckResult
+from .probes import ProbeBatch, prepare_probes, read_probe_source
+from .sink import Sink, check_log_dir
+from .stats import LayerStats, NetworkStats
+
+__all__ = ["ActivationMonitor"]
+
+logger = logging.getLogger("actwatch")
+
+#: Whole-network figures put in the `logs` dict by default.
+LOGGED_METRICS = ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a positive integer"
+            f"{' or None' if allow_none else ''}. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _fraction(name: str, value: Any, *, low_open: bool) -> float | None:
+    if value is None:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        v = float(value)
+        ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1]"
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a number in {interval}"
+            f"{' or None' if low_open else ''}. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+class ActivationMonitor(keras.callbacks.Callback):
+    """Watch the activations of a model's layers while it trains.
+
+    At every check, the probes (a fixed batch of images) go once through the model; for every
+    watched layer actwatch writes to TensorBoard a grid of all its filters and a heatmap per
+    probe, scalars of sparsity (zero fraction, Hoyer), dead and tau-dormant filters and the
+    mean activation, and Markdown text for alerts. Dead filters (output <= 0 for every
+    sample) are alerted on logger `"actwatch"` at WARNING, passed to `on_alert`, and can stop
+    training. Network-wide figures are added to the `logs` dict (keys `actwatch_<metric>`),
+    so `EarlyStopping`, `CSVLogger` and others can use them; put this callback before them.
+
+    Checks: one before the first batch, then every `every_n_epochs` epochs (or every
+    `every_n_batches` batches), and one at the end of training if the last state was not
+    checked. The TensorBoard step of a check is the number of training batches run so far
+    (`model.optimizer.iterations`, or `epoch * steps_per_epoch` when that is larger, as
+    with `initial_epoch`), so steps line up with Keras' own batch-level summaries and never
+    go backwards across repeated `fit()` calls.
+
+    Args:
+        probes: the images to draw: a numpy batch `(n, height, width, channels)`, a list of
+            image paths or PIL images (resized to the model's input size; raw 0-255 pixels,
+            see `preprocess`), or for multi-input models a dict by input name or a list of
+            arrays. A handful (4-8) is plenty.
+        log_dir: directory for the TensorBoard events file (created). Run
+            `tensorboard --logdir LOG_DIR --samples_per_plugin=images=1000` to keep every
+            check's images.
+        layers: what to watch. Defaults to every convolution, pooling and activation layer
+            with a channel axis, in nested models too. Also a layer path (`"conv1"`,
+            `"backbone/conv1"`), a regular expression matched in full against paths, a
+            `keras.layers.Layer`, or a list of these. Dense layers can be named explicitly.
+        every_n_epochs: check every N epochs. Defaults to 1 when `every_n_batches` is None.
+        every_n_batches: check every N training batches instead of per epoch.
+        stats_data: optional larger batch (a few hundred samples) on which the statistics
+            are computed, so that "dead" is judged on more than a handful of probes. The
+            probes are still what is drawn. Defaults to the probes.
+        on_alert: called with each `actwatch.Alert` (on the chief only). An exception
+            raised by it is logged once, with its traceback, and training goes on.
+        stop_on_dead_fraction: stop training (`model.stop_training = True`) once a layer's
+            fraction of confirmed dead filters reaches this value, e.g. 0.5. Defaults to None.
+        dead_alert_fraction: a layer raises a dead-filter alert once at least this fraction
+            of its filters is dead (a few dead filters are normal in a ReLU network).
+            Defaults to 0.25.
+        patience: checks in a row a filter must be dead before it counts as dead for alerts
+            and stopping; raise it when filters flicker between dead and alive. Defaults to 1.
+        max_filters: at most this many filters per layer are drawn (the first ones);
+            statistics always cover all. Defaults to 64.
+        dormant_threshold: tau of the tau-dormant test. Defaults to 0.025.
+        preprocess: callable applied to probes and `stats_data` loaded from image files, e.g.
+            `lambda x: x / 255.0` or `keras.applications.resnet50.preprocess_input`.
+            Defaults to None (raw pixels).
+        images: write filter grids and heatmaps. Defaults to True.
+        log_per_layer: also put every layer's figures in `logs` (keys
+            `actwatch_<metric>/<layer>`). Defaults to False: the progress bar prints them all.
+
+    Example:
+
+    ```python
+    monitor = actwatch.ActivationMonitor(probes=x_val[:4], log_dir="logs/run1",
+                                         stats_data=x_val[:256])
+    model.fit(x_train, y_train, epochs=20, callbacks=[monitor])
+    ```
+    """
+
+    def __init__(
+        self,
+        probes: Any,
+        log_dir: str,
+        *,
+        layers: Any = None,
+        every_n_epochs: int | None = None,
+        every_n_batches: int | None = None,
+        stats_data: Any = None,
+        on_alert: Callable[[Alert], Any] | None = None,
+        stop_on_dead_fraction: float | None = None,
+        dead_alert_fraction: float = 0.25,
+        patience: int = 1,
+        max_filters: int = 64,
+        dormant_threshold: float = 0.025,
+        preprocess: Callable[[np.ndarray], Any] | None = None,
+        images: bool = True,
+        log_per_layer: bool = False,
+    ) -> None:
+        super().__init__()
+        self._probe_source = read_probe_source(probes, "probes")
+        self._stats_source = (
+            None if stats_data is None else read_probe_source(stats_data, "stats_data")
+        )
+        self.log_dir = check_log_dir(log_dir)
+        self.every_n_batches = _positive_int("every_n_batches", every_n_batches)
+        if self.every_n_batches is not None and every_n_epochs is not None:
+            raise ValueError(
+                "Invalid value for arguments `every_n_epochs` and `every_n_batches`: give one "
+                "of them, not both. Received: every_n_epochs="
+                f"{every_n_epochs!r}, every_n_batches={every_n_batches!r}"
+            )
+        n_epochs = _positive_int("every_n_epochs", every_n_epochs)
+        self.every_n_epochs = None if self.every_n_batches is not None else (n_epochs or 1)
+        if on_alert is not None and not callable(on_alert):
+            raise TypeError(
+                "Invalid value for argument `on_alert`. Expected a callable taking an "
+                f"actwatch.Alert. Received: on_alert={on_alert!r}"
+            )
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(
+                "Invalid value for argument `preprocess`. Expected a callable taking a numpy "
+                f"batch. Received: preprocess={preprocess!r}"
+            )
+        _check_layers_argument(layers)
+        self.layers = layers
+        self.stats_data_given = stats_data is not None
+        self.on_alert = on_alert
+        self.stop_on_dead_fraction = _fraction(
+            "stop_on_dead_fraction", stop_on_dead_fraction, low_open=True
+        )
+        self.patience = _positive_int("patience", patience, allow_none=False) or 1
+        self.dead_alert_fraction = _fraction(
+            "dead_alert_fraction", dead_alert_fraction, low_open=True
+        )
+        self.max_filters = _positive_int("max_filters", max_filters, allow_none=False) or 64
+        threshold = _fraction("dormant_threshold", dormant_threshold, low_open=False)
+        self.dormant_threshold = 0.025 if threshold is None else threshold
+        self.preprocess = preprocess
+        self.images = bool(images)
+        self.log_per_layer = bool(log_per_layer)
+        if self.every_n_batches is not None:
+            # Defined only on request: overriding it turns off Keras' async batch dispatch.
+            self.on_train_batch_end = self._on_train_batch_end  # type: ignore[method-assign]
+        self.alerts: list[Alert] = []
+        self.last_stats: dict[str, LayerStats] = {}
+        self.timings: dict[str, float] = {}
+        self._sink: Sink | None = None
+        self._last_step = -1
+
+    # Keras hooks --------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        model = self.model
+        self._close_sink()
+        self.alerts = []
+        self._figures: dict[str, float] = {}
+        self._epoch = 0
+        self._epochs_done = 0
+        self._checked_first = False
+        self._failed_once = False
+        self._hook_failed_once = False
+        if not model.built or not getattr(model, "inputs", None):
+            raise ValueError(
+                f"ActivationMonitor needs a built model with known inputs; model {model.name!r} "
+                "has none. Build it with an `keras.Input(...)` first layer (Sequential) or the "
+                "Functional API."
+            )
+        watched = resolve_layers(model, self.layers)
+        shapes = [tuple(t.shape) for t in model.inputs]
+        names = [t.name for t in model.inputs]
+        dtypes = [str(t.dtype) for t in model.inputs]
+        probes = prepare_probes(self._probe_source, shapes, names, dtypes, self.preprocess)
+        self._display = probes.display
+        stats: ProbeBatch | None = None
+        if self._stats_source is not None:
+            stats = prepare_probes(self._stats_source, shapes, names, dtypes, self.preprocess)
+        self._n_probes = probes.size
+        if stats is None:
+            feed = probes.inputs
+        else:
+            feed = tuple(
+                np.concatenate([s, p]) for s, p in zip(stats.inputs, probes.inputs, strict=True)
+            )
+        self._feed = feed[0] if len(feed) == 1 else list(feed)
+        self._watched = watched
+        self._pipeline = CheckPipeline(
+            model,
+            watched,
+            stats_samples=0 if stats is None else stats.size,
+            max_filters=self.max_filters,
+            dormant_threshold=self.dormant_threshold,
+            draw=self.images,
+        )
+        self._tracker = AlertTracker(
+            patience=self.patience,
+            dead_alert_fraction=self.dead_alert_fraction or 0.25,
+            stop_on_dead_fraction=self.stop_on_dead_fraction,
+            pooling=[w.path for w in watched if w.pooling],
+        )
+        self._chief = is_chief(model)
+        if self._chief:
+            self._sink = Sink(self.log_dir, layout=tags.layout([w.path for w in watched]))
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        if not self._checked_first:
+            self._checked_first = True
+            step = self._step(epoch * self._steps_per_epoch())
+            if step > self._last_step:  # a reused monitor has already seen this state
+                self._check(step, epoch=None)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epochs_done = epoch + 1
+        if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
+            self._check(self._step((epoch + 1) * self._steps_per_epoch()), epoch=epoch)
+        if logs is not None:
+            logs.update(self._figures)
+
+    def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        assert self.every_n_batches is not None
+        done = self._epoch * self._steps_per_epoch() + batch + 1
+        step = self._step(done)
+        if step % self.every_n_batches == 0:
+            if hasattr(self.model, "jax_state_sync"):
+                self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
+            self._check(step, epoch=self._epoch)
+            if logs is not None:
+                logs.update(self._figures)
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        step = self._step(self._epochs_done * self._steps_per_epoch())
+        if step > self._last_step:
+            self._check(step, epoch=self._epoch)
+        self._close_sink()
+
+    # Internals ----------------------------------------------------------------------------
+
+    def _steps_per_epoch(self) -> int:
+        steps = (self.params or {}).get("steps")
+        return int(steps) if steps else 0
+
+    def _step(self, floor: int) -> int:
+        try:
+            iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        except Exception:  # no optimizer (not compiled) or an unreadable counter
+            iterations = 0
+        return max(iterations, floor)
+
+    def _learning_rate(self) -> float | None:
+        try:
+            return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        except Exception:
+            return None
+
+    def _check(self, step: int, *, epoch: int | None) -> None:
+        """One check: device work, alerts, logs figures, then hand off to the sink."""
+        if step <= self._last_step:
+            return
+        self._last_step = step
+        try:
+            start = time.perf_counter()
+            result = self._pipeline.run(self._feed)
+            device = time.perf_counter() - start
+            learning_rate = self._learning_rate()
+            decision = self._tracker.update(
+                result.stats, step=step, epoch=epoch, learning_rate=learning_rate
+            )
+            self.last_stats = result.stats
+            self._figures = self._logs_figures(result.stats)
+            if self._sink is not None:
+                self._sink.submit(
+                    step,
+                    scalars=self._scalars(result.stats, learning_rate),
+                    texts=_alert_texts(decision),
+                    render=self._renderer(result) if self.images else None,
+                )
+            self._act(decision)
+            self.timings = {"device": device, "blocking": time.perf_counter() - start}
+        except Exception as exc:
+            if not self._failed_once:
+                self._failed_once = True
+                logger.warning(
+                    "actwatch: the check at step %d failed (%s: %s); training goes on. Later "
+                    "failures are logged at DEBUG.",
+                    step,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+            else:
+                logger.debug("actwatch: check at step %d failed", step, exc_info=exc)
+
+    def _act(self, decision: Decision) -> None:
+        if self._chief:
+            for path, filters in decision.revived.items():
+                logger.info("actwatch: layer '%s': filters %s revived.", path, list(filters))
+            for alert in decision.alerts:
+                self.alerts.append(alert)
+                logger.warning("actwatch: %s", alert.message)
+                if self.on_alert is not None:
+                    try:
+                        self.on_alert(alert)
+                    except Exception as exc:
+                        if not self._hook_failed_once:
+                            self._hook_failed_once = True
+                            logger.warning(
+                                "actwatch: on_alert raised %s: %s; training goes on. Later "
+                                "errors of the hook are logged at DEBUG.",
+                                type(exc).__name__,
+                                exc,
+                                exc_info=exc,
+                            )
+                        else:
+                            logger.debug("actwatch: on_alert raised", exc_info=exc)
+        if decision.stop_reason is not None:
+            if self._chief:
+                logger.warning("actwatch: stopping training: %s.", decision.stop_reason)
+            self.model.stop_training = True
+
+    def _logs_figures(self, stats: Mapping[str, LayerStats]) -> dict[str, float]:
+        network = NetworkStats.of(dict(stats)).scalars()
+        figures = {f"actwatch_{m}": network[m] for m in LOGGED_METRICS}
+        if self.log_per_layer:
+            for path, s in stats.items():
+                for metric, value in s.scalars().items():
+                    figures[f"actwatch_{metric}/{path}"] = value
+        return figures
+
+    def _scalars(
+        self, stats: Mapping[str, LayerStats], learning_rate: float | None
+    ) -> dict[str, tuple[float, str]]:
+        out: dict[str, tuple[float, str]] = {}
+        for path, s in stats.items():
+            for metric, value in s.scalars().items():
+                out[tags.layer_tag(metric, path)] = (value, f"{tags.METRICS[metric]} Layer `{path}`.")
+        for metric, value in NetworkStats.of(dict(stats)).scalars().items():
+            out[tags.network_tag(metric)] = (
+                value,
+                f"{tags.METRICS[metric]} Over all watched layers.",
+            )
+        if learning_rate is not None:
+            out[tags.LEARNING_RATE] = (learning_rate, "The optimizer's learning rate.")
+        return out
+
+    def _renderer(self, result: CheckResult) -> Callable[[], dict[str, tuple[np.ndarray, str]]]:
+        display = self._display
+        stats = result.stats
+
+        def render() -> dict[str, tuple[np.ndarray, str]]:
+            images: dict[str, tuple[np.ndarray, str]] = {}
+            for path, maps in result.maps.items():
+                s = stats[path]
+                drawn = maps.shape[-1]
+                note = (
+                    f"Filters of layer `{path}`: {drawn} of {s.filters} drawn, each scaled to its "
+                    "own range; red crossed tiles are dead filters, magenta pixels non-finite."
+                )
+                for i in range(maps.shape[0]):
+                    images[tags.filters_tag(path, i)] = (filter_grid(maps[i], s.dead), note)
+                heat = result.heat.get(path)
+                if heat is None:
+                    continue
+                for i in range(heat.shape[0]):
+                    background = None if display is None else display[i]
+                    images[tags.heatmap_tag(path, i)] = (
+                        heatmap_overlay(heat[i], background),
+                        f"Mean activation over the channels of `{path}` over probe {i}.",
+                    )
+            return images
+
+        return render
+
+    def _close_sink(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+
+def _alert_texts(decision: Decision) -> dict[str, tuple[str, str]]:
+    if not decision.alerts:
+        return {}
+    body = "\n\n".join(f"- **{a.kind}**: {a.markdown()}" for a in decision.alerts)
+    return {tags.ALERTS: (body, "actwatch alerts: dead filters and non-finite activations.")}
+
+
+def _check_layers_argument(layers: Any) -> None:
+    if layers is None or isinstance(layers, (str, re.Pattern, keras.layers.Layer)):
+        return
+    if isinstance(layers, Sequence) and not isinstance(layers, (bytes, bytearray)):
+        if len(layers) == 0:
+            raise ValueError(
+                "Invalid value for argument `layers`: the list is empty. Pass None to watch the "
+                "default layers, or at least one layer name."
+            )
+        for item in layers:
+            if not isinstance(item, (str, re.Pattern, keras.layers.Layer)):
+                raise TypeError(
+                    "Invalid value for argument `layers`: expected layer names, regex patterns "
+                    f"or Layer objects. Received an item of type {type(item).__name__}: "
+                    f"{item!r}."
+                )
+        return
+    raise TypeError(
+        "Invalid value for argument `layers`: expected None, a name, a regex, a Layer or a list "
+        f"of them. Received: layers={layers!r}."
+    )

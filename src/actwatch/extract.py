@@ -1,0 +1,350 @@
+"""Choosing the watched layers and building one extractor for them.
+
+Layers are addressed by *path*: a layer's name, prefixed by the names of the nested models it
+sits in (`backbone/conv1`). `resolve_layers` turns what the user passed into `WatchedLayer`s;
+`Extractor` builds one functional model that returns every watched output in a single
+inference-mode forward pass, and compiles it once (with whatever reductions the caller adds)
+using the backend's compiler: `tf.function`, `jax.jit` over `stateless_call`, or a plain call
+under `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+__all__ = ["Extractor", "WatchedLayer", "iter_layers", "resolve_layers"]
+
+LayerSpec = str | re.Pattern[str] | keras.layers.Layer
+
+_DEFAULT_TYPES: tuple[type, ...] = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.PReLU,
+    keras.layers.ELU,
+)
+_POOLING_TYPES: tuple[type, ...] = (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+)
+
+
+@dataclass(frozen=True)
+class WatchedLayer:
+    """A layer to watch: its path, the layer, and how to read its output.
+
+    `rank` is the output's rank including the batch axis: 2 (Dense), 3 (1-D), 4 (2-D) or
+    5 (3-D). `channel_axis` is 1 or -1. `pooling` is True for pooling layers, which repeat
+    the dead filters of their input and so raise no dead-filter alerts of their own.
+    """
+
+    path: str
+    layer: keras.layers.Layer
+    rank: int
+    channel_axis: int
+    channels: int
+    pooling: bool
+
+
+def iter_layers(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield `(path, layer)` for every layer of `model`, depth first, nested models included."""
+    for layer in getattr(model, "layers", []):
+        path = f"{prefix}{layer.name}"
+        yield path, layer
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer, prefix=f"{path}/")
+
+
+def _is_graph_model(model: Any) -> bool:
+    return isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+
+
+def _channel_axis(layer: Any, rank: int) -> int:
+    if rank <= 2:
+        return -1
+    data_format = getattr(layer, "data_format", None)
+    if data_format is None:
+        axis = getattr(layer, "axis", None)  # BatchNormalization and friends
+        if isinstance(axis, int):
+            return 1 if axis in (1, 1 - rank) else -1
+        if isinstance(axis, (list, tuple)) and len(axis) == 1:
+            return 1 if axis[0] in (1, 1 - rank) else -1
+        data_format = keras.config.image_data_format()
+    return 1 if data_format == "channels_first" else -1
+
+
+def _output_of(layer: Any, path: str) -> Any:
+    try:
+        return layer.output
+    except (AttributeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"Invalid value for argument `layers`: layer {path!r} has no output to watch "
+            f"({exc}). Only layers that were called in the model's graph can be watched."
+        ) from None
+
+
+def _watchable(path: str, layer: Any) -> WatchedLayer:
+    output = _output_of(layer, path)
+    if not isinstance(output, keras.KerasTensor):
+        raise ValueError(
+            f"Invalid value for argument `layers`: layer {path!r} returns "
+            f"{type(output).__name__}, not a single tensor. Watch the layers that produce "
+            "its parts instead."
+        )
+    rank = len(output.shape)
+    dtype = str(output.dtype)
+    if rank < 2 or rank > 5 or not ("float" in dtype or "int" in dtype):
+        raise ValueError(
+            f"Invalid value for argument `layers`: layer {path!r} outputs shape "
+            f"{tuple(output.shape)} of dtype {dtype}; expected a numeric tensor of rank 2 to "
+            "5 (batch, ..., channels). Choose a convolution, pooling, activation or Dense "
+            "layer."
+        )
+    axis = _channel_axis(layer, rank)
+    channels = output.shape[axis]
+    if channels is None:
+        raise ValueError(
+            f"Invalid value for argument `layers`: layer {path!r} has an unknown number of "
+            f"channels (output shape {tuple(output.shape)}). Give the model a fixed channel "
+            "count."
+        )
+    return WatchedLayer(
+        path=path,
+        layer=layer,
+        rank=rank,
+        channel_axis=axis,
+        channels=int(channels),
+        pooling=isinstance(layer, _POOLING_TYPES),
+    )
+
+
+def _subclassed_error(model: Any) -> ValueError:
+    return ValueError(
+        f"Model {model.name!r} is a subclassed model ({type(model).__name__}): its layers' "
+        "outputs are not part of a graph that actwatch can read. Build the part you want to "
+        "watch with the Functional API (for example `self.backbone = keras.Model(inputs, "
+        "outputs)`) and call the monitor on a Functional model that uses it, or wrap the "
+        "model: `keras.Model(inputs, model(inputs))` does not expose inner layers either."
+    )
+
+
+def resolve_layers(
+    model: keras.Model, layers: LayerSpec | Sequence[LayerSpec] | None
+) -> list[WatchedLayer]:
+    """Resolve `layers` against `model` into an ordered, de-duplicated list.
+
+    `None` selects every convolution, pooling and activation layer with a channel axis (in
+    nested models too). Otherwise each item is a path (`"conv1"`, `"backbone/conv1"`), a
+    regular expression matched in full against paths (a `str` that names no layer, or a
+    compiled pattern), or a `keras.layers.Layer` of the model.
+    """
+    if not _is_graph_model(model):
+        raise _subclassed_error(model)
+    table = list(iter_layers(model))
+    paths = [p for p, _ in table]
+    by_path = dict(table)
+    chosen: list[str] = []
+    if layers is None:
+        for path, layer in table:
+            if isinstance(layer, _DEFAULT_TYPES) and not isinstance(layer, keras.Model):
+                try:
+                    output = layer.output
+                except (AttributeError, ValueError, RuntimeError):
+                    continue
+                if isinstance(output, keras.KerasTensor) and 3 <= len(output.shape) <= 5:
+                    chosen.append(path)
+        if not chosen:
+            raise ValueError(
+                f"Model {model.name!r} has no convolution, pooling or activation layer to watch "
+                "by default. Pass `layers=[...]` with the names of the layers to watch "
+                f"(available: {paths[:20]})."
+            )
+    else:
+        specs = [layers] if isinstance(layers, (str, re.Pattern, keras.layers.Layer)) else layers
+        if not isinstance(specs, Sequence) or isinstance(specs, (bytes, bytearray)):
+            raise TypeError(
+                "Invalid value for argument `layers`: expected None, a name, a regex, a Layer "
+                f"or a list of them. Received: layers={layers!r}."
+            )
+        if len(specs) == 0:
+            raise ValueError(
+                "Invalid value for argument `layers`: the list is empty. Pass None to watch the "
+                "default layers, or at least one layer name."
+            )
+        for spec in specs:
+            chosen.extend(_match(spec, table, by_path, paths))
+    unique = list(dict.fromkeys(chosen))
+    return [_watchable(path, by_path[path]) for path in unique]
+
+
+def _match(
+    spec: Any, table: list[tuple[str, Any]], by_path: dict[str, Any], paths: list[str]
+) -> list[str]:
+    if isinstance(spec, keras.layers.Layer):
+        found = [p for p, layer in table if layer is spec]
+        if not found:
+            raise ValueError(
+                f"Invalid value for argument `layers`: layer {spec.name!r} "
+                f"({type(spec).__name__}) is not part of this model. Pass a layer of the "
+                "model being trained, or its name."
+            )
+        return found[:1]
+    if isinstance(spec, re.Pattern):
+        found = [p for p in paths if spec.fullmatch(p)]
+        if not found:
+            raise ValueError(
+                f"Invalid value for argument `layers`: the pattern {spec.pattern!r} matches no "
+                f"layer. Available layers: {paths[:30]}."
+            )
+        return found
+    if not isinstance(spec, str):
+        raise TypeError(
+            "Invalid value for argument `layers`: expected layer names, regex patterns or "
+            f"Layer objects. Received an item of type {type(spec).__name__}: {spec!r}."
+        )
+    if spec in by_path:
+        return [spec]
+    try:
+        pattern = re.compile(spec)
+    except re.error:
+        pattern = None
+    found = [p for p in paths if pattern.fullmatch(p)] if pattern is not None else []
+    if found:
+        return found
+    close = difflib.get_close_matches(spec, paths, n=5, cutoff=0.4)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(
+        f"Invalid value for argument `layers`: no layer named {spec!r}.{hint} Layers of "
+        f"this model: {paths[:30]}{' ...' if len(paths) > 30 else ''}."
+    )
+
+
+def _root_output(model: keras.Model, path: str, layer: Any) -> Any:
+    """`layer`'s output as a tensor of `model`'s own graph, through nested models.
+
+    A layer inside a nested model lives in that model's graph. We call a sub-model from the
+    nested model's inputs to the layer on the tensors that feed the nested model in the
+    outer graph (read from the nested model's first inbound node: Keras has no public API
+    for it), so the extractor stays one graph from the outer inputs.
+    """
+    parts = path.split("/")
+    if len(parts) == 1:
+        return layer.output
+    outer_path = "/".join(parts[:-1])
+    container = next(lyr for p, lyr in iter_layers(model) if p == outer_path)
+    if not _is_graph_model(container):
+        raise _subclassed_error(container)
+    inner = keras.Model(container.inputs, layer.output, name=f"actwatch_tap_{parts[-1]}")
+    nodes = container._inbound_nodes
+    if not nodes:
+        raise ValueError(
+            f"Invalid value for argument `layers`: the nested model {outer_path!r} is not "
+            "called in the model's graph, so its layers cannot be watched."
+        )
+    feed = nodes[0].input_tensors
+    # The feeding tensors belong to the graph one level up; resolve that level recursively.
+    feed_root = _reroot(model, "/".join(parts[:-2]), feed)
+    return inner(feed_root[0] if len(feed_root) == 1 else feed_root)
+
+
+def _reroot(model: keras.Model, container_path: str, tensors: Sequence[Any]) -> list[Any]:
+    """Express tensors of the graph at `container_path` as tensors of `model`'s graph."""
+    if not container_path:
+        return list(tensors)
+    container = next(lyr for p, lyr in iter_layers(model) if p == container_path)
+    sub = keras.Model(container.inputs, list(tensors))
+    feed = container._inbound_nodes[0].input_tensors
+    parent = "/".join(container_path.split("/")[:-1])
+    feed_root = _reroot(model, parent, feed)
+    out = sub(feed_root[0] if len(feed_root) == 1 else feed_root)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+class Extractor:
+    """One functional model returning every watched output, compiled once with a reduction.
+
+    Args:
+        model: the (Functional or Sequential) model being watched.
+        watched: the layers to read, from `resolve_layers`.
+    """
+
+    def __init__(self, model: keras.Model, watched: Sequence[WatchedLayer]) -> None:
+        outputs = [_root_output(model, w.path, w.layer) for w in watched]
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        self.model = keras.Model(inputs, outputs, name="actwatch_extractor")
+        self.watched = list(watched)
+
+    def compile(
+        self, reduce: Callable[[list[Any]], dict[str, Any]]
+    ) -> Callable[[Any], dict[str, np.ndarray]]:
+        """Return `run(inputs) -> dict of numpy arrays` = `reduce(outputs)`, compiled once."""
+        backend = keras.backend.backend()
+        model = self.model
+
+        if backend == "jax":
+            import jax
+
+            def pure(trainable: Any, non_trainable: Any, x: Any) -> Any:
+                outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+                return reduce(list(outputs))
+
+            jitted = jax.jit(pure)
+
+            def run_device(x: Any) -> Any:
+                return jitted(
+                    [v.value for v in model.trainable_variables],
+                    [v.value for v in model.non_trainable_variables],
+                    x,
+                )
+
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            @tf.function(reduce_retracing=True)
+            def run_device(x: Any) -> Any:
+                return reduce(list(model(x, training=False)))
+
+        elif backend == "torch":
+            import torch
+
+            def run_device(x: Any) -> Any:
+                with torch.no_grad():
+                    return reduce(list(model(x, training=False)))
+
+        else:  # pragma: no cover - numpy and future backends: eager.
+
+            def run_device(x: Any) -> Any:
+                return reduce(list(model(x, training=False)))
+
+        def run(x: Any) -> dict[str, np.ndarray]:
+            result = run_device(x)
+            return {k: keras.ops.convert_to_numpy(v) for k, v in result.items()}
+
+        return run

@@ -1,0 +1,122 @@
+"""One check's device work: forward pass, statistics and uint8 maps in one compiled call.
+
+Shared by the callback and the notebook functions, so both read activations the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from .extract import Extractor, WatchedLayer
+from .grids import heat_maps, normalize_maps
+from .stats import LayerStats, reduce_layer, summarize
+
+__all__ = ["CheckPipeline", "CheckResult"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check brings back to the host, per watched layer path.
+
+    `maps` holds uint8 codes `(probes, H, W, F)` or `(probes, F)` for Dense outputs, at most
+    `max_filters` filters; `heat` holds uint8 `(probes, H, W)` (absent for Dense outputs).
+    """
+
+    stats: dict[str, LayerStats]
+    maps: dict[str, np.ndarray]
+    heat: dict[str, np.ndarray]
+
+
+def _channels_last(a: Any, layer: WatchedLayer) -> Any:
+    a = ops.cast(a, "float32")
+    if layer.rank > 2 and layer.channel_axis == 1:
+        a = ops.moveaxis(a, 1, -1)
+    return a
+
+
+def _as_maps(a: Any, rank: int, max_side: int) -> Any:
+    """Channels-last output -> `(N, H, W, C)` pictures (or `(N, C)` for Dense)."""
+    if rank == 2:
+        return a
+    if rank == 3:
+        a = ops.expand_dims(a, 1)
+    elif rank == 5:
+        a = ops.max(a, axis=1)  # 3-D maps: maximum projection over depth
+    h, w = int(a.shape[1]), int(a.shape[2])
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
+        a = keras.ops.image.resize(a, size, interpolation="bilinear", data_format="channels_last")
+    return a
+
+
+class CheckPipeline:
+    """Run the watched layers on a fixed batch and bring back statistics and maps.
+
+    Args:
+        model: the model.
+        watched: layers from `resolve_layers`.
+        stats_samples: how many leading samples of the batch are statistics data; 0 means
+            the statistics are computed on the probes themselves.
+        max_filters: at most this many filters per layer are drawn (the first ones).
+        max_side: maps larger than this many pixels a side are resized down for drawing.
+        dormant_threshold: tau of the tau-dormant test.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        watched: Sequence[WatchedLayer],
+        *,
+        stats_samples: int = 0,
+        max_filters: int = 64,
+        max_side: int = 64,
+        dormant_threshold: float = 0.025,
+        draw: bool = True,
+    ) -> None:
+        self.watched = list(watched)
+        self.stats_samples = stats_samples
+        self.dormant_threshold = dormant_threshold
+        self.extractor = Extractor(model, self.watched)
+        n_stats = stats_samples
+
+        def reduce(outputs: list[Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for i, (layer, raw) in enumerate(zip(self.watched, outputs, strict=True)):
+                a = _channels_last(raw, layer)
+                sample = a[:n_stats] if n_stats else a
+                flat = ops.reshape(sample, (sample.shape[0], -1, layer.channels))
+                for key, value in reduce_layer(flat).items():
+                    out[f"{i}/{key}"] = value
+                if not draw:
+                    continue
+                probes = a[n_stats:] if n_stats else a
+                maps = _as_maps(probes, layer.rank, max_side)
+                out[f"{i}/maps"] = normalize_maps(maps[..., :max_filters])
+                if layer.rank > 2:
+                    out[f"{i}/heat"] = heat_maps(maps)
+            return out
+
+        self._run = self.extractor.compile(reduce)
+
+    def run(self, inputs: Any) -> CheckResult:
+        """Run one check on `inputs` (an array, or a list for multi-input models)."""
+        arrays = self._run(inputs)
+        stats: dict[str, LayerStats] = {}
+        maps: dict[str, np.ndarray] = {}
+        heat: dict[str, np.ndarray] = {}
+        for i, layer in enumerate(self.watched):
+            reduced = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{i}/")}
+            stats[layer.path] = summarize(reduced, self.dormant_threshold)
+            if "maps" in reduced:
+                maps[layer.path] = reduced["maps"]
+            if "heat" in reduced:
+                heat[layer.path] = reduced["heat"]
+        return CheckResult(stats=stats, maps=maps, heat=heat)
