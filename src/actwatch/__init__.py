@@ -6,6 +6,7 @@ dead-filter statistics to TensorBoard and alerts when filters die. The notebook 
 any model with the same code.
 """
 
+from ._warnings import ActwatchWarning
 from .alerts import Alert
 from .callback import ActivationMonitor
 from .notebook import activation_stats, get_activations, plot_filters, plot_heatmaps
@@ -15,6 +16,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ActivationMonitor",
+    "ActwatchWarning",
     "Alert",
     "LayerStats",
     "__version__",

@@ -178,20 +178,25 @@ class AlertTracker:
         dead = _indices(confirmed)
         count = len(dead)
         fraction = count / max(s.filters, 1)
+        lr = f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
         if died is None:
-            history = "They were dead at the first check."
+            history = (
+                "They were dead at the first check: before training, that points at the "
+                "initialization or the scaling of the inputs rather than the learning rate."
+            )
         else:
             before = len(new) - len(died)
-            history = f"{len(died)} of them died since the last check" + (
-                f", {before} had been dead before." if before else "."
+            history = (
+                f"{len(died)} of them died since the last check"
+                + (f", {before} had been dead before" if before else "")
+                + ". The usual cause is a learning rate that is too high"
+                + f"{lr}."
             )
-        lr = f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
         message = (
             f"{_when(step, epoch)}: {len(new)} filter(s) of layer '{path}' are dead: "
             f"{_short(new)}. The layer now has {count} of {s.filters} filters dead "
-            f"({fraction:.1%}). {history} A dead filter outputs <= 0 for every sample, so it "
-            "gets no gradient and stops learning; the usual cause is a learning rate that is "
-            f"too high{lr}."
+            f"({fraction:.1%}). A dead filter outputs <= 0 for every sample, so it gets no "
+            f"gradient and stops learning. {history}"
         )
         return Alert(
             kind="dead",

@@ -57,6 +57,15 @@ def _fraction(name: str, value: Any, *, low_open: bool) -> float | None:
     return float(value)
 
 
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected True or False. "
+            f"Received: {name}={value!r}"
+        )
+    return bool(value)
+
+
 class ActivationMonitor(keras.callbacks.Callback):
     """Watch the activations of a model's layers while it trains.
 
@@ -68,8 +77,9 @@ class ActivationMonitor(keras.callbacks.Callback):
     training. Network-wide figures are added to the `logs` dict (keys `actwatch_<metric>`),
     so `EarlyStopping`, `CSVLogger` and others can use them; put this callback before them.
 
-    Checks: one before the first batch, then every `every_n_epochs` epochs (or every
-    `every_n_batches` batches), and one at the end of training if the last state was not
+    Checks: one before the first batch (not when resuming with `initial_epoch`: the run
+    that stopped there checked that state at its end), then every `every_n_epochs` epochs
+    (or every `every_n_batches` batches), and one at the end of training if the last state was not
     checked. The TensorBoard step of a check is the number of training batches run so far
     (`model.optimizer.iterations`, or `epoch * steps_per_epoch` when that is larger, as
     with `initial_epoch`), so steps line up with Keras' own batch-level summaries and never
@@ -179,8 +189,8 @@ class ActivationMonitor(keras.callbacks.Callback):
         threshold = _fraction("dormant_threshold", dormant_threshold, low_open=False)
         self.dormant_threshold = 0.025 if threshold is None else threshold
         self.preprocess = preprocess
-        self.images = bool(images)
-        self.log_per_layer = bool(log_per_layer)
+        self.images = _flag("images", images)
+        self.log_per_layer = _flag("log_per_layer", log_per_layer)
         if self.every_n_batches is not None:
             # Defined only on request: overriding it turns off Keras' async batch dispatch.
             self.on_train_batch_end = self._on_train_batch_end  # type: ignore[method-assign]
@@ -249,7 +259,9 @@ class ActivationMonitor(keras.callbacks.Callback):
         if not self._checked_first:
             self._checked_first = True
             step = self._step(epoch * self._steps_per_epoch())
-            if step > self._last_step:  # a reused monitor has already seen this state
+            # Resumed with `initial_epoch`: the run that stopped here checked this state at
+            # its end, at this step; a reused monitor has already seen it too.
+            if epoch == 0 and step > self._last_step:
                 self._check(step, epoch=None)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "make_dataset",
     "photo_probes",
     "run_demo",
+    "seed_everything",
 ]
 
 CLASSES = ("disc", "square", "triangle", "cross", "ring")
@@ -134,7 +135,7 @@ def run_demo(
 
     from .callback import ActivationMonitor
 
-    keras.utils.set_random_seed(seed)
+    seed_everything(seed)
     if data_dir is not None:
         train, probes, stats_data, classes = _directory_data(data_dir, size, batch_size, seed)
         model = build_model(size, classes, lr=lr)
@@ -156,6 +157,26 @@ def run_demo(
         alerts=len(monitor.alerts),
         seconds=seconds,
     )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and the backend without importing TensorFlow off its backend.
+
+    `keras.utils.set_random_seed` imports TensorFlow whenever it is installed.
+    """
+    import random
+
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def _directory_data(

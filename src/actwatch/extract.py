@@ -287,6 +287,11 @@ def _reroot(model: keras.Model, container_path: str, tensors: Sequence[Any]) -> 
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
+def _as_list(outputs: Any) -> list[Any]:
+    """A functional model with one output returns it bare; make it a list."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
 class Extractor:
     """One functional model returning every watched output, compiled once with a reduction.
 
@@ -313,7 +318,7 @@ class Extractor:
 
             def pure(trainable: Any, non_trainable: Any, x: Any) -> Any:
                 outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-                return reduce(list(outputs))
+                return reduce(_as_list(outputs))
 
             jitted = jax.jit(pure)
 
@@ -329,19 +334,19 @@ class Extractor:
 
             @tf.function(reduce_retracing=True)
             def run_device(x: Any) -> Any:
-                return reduce(list(model(x, training=False)))
+                return reduce(_as_list(model(x, training=False)))
 
         elif backend == "torch":
             import torch
 
             def run_device(x: Any) -> Any:
                 with torch.no_grad():
-                    return reduce(list(model(x, training=False)))
+                    return reduce(_as_list(model(x, training=False)))
 
         else:  # pragma: no cover - numpy and future backends: eager.
 
             def run_device(x: Any) -> Any:
-                return reduce(list(model(x, training=False)))
+                return reduce(_as_list(model(x, training=False)))
 
         def run(x: Any) -> dict[str, np.ndarray]:
             result = run_device(x)

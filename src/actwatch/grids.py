@@ -166,24 +166,25 @@ _LUT: np.ndarray | None = None
 
 
 def heatmap_overlay(
-    heat: np.ndarray, background: np.ndarray | None, alpha: float = 0.5
+    heat: np.ndarray, background: np.ndarray | None, alpha: float = 0.5, min_side: int = 128
 ) -> np.ndarray:
     """Colour a uint8 heat map `(h, w)` and blend it over `background` `(H, W, 3)`.
 
-    The heat map is resized (bilinear) to the background's size; without a background the
-    coloured heat map alone is returned, upscaled to at least 128 pixels a side.
+    The result is the background's size, upscaled (nearest) by a whole factor to at least
+    `min_side` pixels on its longer side; the heat map is resized (bilinear) to it. Without a
+    background the coloured heat map alone is returned, at the same kind of size.
     """
     global _LUT
     if _LUT is None:
         _LUT = _colormap_lut()
-    if background is not None:
-        size = (background.shape[1], background.shape[0])
-    else:
-        s = max(1, math.ceil(128 / max(heat.shape)))
-        size = (heat.shape[1] * s, heat.shape[0] * s)
+    base_h, base_w = background.shape[:2] if background is not None else heat.shape
+    scale = max(1, math.ceil(min_side / max(base_h, base_w)))
+    size = (base_w * scale, base_h * scale)
     resized = np.asarray(Image.fromarray(heat).resize(size, Image.Resampling.BILINEAR))
     coloured = _LUT[resized]
     if background is None:
         return coloured
+    if scale > 1:
+        background = np.repeat(np.repeat(background, scale, axis=0), scale, axis=1)
     blend = (1.0 - alpha) * background.astype(np.float32) + alpha * coloured
     return np.round(blend).astype(np.uint8)

@@ -118,7 +118,8 @@ def _check_array(value: Any, argument: str) -> np.ndarray:
     if array.ndim < 2:
         raise ValueError(
             f"Invalid value for argument `{argument}`: expected a batch with at least 2 "
-            f"dimensions (batch, ...). Received: shape={array.shape}."
+            f"dimensions (batch, ...). Received: shape={array.shape}. Pass a batch of "
+            "samples, for example x_val[:4]."
         )
     if array.shape[0] == 0:
         raise ValueError(
@@ -126,9 +127,11 @@ def _check_array(value: Any, argument: str) -> np.ndarray:
             "Pass at least one sample, for example x_val[:4]."
         )
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
         raise ValueError(
-            f"Invalid value for argument `{argument}`: it contains NaN or Inf values. "
-            "Pass finite inputs."
+            f"Invalid value for argument `{argument}`: expected finite values. Received "
+            f"{bad} NaN or Inf value(s) in shape {array.shape}. Check the data, or replace "
+            "them with np.nan_to_num(x)."
         )
     return array
 
@@ -142,7 +145,10 @@ def read_probe_source(value: Any, argument: str = "probes") -> ProbeSource:
         )
     if isinstance(value, Mapping):
         if not value:
-            raise ValueError(f"Invalid value for argument `{argument}`: the dict is empty.")
+            raise ValueError(
+                f"Invalid value for argument `{argument}`: the dict is empty. Pass "
+                "{input_name: array} with one entry per model input."
+            )
         names = tuple(str(k) for k in value)
         arrays = tuple(_check_array(v, f"{argument}[{k!r}]") for k, v in value.items())
         _check_same_batch(arrays, argument)
@@ -255,7 +261,8 @@ def prepare_probes(
                 raise ValueError(
                     f"Invalid value for argument `{argument}`: the dict keys "
                     f"{list(source.names)} do not match the model's inputs "
-                    f"{list(input_names)} (missing {missing}, unexpected {extra})."
+                    f"{list(input_names)} (missing {missing}, unexpected {extra}). Key the "
+                    "dict by the model's input names."
                 )
             by_name = dict(zip(source.names, arrays, strict=True))
             arrays = tuple(by_name[name] for name in input_names)
@@ -278,6 +285,8 @@ def prepare_probes(
         else:
             arrays = (np.asarray(processed),)
     checked = []
+    # A shape that `preprocess` changed is its fault, not the probes': say so.
+    after = " after `preprocess`" if preprocess is not None else ""
     for i, (array, shape, dtype) in enumerate(zip(arrays, input_shapes, input_dtypes, strict=True)):
         name = argument if len(arrays) == 1 else f"{argument}[{input_names[i]!r}]"
         expected = _describe_shape(shape)
@@ -286,19 +295,20 @@ def prepare_probes(
         ):
             raise ValueError(
                 f"Invalid value for argument `{name}`: expected shape {expected}; got shape "
-                f"{array.shape}. Did you forget the batch dimension? Use probes[None]."
+                f"{array.shape}{after}. Did you forget the batch dimension? Use {name}[None]."
             )
         if array.ndim != len(shape):
             raise ValueError(
                 f"Invalid value for argument `{name}`: expected {len(shape)} dimensions "
-                f"{expected}; got shape {array.shape}."
+                f"{expected}; got shape {array.shape}{after}. Reshape it to the model's "
+                "input shape."
             )
         for axis, (want, got) in enumerate(zip(shape[1:], array.shape[1:], strict=True), 1):
             if want is not None and want != got:
-                what = "channels" if axis == len(shape) - 1 else f"axis {axis}"
+                what = "channels differ" if axis == len(shape) - 1 else f"axis {axis} differs"
                 raise ValueError(
                     f"Invalid value for argument `{name}`: expected shape {expected}; got "
-                    f"shape {array.shape} ({what} differ). Resize or select your probes to "
+                    f"shape {array.shape}{after} ({what}). Resize or select your probes to "
                     "the model's input shape."
                 )
         target = np.dtype(dtype) if np.dtype(dtype).kind in "fiub" else np.dtype("float32")

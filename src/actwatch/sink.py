@@ -12,6 +12,7 @@ is written, so a killed process leaves every earlier check readable.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import itertools
 import logging
@@ -88,30 +89,48 @@ class EventFileWriter:
             f"{os.getpid()}.{next(_counter)}.actwatch"
         )
         self.path = os.path.join(log_dir, name)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run
+        # Unbuffered: every record goes to the operating system whole, as soon as it is written.
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open for the run
         self.bytes_written = 0
-        self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-        self.flush()
+        try:
+            self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        except OSError:
+            self._file.close()
+            with contextlib.suppress(OSError):
+                os.remove(self.path)  # an empty file is not an events file
+            raise
 
     def write(self, event: event_pb2.Event) -> None:
+        """Append one record; on a write error (full disk), cut off what of it was written."""
         data = event.SerializeToString()
         header = struct.pack("<Q", len(data))
-        record = (
+        record = memoryview(
             header
             + struct.pack("<I", _masked_crc32c(header))
             + data
             + struct.pack("<I", _masked_crc32c(data))
         )
-        self._file.write(record)
+        try:
+            done = 0
+            while done < len(record):
+                done += self._file.write(record[done:]) or 0
+        except OSError:
+            # A partial record would make every later record unreadable: keep whole ones only.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file.fileno(), self.bytes_written)
+            raise
         self.bytes_written += len(record)
 
+    @property
+    def removed(self) -> bool:
+        """True when the file was deleted (with its directory, say) while open."""
+        return os.fstat(self._file.fileno()).st_nlink == 0
+
     def flush(self) -> None:
-        self._file.flush()
+        """Nothing to do: records are unbuffered. Kept for the writer interface."""
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            self._file.close()
+        self._file.close()
 
 
 def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
@@ -284,7 +303,23 @@ class Sink:
         self._described.add(tag)
         return create(display_name=tag, description=description)
 
+    def _open_writer(self, wall_time: float) -> EventFileWriter:
+        """The current events file; a new one when there is none or it was deleted."""
+        if self._writer is not None and self._writer.removed:
+            self._writer.close()
+            self._writer = None
+            self._report(FileNotFoundError(f"the events file in {self.log_dir!r} was deleted"))
+        if self._writer is None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            self._writer = EventFileWriter(self.log_dir)
+            self._described.clear()  # a new file needs every tag's metadata again
+            if self._layout is not None:
+                self._writer.write(_layout_event(self._layout, wall_time))
+        return self._writer
+
     def _write_job(self, job: _Job) -> None:
+        writer = self._open_writer(job.wall_time)
+        described = set(self._described)
         timings = {"render": 0.0, "encode": 0.0, "write": 0.0}
         values: list[summary_pb2.Summary.Value] = []
         for tag, (number, description) in job.scalars.items():
@@ -327,24 +362,25 @@ class Sink:
                 self.stats.images_written += 1
             timings["encode"] = time.perf_counter() - start
         start = time.perf_counter()
-        if self._writer is None:
-            self._writer = EventFileWriter(self.log_dir)
-            if self._layout is not None:
-                self._writer.write(_layout_event(self._layout, job.wall_time))
-        before = self._writer.bytes_written
-        self._writer.write(
-            event_pb2.Event(
-                wall_time=job.wall_time, step=job.step, summary=summary_pb2.Summary(value=values)
+        before = writer.bytes_written
+        try:
+            writer.write(
+                event_pb2.Event(
+                    wall_time=job.wall_time,
+                    step=job.step,
+                    summary=summary_pb2.Summary(value=values),
+                )
             )
-        )
-        self._writer.flush()
+        except OSError:
+            self._described = described  # their metadata did not land: send it again
+            raise
         timings["write"] = time.perf_counter() - start
         self.stats.checks += 1
-        self.stats.bytes_written += self._writer.bytes_written - before
+        self.stats.bytes_written += writer.bytes_written - before
         self.stats.render_seconds += timings["render"]
         self.stats.encode_seconds += timings["encode"]
         self.stats.write_seconds += timings["write"]
-        self.stats.last_check = {**timings, "bytes": float(self._writer.bytes_written - before)}
+        self.stats.last_check = {**timings, "bytes": float(writer.bytes_written - before)}
 
 
 def _layout_event(layout: layout_pb2.Layout, wall_time: float) -> event_pb2.Event:
