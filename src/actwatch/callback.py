@@ -212,13 +212,13 @@ class ActivationMonitor(keras.callbacks.Callback):
         self._checked_first = False
         self._failed_once = False
         self._hook_failed_once = False
+        watched = resolve_layers(model, self.layers)
         if not model.built or not getattr(model, "inputs", None):
             raise ValueError(
                 f"ActivationMonitor needs a built model with known inputs; model {model.name!r} "
                 "has none. Build it with an `keras.Input(...)` first layer (Sequential) or the "
                 "Functional API."
             )
-        watched = resolve_layers(model, self.layers)
         shapes = [tuple(t.shape) for t in model.inputs]
         names = [t.name for t in model.inputs]
         dtypes = [str(t.dtype) for t in model.inputs]

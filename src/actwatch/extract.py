@@ -83,10 +83,19 @@ def iter_layers(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[s
 
 
 def _is_graph_model(model: Any) -> bool:
-    return isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+    """Functional and Sequential models have a graph of layer outputs; subclassed ones don't.
+
+    Keras has no public predicate for "Functional", so we look for its node table.
+    """
+    return isinstance(model, keras.Sequential) or (
+        isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth")
+    )
 
 
-def _channel_axis(layer: Any, rank: int) -> int:
+def _channel_axis(layer: Any, rank: int, inherited: str | None = None) -> int:
+    """1 or -1: the layer's own `data_format` or `axis`; else the format of the nearest
+    earlier layer that has one (`inherited`, for ReLU/Activation after a channels_first
+    convolution); else Keras' global `image_data_format`."""
     if rank <= 2:
         return -1
     data_format = getattr(layer, "data_format", None)
@@ -96,7 +105,7 @@ def _channel_axis(layer: Any, rank: int) -> int:
             return 1 if axis in (1, 1 - rank) else -1
         if isinstance(axis, (list, tuple)) and len(axis) == 1:
             return 1 if axis[0] in (1, 1 - rank) else -1
-        data_format = keras.config.image_data_format()
+        data_format = inherited or keras.config.image_data_format()
     return 1 if data_format == "channels_first" else -1
 
 
@@ -110,7 +119,7 @@ def _output_of(layer: Any, path: str) -> Any:
         ) from None
 
 
-def _watchable(path: str, layer: Any) -> WatchedLayer:
+def _watchable(path: str, layer: Any, inherited: str | None = None) -> WatchedLayer:
     output = _output_of(layer, path)
     if not isinstance(output, keras.KerasTensor):
         raise ValueError(
@@ -127,7 +136,7 @@ def _watchable(path: str, layer: Any) -> WatchedLayer:
             "5 (batch, ..., channels). Choose a convolution, pooling, activation or Dense "
             "layer."
         )
-    axis = _channel_axis(layer, rank)
+    axis = _channel_axis(layer, rank, inherited)
     channels = output.shape[axis]
     if channels is None:
         raise ValueError(
@@ -201,7 +210,12 @@ def resolve_layers(
         for spec in specs:
             chosen.extend(_match(spec, table, by_path, paths))
     unique = list(dict.fromkeys(chosen))
-    return [_watchable(path, by_path[path]) for path in unique]
+    formats: dict[str, str | None] = {}
+    last: str | None = None
+    for path, layer in table:  # model order is topological
+        last = getattr(layer, "data_format", None) or last
+        formats[path] = last
+    return [_watchable(path, by_path[path], formats[path]) for path in unique]
 
 
 def _match(

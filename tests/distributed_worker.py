@@ -1,0 +1,124 @@
+"""One process of a distributed training run, started by tests/test_distributed.py.
+
+Usage: python -m tests.distributed_worker MODE LOG_DIR RESULT_JSON
+
+MODE is `mirrored` (TF MirroredStrategy over 2 logical CPUs), `multiworker` (TF
+MultiWorkerMirroredStrategy; TF_CONFIG set by the caller), `jax` (keras.distribution
+DataParallel over 2 host devices; XLA_FLAGS set by the caller) or `torch` (a gloo process
+group; RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set by the caller). The process trains a
+tiny CNN with an ActivationMonitor, then recomputes the statistics on a fresh single-device
+copy of the final weights, and writes both to RESULT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+
+
+def main(mode: str, log_dir: str, result_path: str) -> None:
+    scope: AbstractContextManager[Any] = nullcontext()
+    if mode in ("mirrored", "multiworker"):
+        import tensorflow as tf
+
+        if mode == "mirrored":
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+            )
+            strategy: Any = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        else:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        scope = strategy.scope()
+        replicas = strategy.num_replicas_in_sync
+    elif mode == "jax":
+        import jax
+        import keras
+
+        devices = jax.devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        replicas = len(devices)
+    elif mode == "torch":
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        replicas = dist.get_world_size()
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+    import keras
+
+    import actwatch
+    from tests.helpers import data, tiny_cnn
+
+    x, y = data(n=64)
+    stats_data = x[:32]
+    with scope:
+        model = tiny_cnn(filters=(4, 8))
+    monitor = actwatch.ActivationMonitor(x[:2], log_dir, stats_data=stats_data)
+    if mode == "multiworker":
+        # Keras 3's fit() does not run under MultiWorkerMirroredStrategy
+        # (keras-team/keras#20585), so drive the callback from a custom loop, as users do.
+        _custom_loop(strategy, model, monitor, x, y)
+    else:
+        model.fit(x, y, epochs=2, batch_size=16, shuffle=False, callbacks=[monitor], verbose=0)
+    if mode == "jax":
+        keras.distribution.set_distribution(None)
+    single = tiny_cnn(filters=(4, 8))
+    single.set_weights([np.asarray(w) for w in model.get_weights()])
+    reference = actwatch.activation_stats(single, stats_data)
+    result = {
+        "replicas": replicas,
+        "failed": monitor._failed_once,
+        "monitor": {k: s.scalars() for k, s in monitor.last_stats.items()},
+        "single": {k: s.scalars() for k, s in reference.items()},
+        "dead_equal": {
+            k: monitor.last_stats[k].dead.tolist() == reference[k].dead.tolist() for k in reference
+        },
+    }
+    with open(result_path, "w") as handle:
+        json.dump(result, handle)
+    if mode == "torch":
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _custom_loop(strategy: Any, model: Any, monitor: Any, x: np.ndarray, y: np.ndarray) -> None:
+    import keras
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).with_options(options)
+    batches = strategy.experimental_distribute_dataset(dataset)
+
+    @tf.function
+    def train_step(batch: Any) -> None:
+        def step(xb: Any, yb: Any) -> None:
+            with tf.GradientTape() as tape:
+                loss = keras.losses.sparse_categorical_crossentropy(yb, model(xb, training=True))
+                loss = tf.reduce_sum(loss) / 16.0
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+        strategy.run(step, args=batch)
+
+    monitor.set_model(model)
+    monitor.set_params({"epochs": 2, "steps": 4, "verbose": 0})
+    monitor.on_train_begin()
+    for epoch in range(2):
+        monitor.on_epoch_begin(epoch)
+        for batch in batches:
+            train_step(batch)
+        monitor.on_epoch_end(epoch, {})
+    monitor.on_train_end()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
