@@ -71,7 +71,9 @@ def read_events(log_dir: str | Path) -> Events:
         plugin = acc.SummaryMetadata(tag).plugin_data.plugin_name
         events = acc.Tensors(tag)
         if plugin == "scalars":
-            out.scalars[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events]
+            out.scalars[tag] = [
+                (e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events
+            ]
         elif plugin == "images":
             decoded = []
             for e in events:

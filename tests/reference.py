@@ -31,7 +31,7 @@ def nonfinite(a: np.ndarray) -> int:
 
 def dead(a: np.ndarray) -> np.ndarray:
     """Per filter: max over samples and positions (finite values) <= 0."""
-    n, p, c = a.shape
+    c = a.shape[-1]
     out = np.zeros(c, dtype=bool)
     for k in range(c):
         values = a[:, :, k][np.isfinite(a[:, :, k])]
@@ -40,7 +40,7 @@ def dead(a: np.ndarray) -> np.ndarray:
 
 
 def dormant(a: np.ndarray, tau: float) -> np.ndarray:
-    n, p, c = a.shape
+    c = a.shape[-1]
     scores = np.zeros(c)
     for k in range(c):
         values = a[:, :, k][np.isfinite(a[:, :, k])]
@@ -71,3 +71,24 @@ def hoyer(a: np.ndarray) -> float:
         return 0.0
     values = [h for h in (hoyer_vector(v) for v in vectors) if h is not None]
     return float(np.mean(values)) if values else 0.0
+
+
+def normalize_maps(x: np.ndarray) -> np.ndarray:
+    """uint8 codes of `(N, H, W, F)` maps (or `(N, F)` Dense outputs), as `grids` documents.
+
+    Each map is scaled over its positions from its finite minimum (0) to its finite maximum
+    (254); a constant map is 0 when its value is <= 0 and 127 otherwise; non-finite is 255.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    axes = (1, 2) if x.ndim == 4 else (1,)
+    finite = np.isfinite(x)
+    lo = np.where(finite, x, np.inf).min(axis=axes, keepdims=True)
+    hi = np.where(finite, x, -np.inf).max(axis=axes, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        spread = hi - lo
+        varied = spread > 0
+        scaled = (x - lo) / np.where(varied, spread, 1.0) * 254.0
+    flat = np.where(hi > 0, 127.0, 0.0)
+    value = np.where(varied, scaled, flat)
+    value = np.where(finite, np.clip(np.round(value), 0, 254), 255)
+    return value.astype(np.uint8)

@@ -19,7 +19,7 @@ OFF_TF = pytest.mark.skipif(BACKEND == "tensorflow", reason="only off the Tensor
 
 def test_backend_is_the_requested_one() -> None:
     """KERAS_BACKEND decides the backend of this run (make test runs all three)."""
-    assert BACKEND == os.environ.get("KERAS_BACKEND", "tensorflow")
+    assert os.environ.get("KERAS_BACKEND", "tensorflow") == BACKEND
 
 
 @OFF_TF

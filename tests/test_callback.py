@@ -118,7 +118,9 @@ def test_scalars_equal_numpy_reference(tmp_path: Path) -> None:
     assert events.scalars["network/dead_fraction"][-1][1] == pytest.approx(dead_total / total)
 
 
-def test_k_dead_filters_give_exactly_one_alert(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_k_dead_filters_give_exactly_one_alert(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """k frozen filters with a large negative bias: k dead filters, one alert, one text entry."""
     k = 3
     model = dead_conv_model(k)
@@ -133,7 +135,11 @@ def test_k_dead_filters_give_exactly_one_alert(tmp_path: Path, caplog: pytest.Lo
     assert len(received) == 1
     alert = received[0]
     assert (alert.kind, alert.layer, alert.filters, alert.count, alert.total) == (
-        "dead", "conv1", (0, 1, 2), 3, 8
+        "dead",
+        "conv1",
+        (0, 1, 2),
+        3,
+        8,
     )
     assert alert.fraction == pytest.approx(3 / 8)
     assert alert.step == 0 and alert.epoch is None
@@ -193,9 +199,7 @@ def test_stop_on_dead_fraction_stops_training(tmp_path: Path) -> None:
     """A layer past stop_on_dead_fraction stops training (Keras still runs one epoch)."""
     model = dead_conv_model(6)
     x, y = data()
-    monitor = actwatch.ActivationMonitor(
-        x[:2], tmp_path, layers="conv1", stop_on_dead_fraction=0.5
-    )
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, layers="conv1", stop_on_dead_fraction=0.5)
     history = model.fit(x, y, epochs=5, batch_size=16, callbacks=[monitor], verbose=0)
     assert len(history.history["loss"]) == 1
 
@@ -271,8 +275,17 @@ def test_real_tensorboard_server_serves_our_tags(tmp_path: Path) -> None:
     port = _free_port()
     tensorboard = Path(sys.executable).parent / "tensorboard"
     process = subprocess.Popen(
-        [str(tensorboard), "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port",
-         str(port), "--load_fast=false", "--samples_per_plugin=images=1000"],
+        [
+            str(tensorboard),
+            "--logdir",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast=false",
+            "--samples_per_plugin=images=1000",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
@@ -292,9 +305,7 @@ def test_real_tensorboard_server_serves_our_tags(tmp_path: Path) -> None:
         assert "dead_fraction/conv1" in scalars["run1"]
         images = _get_json(f"{base}/data/plugin/images/tags")
         assert "filters/conv1/probe_0" in images["run1"]  # type: ignore[index]
-        series = _get_json(
-            f"{base}/data/plugin/scalars/scalars?run=run1&tag=zero_fraction/conv1"
-        )
+        series = _get_json(f"{base}/data/plugin/scalars/scalars?run=run1&tag=zero_fraction/conv1")
         assert [point[1] for point in series] == [0, 2]  # type: ignore[union-attr]
     finally:
         process.terminate()

@@ -66,7 +66,7 @@ def _flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-class ActivationMonitor(keras.callbacks.Callback):
+class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     """Watch the activations of a model's layers while it trains.
 
     At every check, the probes (a fixed batch of images) go once through the model; for every
@@ -387,7 +387,10 @@ class ActivationMonitor(keras.callbacks.Callback):
         out: dict[str, tuple[float, str]] = {}
         for path, s in stats.items():
             for metric, value in s.scalars().items():
-                out[tags.layer_tag(metric, path)] = (value, f"{tags.METRICS[metric]} Layer `{path}`.")
+                out[tags.layer_tag(metric, path)] = (
+                    value,
+                    f"{tags.METRICS[metric]} Layer `{path}`.",
+                )
         for metric, value in NetworkStats.of(dict(stats)).scalars().items():
             out[tags.network_tag(metric)] = (
                 value,

@@ -14,16 +14,16 @@ import difflib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import keras
 import numpy as np
 
 __all__ = ["Extractor", "WatchedLayer", "iter_layers", "resolve_layers"]
 
-LayerSpec = str | re.Pattern[str] | keras.layers.Layer
+LayerSpec: TypeAlias = "str | re.Pattern[str] | keras.layers.Layer"
 
-_DEFAULT_TYPES: tuple[type, ...] = (
+_DEFAULT_TYPES: tuple[type[Any], ...] = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
@@ -46,7 +46,7 @@ _DEFAULT_TYPES: tuple[type, ...] = (
     keras.layers.PReLU,
     keras.layers.ELU,
 )
-_POOLING_TYPES: tuple[type, ...] = (
+_POOLING_TYPES: tuple[type[Any], ...] = (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,
     keras.layers.MaxPooling3D,
@@ -156,11 +156,12 @@ def _watchable(path: str, layer: Any, inherited: str | None = None) -> WatchedLa
 
 def _subclassed_error(model: Any) -> ValueError:
     return ValueError(
-        f"Model {model.name!r} is a subclassed model ({type(model).__name__}): its layers' "
-        "outputs are not part of a graph that actwatch can read. Build the part you want to "
-        "watch with the Functional API (for example `self.backbone = keras.Model(inputs, "
-        "outputs)`) and call the monitor on a Functional model that uses it, or wrap the "
-        "model: `keras.Model(inputs, model(inputs))` does not expose inner layers either."
+        f"Model {model.name!r} is a subclassed model ({type(model).__name__}): actwatch reads "
+        "layer outputs from a model's graph of layers, which subclassed models do not have. "
+        "Build the model, or the part you want to watch, with the Functional API "
+        "(`outputs = ...(keras.Input(...))`, `keras.Model(inputs, outputs)`) or as a "
+        "`keras.Sequential`; Functional sub-models can be watched by path, e.g. "
+        "'backbone/conv1'."
     )
 
 
@@ -346,9 +347,10 @@ class Extractor:
         elif backend == "tensorflow":
             import tensorflow as tf
 
-            @tf.function(reduce_retracing=True)
-            def run_device(x: Any) -> Any:
+            def call(x: Any) -> Any:
                 return reduce(_as_list(model(x, training=False)))
+
+            run_device = tf.function(call, reduce_retracing=True)
 
         elif backend == "torch":
             import torch

@@ -2,7 +2,7 @@
 
 | what | tag |
 | --- | --- |
-| per-layer scalar | `{metric}/{layer}`, e.g. `zero_fraction/conv2d`, `dead_fraction/backbone/conv1` |
+| per-layer scalar | `{metric}/{layer}`, e.g. `dead_fraction/backbone/conv1` |
 | whole-network scalar | `network/{metric}`, e.g. `network/dead_fraction` |
 | learning rate at the check | `network/learning_rate` |
 | filter grid | `filters/{layer}/probe_{i}` |
@@ -76,15 +76,16 @@ def layout(layers: Sequence[str]) -> layout_pb2.Layout:
         charts.append(
             layout_pb2.Chart(
                 title=metric,
-                multiline=layout_pb2.MultilineChartContent(
-                    tag=[_exact(t) for t in tags]
-                ),
+                multiline=layout_pb2.MultilineChartContent(tag=[_exact(t) for t in tags]),
             )
         )
     network = layout_pb2.Chart(
         title="network",
         multiline=layout_pb2.MultilineChartContent(
-            tag=[_exact(network_tag(m)) for m in ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")]
+            tag=[
+                _exact(network_tag(m))
+                for m in ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
+            ]
         ),
     )
     return layout_pb2.Layout(
