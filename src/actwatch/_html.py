@@ -34,7 +34,6 @@ figure { margin: 0; }
 figcaption { font-size: .85rem; color: #444; margin-top: .2rem; }
 figcaption .run, td.name, .alerts h3 { font-family: ui-monospace, monospace; }
 img { max-width: 100%; height: auto; display: block; }
-img.pixels { image-rendering: pixelated; }
 table { border-collapse: collapse; margin: .6rem 0; }
 th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: right; }
 th { background: #f3f3f3; }
@@ -76,11 +75,10 @@ def write_png(path: Path, png: bytes) -> None:
     path.write_bytes(png)
 
 
-def img(png: bytes, alt: str, *, pixels: bool = False) -> str:
+def img(png: bytes, alt: str) -> str:
     """An `<img>` with `png` inline as a data URI; `alt` is escaped."""
     data = base64.b64encode(png).decode("ascii")
-    klass = ' class="pixels"' if pixels else ""
-    return f'<img{klass} alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, names: int = 1) -> str:

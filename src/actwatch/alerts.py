@@ -149,9 +149,7 @@ class AlertTracker:
             new = tuple(i for i in _indices(confirmed) if i not in alerted)
             if new and confirmed_fraction >= self.dead_alert_fraction:
                 alerted.update(new)
-                died = (
-                    None if previous is None else tuple(i for i in new if not previous[i])
-                )
+                died = None if previous is None else tuple(i for i in new if not previous[i])
                 alerts.append(
                     self._dead_alert(path, s, confirmed, new, died, step, epoch, learning_rate)
                 )

@@ -92,9 +92,9 @@ def build_model(size: int = 64, classes: int = len(CLASSES), *, lr: float = 1e-3
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
     for block, filters in enumerate((16, 32, 64, 64, 128), start=1):
-        x = keras.layers.Conv2D(
-            filters, 3, padding="same", activation="relu", name=f"conv{block}"
-        )(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block}")(
+            x
+        )
         x = keras.layers.MaxPooling2D(name=f"pool{block}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(64, activation="relu", name="dense")(x)
@@ -130,8 +130,6 @@ def run_demo(
 ) -> DemoResult:
     """Train the demo CNN with an `ActivationMonitor` writing to `log_dir`."""
     import time
-
-    import keras
 
     from .callback import ActivationMonitor
 

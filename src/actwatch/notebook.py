@@ -18,9 +18,10 @@ import keras
 import numpy as np
 from matplotlib.figure import Figure
 
-from .extract import Extractor, resolve_layers
+from ._html import plain
+from .extract import Extractor, WatchedLayer, resolve_layers
 from .grids import filter_grid, heatmap_overlay
-from .pipeline import CheckPipeline
+from .pipeline import CheckPipeline, CheckResult
 from .probes import ProbeBatch, prepare_probes, read_probe_source
 from .stats import LayerStats
 
@@ -78,15 +79,57 @@ def activation_stats(
     return pipeline.run(batch.feed()).stats
 
 
+def look(
+    model: keras.Model,
+    watched: list[WatchedLayer],
+    x: Any,
+    *,
+    preprocess: Preprocess = None,
+    max_filters: int = 64,
+    probe: int = 0,
+) -> tuple[ProbeBatch, CheckResult]:
+    """One check of `x` through `watched`: the batch (with its pictures) and what came back.
+
+    Statistics are judged on all of `x`; maps and heatmaps are drawn for every sample of it.
+    `probe` is checked against the batch size before the model runs.
+    """
+    batch = _batch(model, x, preprocess)
+    _check_probe(probe, batch.size)
+    result = CheckPipeline(model, watched, max_filters=max_filters).run(batch.feed())
+    return batch, result
+
+
 def _figure(panels: list[tuple[str, np.ndarray]], columns: int, size: float) -> Figure:
-    rows = math.ceil(len(panels) / columns)
+    columns = max(1, min(columns, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
     figure = Figure(figsize=(size * columns, size * rows), layout="constrained")
     for i, (title, image) in enumerate(panels):
         axes = figure.add_subplot(rows, columns, i + 1)
         axes.imshow(image, interpolation="nearest")
-        axes.set_title(title, fontsize=9)
+        axes.set_title(plain(title), fontsize=9)
         axes.set_axis_off()
     return figure
+
+
+def filters_figure(result: CheckResult, probe: int = 0, columns: int = 3) -> Figure:
+    """One filter grid per layer of `result` for sample `probe`, dead filters crossed in red."""
+    panels = []
+    for path, maps in result.maps.items():
+        s = result.stats[path]
+        title = f"{path}: {maps.shape[-1]}/{s.filters} filters, {s.dead_count} dead"
+        panels.append((title, filter_grid(maps[probe], s.dead)))
+    return _figure(panels, columns, 4.0)
+
+
+def heatmaps_figure(
+    result: CheckResult, display: np.ndarray | None, probe: int = 0, columns: int = 4
+) -> Figure:
+    """Each layer's mean activation over channels for sample `probe`, over its picture."""
+    background = None if display is None else display[probe]
+    panels = [
+        (path, heatmap_overlay(heat[probe], background)) for path, heat in result.heat.items()
+    ]
+    return _figure(panels, columns, 3.0)
 
 
 def plot_filters(
@@ -104,15 +147,8 @@ def plot_filters(
     Dead filters (judged on all of `x`) are drawn as red crossed tiles, as in TensorBoard.
     """
     watched = resolve_layers(model, layers)
-    batch = _batch(model, x, preprocess)
-    _check_probe(probe, batch.size)
-    result = CheckPipeline(model, watched, max_filters=max_filters).run(batch.feed())
-    panels = []
-    for path, maps in result.maps.items():
-        s = result.stats[path]
-        title = f"{path}: {maps.shape[-1]}/{s.filters} filters, {s.dead_count} dead"
-        panels.append((title, filter_grid(maps[probe], s.dead)))
-    return _figure(panels, columns, 4.0)
+    _, result = look(model, watched, x, preprocess=preprocess, max_filters=max_filters, probe=probe)
+    return filters_figure(result, probe, columns)
 
 
 def plot_heatmaps(
@@ -124,14 +160,20 @@ def plot_heatmaps(
     preprocess: Preprocess = None,
     columns: int = 4,
 ) -> Figure:
-    """A matplotlib Figure: each layer's mean activation over channels, over probe `probe`."""
-    watched = [w for w in resolve_layers(model, layers) if w.rank > 2]
-    batch = _batch(model, x, preprocess)
-    _check_probe(probe, batch.size)
-    result = CheckPipeline(model, watched).run(batch.feed())
-    background = None if batch.display is None else batch.display[probe]
-    panels = [(path, heatmap_overlay(heat[probe], background)) for path, heat in result.heat.items()]
-    return _figure(panels, columns, 3.0)
+    """A matplotlib Figure: each layer's mean activation over channels, over probe `probe`.
+
+    Layers without spatial outputs (Dense) are left out.
+    """
+    chosen = resolve_layers(model, layers)
+    watched = [w for w in chosen if w.rank > 2]
+    if not watched:
+        raise ValueError(
+            "Invalid value for argument `layers`: heatmaps need outputs with positions, "
+            "(batch, height, width, channels) or (batch, length, channels), but "
+            f"{[w.path for w in chosen]} have none. Pass convolution or pooling layers."
+        )
+    batch, result = look(model, watched, x, preprocess=preprocess, probe=probe)
+    return heatmaps_figure(result, batch.display, probe, columns)
 
 
 def _check_probe(probe: int, size: int) -> None:

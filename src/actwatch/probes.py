@@ -27,7 +27,8 @@ from PIL import Image
 
 __all__ = ["ProbeBatch", "ProbeSource", "prepare_probes", "read_probe_source"]
 
-Preprocess = Callable[[np.ndarray], Any]
+#: Called with the first input's batch, or a list of batches for multi-input models.
+Preprocess = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _display_from_array(batch: np.ndarray) -> np.ndarray | None:
     lo = x.min(axis=(1, 2, 3), keepdims=True)
     hi = x.max(axis=(1, 2, 3), keepdims=True)
     x = (x - lo) / np.where(hi > lo, hi - lo, 1.0)
-    out = np.round(x * 255.0).astype(np.uint8)
+    out: np.ndarray = np.round(x * 255.0).astype(np.uint8)
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return out

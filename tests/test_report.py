@@ -1,0 +1,438 @@
+"""`actwatch.report`: real logs from a real fit, read back and drawn as one HTML page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from actwatch import report, tags
+from actwatch.sink import Sink
+
+from .fit_logs import MATH_LAYER, SCRIPT_LAYER, fit_run, write_script_run
+from .helpers import read_events
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LOGDIR with three runs: healthy, dying (2 of conv1's 4 filters dead), and one written
+    with the Sink whose layer names are markup and broken matplotlib math."""
+    root = tmp_path_factory.mktemp("logs")
+    fit_run(root / "healthy")
+    fit_run(root / "dying", dead=2)
+    write_script_run(root / "nested" / "script")
+    return root
+
+
+@pytest.fixture(scope="module")
+def page(logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "report.html"
+    assert report.write_report(logs, out, progress=False) == out
+    return out
+
+
+class _Images(HTMLParser):
+    """Collects every <img> (alt, src) and the page's text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[tuple[str, str]] = []
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "img":
+            values = dict(attrs)
+            self.images.append((values.get("alt") or "", values.get("src") or ""))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Images:
+    parser = _Images()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+class TestReading:
+    def test_read_run_equals_tensorboard_event_accumulator(self, logs: Path) -> None:
+        """Scalars, probe-0 filter grids and alerts are exactly what TensorBoard reads."""
+        for name in ("healthy", "dying"):
+            run = report.read_run(logs / name)
+            expected = read_events(logs / name)
+            assert {t: sorted(v.items()) for t, v in run.scalars.items()} == {
+                t: sorted((s, pytest.approx(v)) for s, v in values)
+                for t, values in expected.scalars.items()
+            }
+            for layer, grids in run.grids.items():
+                want = expected.images[tags.filters_tag(layer, 0)]
+                assert sorted(grids) == [s for s, _ in want]
+                for step, image in want:
+                    decoded = np.asarray(Image.open(io.BytesIO(grids[step])))
+                    np.testing.assert_array_equal(decoded, image)
+            assert run.alerts == expected.texts.get(tags.ALERTS, [])
+
+    def test_layers_steps_and_alerts_of_a_real_fit(self, logs: Path) -> None:
+        """Layers come in model order; 3 epochs of 3 batches give checks at 0, 3, 6 and 9."""
+        healthy = report.read_run(logs / "healthy")
+        assert healthy.layers == ["conv1", "pool1", "conv2", "pool2"]
+        assert healthy.steps == [0, 3, 6, 9]
+        assert healthy.alerts == []
+        dying = report.read_run(logs / "dying")
+        assert dying.layers == ["conv1", "pool1", "conv2", "pool2"]
+        assert dying.series("dead_fraction", "conv1") == ([0, 3, 6, 9], [0.5] * 4)
+        assert [step for step, _ in dying.alerts] == [0]
+        assert "2 filter(s) of layer `conv1` are dead: [0, 1]." in dying.alerts[0][1]
+
+    @pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow",
+        reason="TensorBoard's EventFileLoader reads through TensorFlow, imported here only on "
+        "the tensorflow backend",
+    )
+    def test_reader_without_tensorflow_equals_tensorboard_loader(self, logs: Path) -> None:
+        """The TF-free record reader yields exactly the events of TensorBoard's loader."""
+        from tensorboard.backend.event_processing import event_file_loader
+
+        files = sorted((logs / "dying").glob("events.out.tfevents.*"))
+        assert files
+        for file in files:
+            ours = [e.SerializeToString() for e in report._events_without_tensorflow(file)]
+            theirs = [
+                e.SerializeToString() for e in event_file_loader.EventFileLoader(str(file)).Load()
+            ]
+            assert len(ours) > 4
+            assert ours == theirs
+
+    def test_truncated_file_keeps_every_complete_check(self, logs: Path, tmp_path: Path) -> None:
+        """A file cut mid-record (training still writing) reads up to the last whole record."""
+        (source,) = sorted((logs / "healthy").glob("events.out.tfevents.*"))
+        whole = list(report._events_without_tensorflow(source))
+        copy = tmp_path / source.name
+        copy.write_bytes(source.read_bytes()[:-100])
+        cut = list(report._events_without_tensorflow(copy))
+        assert [e.step for e in cut] == [e.step for e in whole[:-1]]
+
+    def test_corrupt_record_is_reported_and_skipped(
+        self, logs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A record whose CRC fails ends the file's reading with a warning naming it."""
+        (source,) = sorted((logs / "healthy").glob("events.out.tfevents.*"))
+        data = bytearray(source.read_bytes())
+        data[-10] ^= 0xFF  # inside the last record's payload
+        copy = tmp_path / source.name
+        copy.write_bytes(bytes(data))
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            events = list(report._events_without_tensorflow(copy))
+        assert len(events) == len(list(report._events_without_tensorflow(source))) - 1
+        assert "failed its data CRC check" in caplog.text
+        assert copy.name in caplog.text
+
+    def test_runs_are_found_recursively_and_sorted(self, logs: Path) -> None:
+        assert report.find_runs(logs) == [logs / "dying", logs / "healthy", logs / "nested/script"]
+
+
+class TestPage:
+    def test_every_section_and_run_is_on_the_page(self, page: Path) -> None:
+        """One page: each run's curves, dead heatmap, filter triptychs and alerts."""
+        parsed = _parse(page)
+        text = " ".join(parsed.text)
+        for section in ("Sparsity over training", "Dead filters", "Filter grids", "Alerts"):
+            assert section in text
+        for run in ("healthy", "dying", "nested/script"):
+            assert f"sparsity curves of run {run}" in [alt for alt, _ in parsed.images]
+            assert f"dead fraction of run {run}" in [alt for alt, _ in parsed.images]
+        # Filter triptychs: 4 layers in each fitted run, 2 in the Sink run.
+        filter_images = [alt for alt, _ in parsed.images if alt.startswith("filters of ")]
+        assert len(filter_images) == 10
+        assert "not watched" in text  # the script run has none of the fitted layers
+
+    def test_images_are_inline_pngs_and_match_the_files(self, page: Path) -> None:
+        """Every <img> is a PNG data URI, and each is also a file in <stem>_figures."""
+        parsed = _parse(page)
+        files = sorted((page.parent / "report_figures").glob("*.png"))
+        assert len(parsed.images) == len(files) == 3 * 2 + 10
+        inline = []
+        for _, src in parsed.images:
+            assert src.startswith("data:image/png;base64,")
+            png = base64.b64decode(src.split(",", 1)[1])
+            width, height = Image.open(io.BytesIO(png)).size
+            assert width > 100 and height > 50
+            inline.append(png)
+        assert sorted(inline) == sorted(f.read_bytes() for f in files)
+
+    def test_triptych_picks_first_middle_and_last_check(self, logs: Path) -> None:
+        """Of the checks that have images, the first, the middle and the last are drawn."""
+        assert report._picked_steps([0, 3, 6, 9]) == [("first", 0), ("middle", 6), ("last", 9)]
+        assert report._picked_steps([0, 3, 6]) == [("first", 0), ("middle", 3), ("last", 6)]
+        assert report._picked_steps([4, 8]) == [("first", 4), ("last", 8)]
+        assert report._picked_steps([4]) == [("first", 4)]
+        assert report._picked_steps([]) == []
+        # The sink may skip a check's images under load, never its scalars.
+        run = report.read_run(logs / "healthy")
+        assert run.grids["conv1"].keys() <= set(run.steps)
+        assert 0 in run.grids["conv1"]
+
+    def test_names_from_the_logs_are_text_not_markup(self, page: Path) -> None:
+        """Layer names and alert texts that are HTML appear escaped; the page has no script."""
+        source = page.read_text(encoding="utf-8")
+        parsed = _parse(page)
+        assert "script" not in parsed.tags
+        assert parsed.tags.count("img") == len(parsed.images) == 16
+        assert "<b>lost</b>" not in source
+        assert "&lt;b&gt;lost&lt;/b&gt;" in source
+        text = "".join(parsed.text)
+        assert SCRIPT_LAYER in text
+        assert MATH_LAYER in text
+        assert "<i>co</i>" not in source
+        assert "Content-Security-Policy" in source
+
+    def test_alerts_of_the_dying_run_are_listed(self, page: Path) -> None:
+        parsed = _parse(page)
+        text = " ".join(parsed.text)
+        assert "step 0:" in text and "are dead" in text
+        assert "no alerts" in text  # the healthy run
+
+    def test_same_report_with_and_without_tensorflow(self, logs: Path, page: Path) -> None:
+        """`actwatch report` with TensorFlow made unimportable writes the very same page."""
+        out = page.parent.parent / "notf" / "report.html"
+        code = (
+            "import sys; sys.modules['tensorflow'] = None\n"
+            "from actwatch.cli import main\n"
+            f"code = main(['report', {str(logs)!r}, '-o', {str(out)!r}])\n"
+            "assert sys.modules['tensorflow'] is None\n"
+            "sys.exit(code)\n"
+        )
+        env = {**os.environ, "KERAS_BACKEND": "jax"}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        assert out.read_text(encoding="utf-8") == page.read_text(encoding="utf-8")
+        for figure in sorted((page.parent / "report_figures").glob("*.png")):
+            assert (out.parent / "report_figures" / figure.name).read_bytes() == figure.read_bytes()
+
+
+class TestProgressAndErrors:
+    def test_progress_bar_when_asked(
+        self, logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        report.write_report(logs / "healthy", tmp_path / "r.html", progress=True)
+        err = capsys.readouterr().err
+        assert "\rreading events [" in err and "100%" in err and "MB" in err
+        assert "\rdrawing figures [" in err and "6/6 figures" in err
+
+    def test_no_progress_bar_when_stderr_is_not_a_terminal(
+        self, logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        report.write_report(logs / "healthy", tmp_path / "r.html")
+        assert capsys.readouterr().err == ""
+
+    def test_missing_logdir(self, tmp_path: Path) -> None:
+        with pytest.raises(FileNotFoundError, match=r"'.*nowhere' does not exist\. Pass the"):
+            report.write_report(tmp_path / "nowhere", tmp_path / "r.html")
+
+    def test_logdir_without_event_files(self, tmp_path: Path) -> None:
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(FileNotFoundError, match=r"No TensorBoard event files"):
+            report.write_report(tmp_path / "empty", tmp_path / "r.html")
+
+    def test_logdir_with_other_event_files_only(self, tmp_path: Path) -> None:
+        """Event files without actwatch tags (say Keras' TensorBoard callback) are refused."""
+        sink = Sink(str(tmp_path / "keras" / "train"))
+        sink.submit(1, scalars={"epoch_loss": (0.5, "loss")})
+        sink.close()
+        with pytest.raises(ValueError, match=r"No actwatch data .* \['train'\]"):
+            report.write_report(tmp_path / "keras", tmp_path / "r.html")
+
+    def test_other_runs_are_skipped_with_a_note(self, logs: Path, tmp_path: Path) -> None:
+        root = tmp_path / "mixed"
+        shutil.copytree(logs / "healthy", root / "healthy")
+        sink = Sink(str(root / "validation"))
+        sink.submit(1, scalars={"epoch_loss": (0.5, "loss")})
+        sink.close()
+        out = report.write_report(root, tmp_path / "r.html")
+        assert "Skipped (no actwatch tags): validation." in out.read_text(encoding="utf-8")
+
+    def test_output_that_is_a_directory(self, logs: Path, tmp_path: Path) -> None:
+        with pytest.raises(IsADirectoryError, match=r"is a directory\. Pass a file name"):
+            report.write_report(logs, tmp_path)
+
+
+# Headless Chromium -----------------------------------------------------------------------
+
+
+class _DevTools:
+    """Just enough of the Chrome DevTools protocol: commands, and the events seen meanwhile."""
+
+    def __init__(self, url: str) -> None:
+        import websocket
+
+        self.ws = websocket.create_connection(url, timeout=60, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method} failed: {message['error']}")
+                result: dict[str, Any] = message["result"]
+                return result
+            self.events.append(message)
+
+    def wait_for(self, method: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == method for e in self.events):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {method} within {timeout} s")
+            self.events.append(json.loads(self.ws.recv()))
+
+    def errors(self) -> list[str]:
+        """Console errors, uncaught exceptions and browser log errors (CSP, failed loads)."""
+        found = []
+        for event in self.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                found.append(json.dumps(params["exceptionDetails"])[:500])
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in (
+                "error",
+                "assert",
+            ):
+                found.append(json.dumps(params.get("args"))[:500])
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                found.append(params["entry"].get("text", ""))
+        return found
+
+    def open(self, uri: str) -> None:
+        self.events.clear()
+        self.call("Page.navigate", url=uri)
+        self.wait_for("Page.loadEventFired")
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Any:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip(
+            "`chromium` is not on PATH (Debian: apt-get install chromium; `make test` does)"
+        )
+    profile = tmp_path / "chromium-profile"
+    log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--no-default-browser-check",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--window-size=1280,900",
+            "about:blank",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(
+                    "chromium did not open its DevTools port: "
+                    + (tmp_path / "chromium.log").read_text(errors="replace")[-2000:]
+                )
+            time.sleep(0.1)
+        port = int(port_file.read_text().splitlines()[0])
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
+            targets = json.load(response)
+        (target,) = [t for t in targets if t["type"] == "page"]
+        tools = _DevTools(target["webSocketDebuggerUrl"])
+        for domain in ("Page", "Runtime", "Log"):
+            tools.call(f"{domain}.enable")
+        yield tools
+        tools.ws.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(20)
+        log.close()
+
+
+_PAGE_FACTS = """JSON.stringify({
+  images: document.images.length,
+  decoded: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+  scripts: document.querySelectorAll('script').length,
+  text: document.body.innerText,
+  alts: [...document.images].map(i => i.alt),
+})"""
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(chromium: Any, page: Path, tmp_path: Path) -> None:
+    """The page renders: every image decodes, no console error, markup names are text."""
+    # The console check must see errors when there are some.
+    control = tmp_path / "control.html"
+    control.write_text("<!DOCTYPE html><script>console.error('control error')</script>")
+    chromium.open(control.as_uri())
+    assert any("control error" in e for e in chromium.errors())
+
+    chromium.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=1280,
+        height=900,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    chromium.open(page.as_uri())
+    facts = json.loads(chromium.evaluate(_PAGE_FACTS))
+    assert facts["images"] == 16
+    assert facts["decoded"] == 16
+    assert facts["scripts"] == 0
+    assert SCRIPT_LAYER in facts["text"]
+    assert MATH_LAYER in facts["text"]
+    assert "<b>lost</b>" in facts["text"]
+    assert f"filters of {SCRIPT_LAYER} in run nested/script" in facts["alts"]
+    shot = chromium.call("Page.captureScreenshot", format="png")
+    image = Image.open(io.BytesIO(base64.b64decode(shot["data"])))
+    assert image.size == (1280, 900)
+    pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.std() > 10  # a rendered page, not a blank one
+    (tmp_path / "screenshot.png").write_bytes(base64.b64decode(shot["data"]))
+    assert chromium.errors() == []
