@@ -12,6 +12,7 @@ marks a non-finite value (drawn magenta). A constant map is drawn black when its
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -45,14 +46,16 @@ def normalize_maps(x: Any) -> Any:
     """
     axes = (1, 2) if len(x.shape) == 4 else (1,)
     finite = ops.isfinite(x)
-    lo = ops.min(ops.where(finite, x, ops.full_like(x, np.inf)), axis=axes, keepdims=True)
-    hi = ops.max(ops.where(finite, x, ops.full_like(x, -np.inf)), axis=axes, keepdims=True)
+    lo = ops.min(ops.where(finite, x, np.inf), axis=axes, keepdims=True)
+    hi = ops.max(ops.where(finite, x, -np.inf), axis=axes, keepdims=True)
     spread = hi - lo
     varied = spread > 0.0
-    scaled = (x - lo) / ops.where(varied, spread, ops.ones_like(spread)) * 254.0
-    flat = ops.where(hi > 0.0, ops.full_like(x, 127.0), ops.zeros_like(x))
-    value = ops.where(varied, scaled, flat)
-    value = ops.where(finite, ops.clip(ops.round(value), 0.0, 254.0), float(NONFINITE))
+    # Per-map scale and offset on the small (N, 1, 1, F) tensors, so the full-size tensor is
+    # touched by few element-wise ops: a constant map gets scale 0 and its flat code.
+    scale = ops.where(varied, 254.0 / ops.where(varied, spread, 1.0), 0.0)
+    flat = ops.where(varied, 0.0, ops.where(hi > 0.0, 127.0, 0.0))
+    value = ops.round((x - ops.where(varied, lo, 0.0)) * scale + flat)
+    value = ops.where(finite, ops.minimum(value, 254.0), float(NONFINITE))
     return ops.cast(value, "uint8")
 
 
@@ -75,12 +78,14 @@ def grid_layout(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+# RGB of each uint8 code: gray levels 0..254 spread over 0..255, magenta for non-finite.
+_PALETTE = np.repeat((np.arange(256, dtype=np.uint16) * 255 // 254).astype(np.uint8)[:, None], 3, 1)
+_PALETTE[NONFINITE] = NONFINITE_RGB
+
+
 def _paint(codes: np.ndarray) -> np.ndarray:
     """uint8 codes (..., ) -> RGB (..., 3): gray levels, magenta for non-finite."""
-    gray = (codes.astype(np.uint16) * 255 // 254).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    rgb[codes == NONFINITE] = NONFINITE_RGB
-    return rgb
+    return _PALETTE.take(codes, axis=0)
 
 
 def _dead_tile(h: int, w: int) -> np.ndarray:
@@ -124,17 +129,23 @@ def filter_grid(maps: np.ndarray, dead: np.ndarray | None = None, gutter: int = 
         sy = sx = s
         rows, cols = grid_layout(f)
     th, tw = h * sy, w * sx
+    # One array op per step instead of a Python loop over filters: paint, upscale, mark the
+    # dead, then lay the (tile + gutter) cells out row by row with one reshape.
+    tiles = np.moveaxis(_paint(maps), 2, 0)  # (f, h, w, 3)
+    if sy > 1 or sx > 1:
+        tiles = tiles.repeat(sy, axis=1).repeat(sx, axis=2)
+    cells = np.empty((rows * cols, th + gutter, tw + gutter, 3), np.uint8)
+    cells[:] = GUTTER_RGB
+    cells[:f, :th, :tw] = tiles
+    if dead is not None:
+        marked = np.asarray(dead, dtype=bool)[:f]
+        if marked.any():
+            cells[:f][marked, :th, :tw] = _dead_tile(th, tw)
+    body = cells.reshape(rows, cols, th + gutter, tw + gutter, 3).transpose(0, 2, 1, 3, 4)
     out = np.empty((rows * (th + gutter) + gutter, cols * (tw + gutter) + gutter, 3), np.uint8)
-    out[:] = GUTTER_RGB
-    tiles = _paint(maps)  # (h, w, f, 3)
-    tiles = np.repeat(np.repeat(tiles, sy, axis=0), sx, axis=1)
-    for i in range(f):
-        r, c = divmod(i, cols)
-        y, x = gutter + r * (th + gutter), gutter + c * (tw + gutter)
-        if dead is not None and bool(dead[i]):
-            out[y : y + th, x : x + tw] = _dead_tile(th, tw)
-        else:
-            out[y : y + th, x : x + tw] = tiles[:, :, i]
+    out[:gutter] = GUTTER_RGB
+    out[:, :gutter] = GUTTER_RGB
+    out[gutter:, gutter:] = body.reshape(rows * (th + gutter), cols * (tw + gutter), 3)
     return out
 
 
@@ -155,14 +166,23 @@ def _dense_strip(codes: np.ndarray, dead: np.ndarray | None, gutter: int) -> np.
     return out
 
 
-def _colormap_lut(name: str = "inferno") -> np.ndarray:
-    from matplotlib import colormaps
-
-    lut = colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
-    return np.round(lut * 255.0).astype(np.uint8)
-
-
-_LUT: np.ndarray | None = None
+# matplotlib's "inferno" colormap at 256 levels, as uint8 RGB (base64 of 768 bytes): kept
+# here so that drawing heatmaps needs neither matplotlib nor its import time.
+_INFERNO = (
+    "AAAEAQAFAQEGAQEIAgEKAgIMAgIOAwIQBAMSBAMUBQQXBgQZBwUbCAUdCQYfCgciCwckDAgmDQgpDgkrEAktEQow"
+    "EgoyFAs0FQs3Fgs5GAw8GQw+GwxBHAxDHgxFHwxIIQxKIwxMJAxPJgxRKAtTKQtVKwtXLQtZLwpbMQpcMgpeNApf"
+    "NglhOAliOQljOwlkPQllPglmQApnQgpoRApoRQppRwtqSQtqSgxrTAxrTQ1sTw1sUQ5sUg5tVA9tVQ9tVxBuWRBu"
+    "WhFuXBJuXRJuXxNuYRNuYhRuZBVuZRVuZxZuaRZuahdubBhubRhubxlucRluchpudBpudRtudxxteBxteh1tfB1t"
+    "fR5tfx5sgB9sgiBshCBrhSFrhyFriCJqiiJqjCNpjSNpjyRpkCVokiVokyZnlSZnlydmmCdmmihlmylknSlknypj"
+    "oCpjoitioyxhpSxgpi1gqC5fqS5eqy9erTBdrjBcsDFbsTJaszJatDNZtjRYtzVXuTVWujZVvDdUvThTvzlSwDpR"
+    "wTpQwztPxDxOxj1Nxz5MyD9LykBKy0FJzEJIzkNHz0RG0EVF0kZE00dD1EhC1UpB10s/2Ew+2U092k4821A73VE6"
+    "3lI431M34FU24VY14lc041kz5Fox5Vww5l0v514u6GAt6WEr6mMq62Qp62Yo7Gcm7Wkl7mok72wj724h8G8g8XEf"
+    "8XMd8nQc83Yb83gZ9HkY9XsX9X0V9n4U9oAT94IS94QQ+IUP+IcO+IkM+YsL+YwK+Y4J+pAI+pIH+pQH+5YG+5cG"
+    "+5kG+5sG+50H/J8H/KEI/KMJ/KUK/KYM/KgN/KoP/KwR/K4S/LAU/LIW/LQY+7Ya+7gd+7of+7wh+74j+sAm+sIo"
+    "+sQq+sYt+ccv+cky+cs1+M03+M8699E999NA9tVD9tdG9dlJ9dtM9N1P9N9T9OFW8+Na8+Vd8uZh8uhl8upp8ext"
+    "8e1x8e918fF58vJ98vSC8/WG8/aK9PiO9fmS9vqW+Pua+fyd+v2h/P+k"
+)
+_LUT = np.frombuffer(base64.b64decode("".join(_INFERNO)), dtype=np.uint8).reshape(256, 3)
 
 
 def heatmap_overlay(
@@ -174,14 +194,11 @@ def heatmap_overlay(
     `min_side` pixels on its longer side; the heat map is resized (bilinear) to it. Without a
     background the coloured heat map alone is returned, at the same kind of size.
     """
-    global _LUT
-    if _LUT is None:
-        _LUT = _colormap_lut()
     base_h, base_w = background.shape[:2] if background is not None else heat.shape
     scale = max(1, math.ceil(min_side / max(base_h, base_w)))
     size = (base_w * scale, base_h * scale)
     resized = np.asarray(Image.fromarray(heat).resize(size, Image.Resampling.BILINEAR))
-    coloured = _LUT[resized]
+    coloured = _LUT.take(resized, axis=0)
     if background is None:
         return coloured
     if scale > 1:

@@ -20,9 +20,11 @@ import os
 import queue
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,9 @@ logger = logging.getLogger("actwatch")
 ImageRender = Callable[[], Mapping[str, tuple[np.ndarray, str]]]
 
 _counter = itertools.count()
+
+#: Niceness of the background thread on Linux (0-19; higher yields more to training).
+SINK_NICENESS = 10
 
 
 def _masked_crc32c(data: bytes) -> int:
@@ -133,11 +138,42 @@ class EventFileWriter:
         self._file.close()
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGBA)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of a uint8 (H, W, 3) or (H, W) image; level 1 is fast and good enough."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
+    """PNG bytes of a uint8 (H, W, 3), (H, W, 4) or (H, W) image; level 1 is fast and good enough.
+
+    Rows are written with PNG's "Up" filter (the difference to the row above, computed with
+    numpy) and deflated by zlib, which releases the GIL: about twice as fast as Pillow's
+    per-row adaptive filtering for the same size of file, on our tiled, upscaled grids.
+    """
+    image = np.asarray(image)
+    channels = 1 if image.ndim == 2 else (image.shape[2] if image.ndim == 3 else 0)
+    if image.dtype != np.uint8 or channels not in _PNG_COLOUR_TYPES or 0 in image.shape:
+        buffer = io.BytesIO()  # anything unusual: let Pillow handle (or reject) it
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
+        return buffer.getvalue()
+    height, width = image.shape[:2]
+    rows = image.reshape(height, width * channels)
+    raw = np.empty((height, width * channels + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # filter type "Up"; row 0 is against zeros
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(raw.data, compress_level)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
 
 
 @dataclass
@@ -264,6 +300,7 @@ class Sink:
     # Background thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
+        _lower_thread_priority()
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -337,7 +374,9 @@ class Sink:
                 summary_pb2.Summary.Value(
                     tag=tag,
                     tensor=tensor_util.make_tensor_proto(text.encode("utf-8")),
-                    metadata=self._metadata(tag, description, text_metadata.create_summary_metadata),
+                    metadata=self._metadata(
+                        tag, description, text_metadata.create_summary_metadata
+                    ),
                 )
             )
         if job.render is not None:
@@ -381,6 +420,17 @@ class Sink:
         self.stats.encode_seconds += timings["encode"]
         self.stats.write_seconds += timings["write"]
         self.stats.last_check = {**timings, "bytes": float(writer.bytes_written - before)}
+
+
+def _lower_thread_priority() -> None:
+    """Give the calling thread a lower CPU priority (Linux: nice applies per thread).
+
+    On a machine whose cores are all busy training, PNG encoding then uses the gaps instead
+    of taking time from the training threads; elsewhere it changes nothing.
+    """
+    if sys.platform.startswith("linux") and SINK_NICENESS > 0:
+        with contextlib.suppress(OSError):  # not allowed here: keep the normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SINK_NICENESS)
 
 
 def _layout_event(layout: layout_pb2.Layout, wall_time: float) -> event_pb2.Event:
