@@ -121,7 +121,7 @@ import keras  # noqa: E402
 import actwatch  # noqa: E402
 import actwatch.sink  # noqa: E402
 from actwatch.demo import build_model, make_dataset  # noqa: E402
-from actwatch.sink import Sink, SinkStats  # noqa: E402
+from actwatch.sink import SinkStats  # noqa: E402
 
 # Measuring ------------------------------------------------------------------------------
 
@@ -186,17 +186,12 @@ class EpochEnd(keras.callbacks.Callback):
         self.marks = marks
         self.monitor = monitor
         self.checks: list[tuple[str, dict[str, float]]] = []
-        self.sink: Sink | None = None
         self._seen: dict[str, float] | None = None
 
     def _record(self, where: str) -> None:
         if self.monitor is not None and self.monitor.timings is not self._seen:
             self._seen = self.monitor.timings
             self.checks.append((where, dict(self.monitor.timings)))
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.monitor is not None:
-            self.sink = self.monitor._sink  # kept: its stats outlive the monitor's close
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._record(f"epoch {epoch + 1} begin")
@@ -269,7 +264,7 @@ def fit_once(data: Data, workload: Workload, epochs: int, log_dir: str | None, s
         epoch_seconds=[e - s for s, e in zip(starts, ends, strict=True)],
         fit_seconds=fit_seconds,
         checks=tail.checks,
-        sink=None if tail.sink is None else tail.sink.stats,
+        sink=None if monitor is None else monitor.sink_stats,
     )
 
 
@@ -319,7 +314,7 @@ def check_loop(
     monitor.set_model(model)
     monitor.set_params({"epochs": warmup + checks, "steps": 1, "verbose": 0})
     monitor.on_train_begin()
-    sink = monitor._sink
+    sink = monitor.sink_stats
     assert sink is not None
     forward = probe_forward_seconds(model, data.probes)
     out = LoopResult(
@@ -344,11 +339,11 @@ def check_loop(
             gc.collect()
             out.rss_warm_mb, out.device_warm = rss_mb(), device_bytes_in_use()
         monitor.on_epoch_end(i, {})
-        sink.flush()
+        monitor.flush()
         if i == 0:
             out.first_check = monitor.timings["blocking"]
         if i >= warmup:
-            last = sink.stats.last_check
+            last = sink.last_check
             out.device.append(monitor.timings["device"])
             out.blocking.append(monitor.timings["blocking"])
             out.render.append(last["render"])
@@ -357,7 +352,7 @@ def check_loop(
             out.bytes.append(last["bytes"])
     gc.collect()
     out.rss_end_mb, out.device_end = rss_mb(), device_bytes_in_use()
-    out.skipped = sink.stats.images_skipped
+    out.skipped = sink.images_skipped
     monitor.on_train_end()
     return out
 

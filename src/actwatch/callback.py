@@ -19,7 +19,7 @@ from .extract import resolve_layers
 from .grids import filter_grid, heatmap_overlay
 from .pipeline import CheckPipeline, CheckResult
 from .probes import ProbeBatch, prepare_probes, read_probe_source
-from .sink import Sink, check_log_dir
+from .sink import Sink, SinkStats, check_log_dir
 from .stats import LayerStats, NetworkStats
 
 __all__ = ["ActivationMonitor"]
@@ -197,6 +197,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.alerts: list[Alert] = []
         self.last_stats: dict[str, LayerStats] = {}
         self.timings: dict[str, float] = {}
+        self._last_sink_stats: SinkStats | None = None
         self._sink: Sink | None = None
         self._last_step = -1
 
@@ -210,6 +211,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._epoch = 0
         self._epochs_done = 0
         self._checked_first = False
+        self._skipped_images: tuple[int, Callable[[], dict[str, tuple[np.ndarray, str]]]] | None
+        self._skipped_images = None
         self._failed_once = False
         self._hook_failed_once = False
         watched = resolve_layers(model, self.layers)
@@ -285,8 +288,28 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         step = self._step(self._epochs_done * self._steps_per_epoch())
         if step > self._last_step:
-            self._check(step, epoch=self._epoch)
+            self._check(step, epoch=self._epoch, final=True)
+        elif self._skipped_images is not None and self._sink is not None:
+            # The last state is the one users look at: write its images after all.
+            skipped_step, render = self._skipped_images
+            self._sink.submit(skipped_step, scalars={}, render=render, keep_images=True)
         self._close_sink()
+
+    # Public helpers -----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the background writer has written every check so far.
+
+        Returns False when `timeout` (seconds) ran out first. Training never needs this; it is
+        for code that reads the events file during training.
+        """
+        return True if self._sink is None else self._sink.flush(timeout)
+
+    @property
+    def sink_stats(self) -> SinkStats | None:
+        """What the background writer did in this `fit()` (or the last one): seconds spent
+        rendering, encoding and writing, bytes written, images skipped. None before a fit."""
+        return self._sink.stats if self._sink is not None else self._last_sink_stats
 
     # Internals ----------------------------------------------------------------------------
 
@@ -307,8 +330,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         except Exception:
             return None
 
-    def _check(self, step: int, *, epoch: int | None) -> None:
-        """One check: device work, alerts, logs figures, then hand off to the sink."""
+    def _check(self, step: int, *, epoch: int | None, final: bool = False) -> None:
+        """One check: device work, alerts, logs figures, then hand off to the sink.
+
+        `final`: the last check of the run, whose images are never skipped.
+        """
         if step <= self._last_step:
             return
         self._last_step = step
@@ -323,12 +349,15 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self.last_stats = result.stats
             self._figures = self._logs_figures(result.stats)
             if self._sink is not None:
-                self._sink.submit(
+                render = self._renderer(result) if self.images else None
+                kept = self._sink.submit(
                     step,
                     scalars=self._scalars(result.stats, learning_rate),
                     texts=_alert_texts(decision),
-                    render=self._renderer(result) if self.images else None,
+                    render=render,
+                    keep_images=final,
                 )
+                self._skipped_images = None if kept or render is None else (step, render)
             self._act(decision)
             self.timings = {"device": device, "blocking": time.perf_counter() - start}
         except Exception as exc:
@@ -431,6 +460,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def _close_sink(self) -> None:
         if self._sink is not None:
             self._sink.close()
+            self._last_sink_stats = self._sink.stats
             self._sink = None
 
 

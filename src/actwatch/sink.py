@@ -251,14 +251,19 @@ class Sink:
         scalars: Mapping[str, tuple[float, str]],
         texts: Mapping[str, tuple[str, str]] | None = None,
         render: ImageRender | None = None,
+        keep_images: bool = False,
     ) -> bool:
-        """Queue one check. Returns False when its images were skipped (backlog)."""
+        """Queue one check. Returns False when its images were skipped (backlog).
+
+        `keep_images=True` queues the images whatever the backlog (for the last check of a
+        run, when nothing waits on the training thread any more).
+        """
         if self._closed:
             raise RuntimeError("this Sink is closed")
         kept = True
         if render is not None:
             with self._lock:
-                if self._pending_images >= self.max_pending_images:
+                if self._pending_images >= self.max_pending_images and not keep_images:
                     render, kept = None, False
                     self.stats.images_skipped += 1
                 else:

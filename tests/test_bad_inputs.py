@@ -1,0 +1,308 @@
+"""Bad arguments and inputs are rejected before the first batch, with the exact message pinned."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import actwatch
+
+from .helpers import data, tiny_cnn
+
+X, Y = data(8)
+
+
+@dataclass(frozen=True)
+class Files:
+    """Image files (good and bad) and paths, made once per module."""
+
+    root: Path
+    ok: Path
+    truncated: Path
+    text: Path
+    bomb: Path
+    missing: Path
+    plain_file: Path
+
+
+@dataclass(frozen=True)
+class Case:
+    """One wrong argument: what to pass, where it is refused, the error and its message."""
+
+    id: str
+    kwargs: Callable[[Files], dict[str, Any]]
+    stage: str  # "init": the constructor raises; "fit": `on_train_begin` raises
+    error: type[Exception]
+    message: str | re.Pattern[str]  # a str is matched literally, in full
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _bomb_png(side: int) -> bytes:
+    """A tiny PNG whose header claims side x side RGB pixels."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    root = tmp_path_factory.mktemp("images")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    ok = root / "ok.png"
+    ok.write_bytes(png)
+    truncated = root / "truncated.png"
+    truncated.write_bytes(png[: len(png) // 2])
+    text = root / "notes.png"
+    text.write_text("not an image\n")
+    bomb = root / "bomb.png"
+    bomb.write_bytes(_bomb_png(40_000))  # 1.6 G pixels in 80 bytes
+    plain_file = root / "a_file"
+    plain_file.write_text("x")
+    return Files(root, ok, truncated, text, bomb, root / "missing.png", plain_file)
+
+
+def _shape_msg(arg: str, got: str, what: str, after: str = "") -> str:
+    return (
+        f"Invalid value for argument `{arg}`: expected shape (batch, 16, 16, 3); got shape "
+        f"{got}{after} ({what}). Resize or select your probes to the model's input shape."
+    )
+
+
+def _number_msg(arg: str, expected: str, received: str) -> str:
+    return f"Invalid value for argument `{arg}`. Expected {expected}. Received: {arg}={received}"
+
+
+_LAYERS = "['image', 'conv1', 'pool1', 'conv2', 'pool2', 'gap', 'head']"
+_NAN = np.full((2, 16, 16, 3), np.nan, "float32")
+_INF = np.where(np.arange(16)[None, :, None, None] == 3, np.inf, X[:2]).astype("float32")
+
+CASES = [
+    # probes --------------------------------------------------------------------------------
+    Case("probes None", lambda f: {"probes": None}, "init", ValueError,
+         "Invalid value for argument `probes`: received None. Expected a numpy array batch, a "
+         "list of image paths or PIL images, or a dict for multi-input models."),
+    Case("probes empty list", lambda f: {"probes": []}, "init", ValueError,
+         "Invalid value for argument `probes`: the list is empty. Pass at least one image path, "
+         "PIL image or array."),
+    Case("probes empty batch", lambda f: {"probes": X[:0]}, "init", ValueError,
+         "Invalid value for argument `probes`: it is empty (shape=(0, 16, 16, 3)). Pass at "
+         "least one sample, for example x_val[:4]."),
+    Case("probes 1-D", lambda f: {"probes": np.zeros(5)}, "init", ValueError,
+         "Invalid value for argument `probes`: expected a batch with at least 2 dimensions "
+         "(batch, ...). Received: shape=(5,). Pass a batch of samples, for example x_val[:4]."),
+    Case("probes strings", lambda f: {"probes": np.array(["a", "b"])}, "init", TypeError,
+         "Invalid value for argument `probes`: expected a numeric array. Received: dtype=<U1. "
+         "Convert your probes with np.asarray(x, 'float32')."),
+    Case("probes ragged", lambda f: {"probes": [[1.0, 2.0], [3.0]]}, "init", TypeError,
+         re.compile(r"Invalid value for argument `probes`: could not convert it to a numpy "
+                    r"array \(.*inhomogeneous.*\)\. Expected a numpy array of shape \(batch, "
+                    r"height, width, channels\)\.")),
+    Case("probes NaN", lambda f: {"probes": _NAN}, "init", ValueError,
+         "Invalid value for argument `probes`: expected finite values. Received 1536 NaN or Inf "
+         "value(s) in shape (2, 16, 16, 3). Check the data, or replace them with "
+         "np.nan_to_num(x)."),
+    Case("probes no batch axis", lambda f: {"probes": X[0]}, "fit", ValueError,
+         "Invalid value for argument `probes`: expected shape (batch, 16, 16, 3); got shape "
+         "(16, 16, 3). Did you forget the batch dimension? Use probes[None]."),
+    Case("probes wrong channels", lambda f: {"probes": X[:2, ..., :1]}, "fit", ValueError,
+         _shape_msg("probes", "(2, 16, 16, 1)", "channels differ")),
+    Case("probes wrong size", lambda f: {"probes": np.zeros((2, 8, 8, 3), "float32")}, "fit",
+         ValueError, _shape_msg("probes", "(2, 8, 8, 3)", "axis 1 differs")),
+    Case("probes rank 5", lambda f: {"probes": X[:2, ..., None]}, "fit", ValueError,
+         "Invalid value for argument `probes`: expected 4 dimensions (batch, 16, 16, 3); got "
+         "shape (2, 16, 16, 3, 1). Reshape it to the model's input shape."),
+    Case("probes mix paths and arrays", lambda f: {"probes": [str(f.ok), X[0]]}, "init",
+         TypeError,
+         "Invalid value for argument `probes`: a list mixing image paths or PIL images with "
+         "other values. Pass only images, or one array per model input."),
+    Case("probes empty dict", lambda f: {"probes": {}}, "init", ValueError,
+         "Invalid value for argument `probes`: the dict is empty. Pass {input_name: array} with "
+         "one entry per model input."),
+    Case("probes dict wrong key", lambda f: {"probes": {"img": X[:2]}}, "fit", ValueError,
+         "Invalid value for argument `probes`: the dict keys ['img'] do not match the model's "
+         "inputs ['image'] (missing ['image'], unexpected ['img']). Key the dict by the "
+         "model's input names."),
+    Case("probes dict batch sizes", lambda f: {"probes": {"a": X[:2], "b": X[:3]}}, "init",
+         ValueError,
+         "Invalid value for argument `probes`: the inputs have different batch sizes [2, 3]. "
+         "Give every input the same number of samples."),
+    # image files ---------------------------------------------------------------------------
+    Case("image missing", lambda f: {"probes": [f.missing]}, "init", ValueError,
+         re.compile(r"Invalid value for argument `probes`: the image file '.*missing\.png' does "
+                    r"not exist\. Pass paths to existing image files, PIL images, or a numpy "
+                    r"array\.")),
+    Case("image truncated", lambda f: {"probes": [f.ok, f.truncated]}, "init", ValueError,
+         re.compile(r"Invalid value for argument `probes`: '.*truncated\.png' could not be read "
+                    r"as an image \(OSError: image file is truncated.*\)\. Pass a PNG, JPEG or "
+                    r"other file Pillow reads\.")),
+    Case("image not an image", lambda f: {"probes": [f.text]}, "init", ValueError,
+         re.compile(r"Invalid value for argument `probes`: '.*notes\.png' could not be read as "
+                    r"an image \(UnidentifiedImageError: cannot identify image file "
+                    r"'.*notes\.png'\)\. Pass a PNG, JPEG or other file Pillow reads\.")),
+    Case("image decompression bomb", lambda f: {"probes": [f.bomb]}, "init", ValueError,
+         re.compile(r"Invalid value for argument `probes`: '.*bomb\.png' is too large to decode "
+                    r"safely \(Image size \(1600000000 pixels\) exceeds limit of \d+ pixels.*\)\. "
+                    r"Resize the image or raise PIL\.Image\.MAX_IMAGE_PIXELS if you trust it\.")),
+    Case("image directory", lambda f: {"probes": [f.root]}, "init", ValueError,
+         re.compile(r"Invalid value for argument `probes`: '.*' could not be read as an image "
+                    r"\(IsADirectoryError: .*\)\. Pass a PNG, JPEG or other file Pillow reads\.")),
+    # stats_data ----------------------------------------------------------------------------
+    Case("stats_data Inf", lambda f: {"stats_data": _INF}, "init", ValueError,
+         "Invalid value for argument `stats_data`: expected finite values. Received 96 NaN or "
+         "Inf value(s) in shape (2, 16, 16, 3). Check the data, or replace them with "
+         "np.nan_to_num(x)."),
+    Case("stats_data wrong size", lambda f: {"stats_data": np.zeros((4, 8, 8, 3), "f4")}, "fit",
+         ValueError, _shape_msg("stats_data", "(4, 8, 8, 3)", "axis 1 differs")),
+    Case("stats_data no batch axis", lambda f: {"stats_data": X[0]}, "fit", ValueError,
+         "Invalid value for argument `stats_data`: expected shape (batch, 16, 16, 3); got shape "
+         "(16, 16, 3). Did you forget the batch dimension? Use stats_data[None]."),
+    Case("stats_data missing file", lambda f: {"stats_data": [f.missing]}, "init", ValueError,
+         re.compile(r"Invalid value for argument `stats_data`: the image file '.*missing\.png' "
+                    r"does not exist\. Pass paths to existing image files, PIL images, or a "
+                    r"numpy array\.")),
+    # layers --------------------------------------------------------------------------------
+    Case("layers unknown name", lambda f: {"layers": "conv9"}, "fit", ValueError,
+         "Invalid value for argument `layers`: no layer named 'conv9'. Did you mean ['conv2', "
+         f"'conv1']? Layers of this model: {_LAYERS}."),
+    Case("layers empty list", lambda f: {"layers": []}, "init", ValueError,
+         "Invalid value for argument `layers`: the list is empty. Pass None to watch the "
+         "default layers, or at least one layer name."),
+    Case("layers int", lambda f: {"layers": 3}, "init", TypeError,
+         "Invalid value for argument `layers`: expected None, a name, a regex, a Layer or a "
+         "list of them. Received: layers=3."),
+    Case("layers bad item", lambda f: {"layers": ["conv1", 3]}, "init", TypeError,
+         "Invalid value for argument `layers`: expected layer names, regex patterns or Layer "
+         "objects. Received an item of type int: 3."),
+    Case("layers pattern matches none", lambda f: {"layers": re.compile("dense.*")}, "fit",
+         ValueError,
+         "Invalid value for argument `layers`: the pattern 'dense.*' matches no layer. "
+         f"Available layers: {_LAYERS}."),
+    Case("layers foreign Layer", lambda f: {"layers": keras.layers.Dense(2, name="stranger")},
+         "fit", ValueError,
+         "Invalid value for argument `layers`: layer 'stranger' (Dense) is not part of this "
+         "model. Pass a layer of the model being trained, or its name."),
+    # frequencies ---------------------------------------------------------------------------
+    Case("every_n_epochs 0", lambda f: {"every_n_epochs": 0}, "init", ValueError,
+         _number_msg("every_n_epochs", "a positive integer or None", "0")),
+    Case("every_n_epochs float", lambda f: {"every_n_epochs": 1.5}, "init", ValueError,
+         _number_msg("every_n_epochs", "a positive integer or None", "1.5")),
+    Case("every_n_epochs bool", lambda f: {"every_n_epochs": True}, "init", ValueError,
+         _number_msg("every_n_epochs", "a positive integer or None", "True")),
+    Case("every_n_batches negative", lambda f: {"every_n_batches": -1}, "init", ValueError,
+         _number_msg("every_n_batches", "a positive integer or None", "-1")),
+    Case("both frequencies", lambda f: {"every_n_epochs": 1, "every_n_batches": 2}, "init",
+         ValueError,
+         "Invalid value for arguments `every_n_epochs` and `every_n_batches`: give one of them, "
+         "not both. Received: every_n_epochs=1, every_n_batches=2"),
+    # paths ---------------------------------------------------------------------------------
+    Case("log_dir None", lambda f: {"log_dir": None}, "init", TypeError,
+         "Invalid value for argument `log_dir`: expected a path (str or os.PathLike). "
+         "Received: log_dir=None of type NoneType."),
+    Case("log_dir empty", lambda f: {"log_dir": ""}, "init", ValueError,
+         "Invalid value for argument `log_dir`: received an empty path. Pass a directory, for "
+         "example log_dir='logs/run1'."),
+    Case("log_dir is a file", lambda f: {"log_dir": f.plain_file}, "init", ValueError,
+         re.compile(r"Invalid value for argument `log_dir`: '.*a_file' cannot be created or "
+                    r"written \(File exists\)\. Pass a directory you can write to\.")),
+    Case("log_dir under a file", lambda f: {"log_dir": f.plain_file / "run1"}, "init",
+         ValueError,
+         re.compile(r"Invalid value for argument `log_dir`: '.*a_file/run1' cannot be created "
+                    r"or written \(Not a directory\)\. Pass a directory you can write to\.")),
+    # hooks ---------------------------------------------------------------------------------
+    Case("on_alert not callable", lambda f: {"on_alert": "print"}, "init", TypeError,
+         "Invalid value for argument `on_alert`. Expected a callable taking an actwatch.Alert. "
+         "Received: on_alert='print'"),
+    Case("preprocess not callable", lambda f: {"preprocess": 3}, "init", TypeError,
+         "Invalid value for argument `preprocess`. Expected a callable taking a numpy batch. "
+         "Received: preprocess=3"),
+    Case("preprocess changes the shape", lambda f: {"preprocess": lambda a: a[:, :8]}, "fit",
+         ValueError,
+         _shape_msg("probes", "(2, 8, 16, 3)", "axis 1 differs", " after `preprocess`")),
+    # thresholds and other numbers ----------------------------------------------------------
+    Case("stop_on_dead_fraction 0", lambda f: {"stop_on_dead_fraction": 0}, "init", ValueError,
+         _number_msg("stop_on_dead_fraction", "a number in (0, 1] or None", "0")),
+    Case("stop_on_dead_fraction 1.5", lambda f: {"stop_on_dead_fraction": 1.5}, "init",
+         ValueError, _number_msg("stop_on_dead_fraction", "a number in (0, 1] or None", "1.5")),
+    Case("dead_alert_fraction str", lambda f: {"dead_alert_fraction": "0.5"}, "init",
+         ValueError, _number_msg("dead_alert_fraction", "a number in (0, 1] or None", "'0.5'")),
+    Case("dormant_threshold negative", lambda f: {"dormant_threshold": -0.1}, "init",
+         ValueError, _number_msg("dormant_threshold", "a number in [0, 1]", "-0.1")),
+    Case("dormant_threshold NaN", lambda f: {"dormant_threshold": float("nan")}, "init",
+         ValueError, _number_msg("dormant_threshold", "a number in [0, 1]", "nan")),
+    Case("patience 0", lambda f: {"patience": 0}, "init", ValueError,
+         _number_msg("patience", "a positive integer", "0")),
+    Case("max_filters True", lambda f: {"max_filters": True}, "init", ValueError,
+         _number_msg("max_filters", "a positive integer", "True")),
+    Case("images str", lambda f: {"images": "no"}, "init", TypeError,
+         _number_msg("images", "True or False", "'no'")),
+    Case("log_per_layer int", lambda f: {"log_per_layer": 1}, "init", TypeError,
+         _number_msg("log_per_layer", "True or False", "1")),
+]  # fmt: skip
+
+
+class BatchCounter(keras.callbacks.Callback):
+    """Counts the training batches that started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.batches += 1
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[keras.Model]:
+    model = tiny_cnn()
+    yield model
+    # No row may have trained it: every one was refused before the first batch.
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
+
+
+def test_table_is_large_and_ids_unique() -> None:
+    """The table has at least 30 rows, with distinct ids."""
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_rejected_before_first_batch(
+    case: Case, files: Files, model: keras.Model, tmp_path: Path
+) -> None:
+    """Each wrong argument is refused in the constructor or `on_train_begin`, message pinned."""
+    kwargs = {"probes": X[:2], "log_dir": str(tmp_path / "logs"), **case.kwargs(files)}
+    if isinstance(case.message, re.Pattern):
+        pattern = case.message.pattern
+    else:
+        pattern = re.escape(case.message)
+    counter = BatchCounter()
+    if case.stage == "init":
+        with pytest.raises(case.error, match=f"^{pattern}$"):
+            actwatch.ActivationMonitor(**kwargs)
+        return
+    monitor = actwatch.ActivationMonitor(**kwargs)
+    with pytest.raises(case.error, match=f"^{pattern}$"):
+        model.fit(X, Y, epochs=1, batch_size=4, verbose=0, callbacks=[monitor, counter])
+    assert counter.batches == 0
+    assert not list((tmp_path / "logs").glob("events.*")), "nothing is written for a bad run"

@@ -1,0 +1,80 @@
+"""Untrusted files: probe images behind Pillow's bomb guard; no code runs from model files."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import actwatch
+from actwatch.probes import read_probe_source
+
+from .helpers import tiny_cnn
+
+SRC = Path(actwatch.__file__).parent
+
+
+def _png(path: Path, side: int) -> Path:
+    Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(path)
+    return path
+
+
+def test_bomb_guard_refuses_the_warning_zone_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above MAX_IMAGE_PIXELS Pillow only warns: actwatch refuses, and never decodes it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    small, big = _png(tmp_path / "small.png", 30), _png(tmp_path / "big.png", 40)  # 900, 1600 px
+    assert read_probe_source([small]).size == 1
+    with pytest.raises(ValueError, match=r"'.*big\.png' is too large to decode safely \(Image "
+                       r"size \(1600 pixels\) exceeds limit of 1000 pixels"):  # fmt: skip
+        read_probe_source([small, big])
+
+
+def test_bad_image_files_refused_by_the_notebook_functions_too(tmp_path: Path) -> None:
+    """`get_activations` reads files with the same guard and messages as the callback."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, format="JPEG")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(buffer.getvalue()[:200])
+    message = (
+        r"^Invalid value for argument `x`: '.*cut\.jpg' could not be read as an image "
+        r"\(OSError: Truncated File Read\)\. Pass a PNG, JPEG or other file Pillow reads\.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        actwatch.get_activations(tiny_cnn(), [truncated])
+
+
+def test_decoded_probe_is_resized_not_trusted_for_size(tmp_path: Path) -> None:
+    """A large (but allowed) image becomes a probe of the model's input size."""
+    model = tiny_cnn()
+    acts = actwatch.get_activations(model, [_png(tmp_path / "big.png", 512)], ["conv1"])
+    assert acts["conv1"].shape == (1, 16, 16, 4)
+
+
+def test_safe_mode_refuses_a_model_with_a_lambda(tmp_path: Path) -> None:
+    """`keras.saving.load_model(..., safe_mode=True)` will not run a saved lambda."""
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(inputs)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ValueError, match=r"Requested the deserialization of a `?Lambda`? layer"):
+        keras.saving.load_model(path, safe_mode=True)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"\bimport pickle\b", r"\bpickle\.load", r"allow_pickle\s*=\s*True", r"safe_mode\s*=\s*False",
+     r"\beval\(", r"\bexec\(", r"torch\.load\("],
+)  # fmt: skip
+def test_source_never_unpickles_or_evaluates(pattern: str) -> None:
+    """No actwatch module unpickles, evaluates text, or turns safe_mode off."""
+    offenders = [
+        path.name for path in SRC.glob("*.py") if re.search(pattern, path.read_text("utf-8"))
+    ]
+    assert offenders == []
