@@ -78,7 +78,7 @@ def test_exact_tags_images_and_steps(tmp_path: Path) -> None:
         for i in range(2):
             image = events.images[f"filters/{layer}/probe_{i}"][-1][1]
             assert image.shape == (*grid_size(h, w, f), 3)
-            assert events.images[f"heatmap/{layer}/probe_{i}"][-1][1].shape == (128, 128, 3)
+            assert events.images[f"heatmap/{layer}/probe_{i}"][-1][1].shape == (64, 64, 3)
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     assert events.scalars["network/learning_rate"][-1][1] == pytest.approx(lr)
 
@@ -240,7 +240,7 @@ def test_image_file_probes_are_resized(tmp_path: Path) -> None:
     assert seen[0].shape == (3, 16, 16, 3) and seen[0].max() == 255.0
     events = read_events(tmp_path / "tb")
     heat = events.images["heatmap/conv1/probe_0"][0][1]
-    assert heat.shape == (128, 128, 3)
+    assert heat.shape == (64, 64, 3)
 
 
 def test_steps_continue_across_fit_calls(tmp_path: Path) -> None:

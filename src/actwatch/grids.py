@@ -186,7 +186,7 @@ _LUT = np.frombuffer(base64.b64decode("".join(_INFERNO)), dtype=np.uint8).reshap
 
 
 def heatmap_overlay(
-    heat: np.ndarray, background: np.ndarray | None, alpha: float = 0.5, min_side: int = 128
+    heat: np.ndarray, background: np.ndarray | None, alpha: float = 0.5, min_side: int = 64
 ) -> np.ndarray:
     """Colour a uint8 heat map `(h, w)` and blend it over `background` `(H, W, 3)`.
 
