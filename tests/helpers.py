@@ -78,7 +78,7 @@ def read_events(log_dir: str | Path) -> Events:
             decoded = []
             for e in events:
                 w, h, png = tensor_util.make_ndarray(e.tensor_proto)
-                image = np.asarray(Image.open(io.BytesIO(png)))
+                image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
                 assert image.shape[:2] == (int(h), int(w))
                 decoded.append((e.step, image))
             out.images[tag] = decoded

@@ -245,7 +245,7 @@ CASES = [
     Case("stop_on_dead_fraction 1.5", lambda f: {"stop_on_dead_fraction": 1.5}, "init",
          ValueError, _number_msg("stop_on_dead_fraction", "a number in (0, 1] or None", "1.5")),
     Case("dead_alert_fraction str", lambda f: {"dead_alert_fraction": "0.5"}, "init",
-         ValueError, _number_msg("dead_alert_fraction", "a number in (0, 1] or None", "'0.5'")),
+         ValueError, _number_msg("dead_alert_fraction", "a number in (0, 1]", "'0.5'")),
     Case("dormant_threshold negative", lambda f: {"dormant_threshold": -0.1}, "init",
          ValueError, _number_msg("dormant_threshold", "a number in [0, 1]", "-0.1")),
     Case("dormant_threshold NaN", lambda f: {"dormant_threshold": float("nan")}, "init",

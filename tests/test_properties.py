@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from keras import ops
+from PIL import Image
 
 from actwatch.grids import (
     DEAD_RGB,
@@ -17,10 +19,12 @@ from actwatch.grids import (
     MIN_TILE,
     NONFINITE,
     NONFINITE_RGB,
+    PALETTE,
     filter_grid,
     grid_layout,
     normalize_maps,
 )
+from actwatch.sink import PaletteImage, encode_png
 from actwatch.stats import reduce_layer, summarize
 
 from . import reference as ref
@@ -158,7 +162,9 @@ def codes_and_dead(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _expected_tile(codes: np.ndarray, sy: int, sx: int) -> np.ndarray:
-    gray = (codes.astype(np.uint16) * 255 // 254).astype(np.uint8)
+    # 255 codes share 252 grey levels of the palette: code -> level -> grey value.
+    level = codes.astype(np.uint16) * 251 // 254
+    gray = (level * 255 // 251).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     rgb[codes == NONFINITE] = NONFINITE_RGB
     return np.repeat(np.repeat(rgb, sy, axis=0), sx, axis=1)
@@ -204,3 +210,18 @@ def test_dense_strip_shape(f: int, seed: int) -> None:
     assert strip.shape == (rows * 9 + 3, cols * 9 + 3, 3) and strip.dtype == np.uint8
     magenta = (strip == NONFINITE_RGB).all(axis=-1).sum()
     assert magenta == int((codes == NONFINITE).sum()) * 64
+
+
+@SETTINGS
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_png_encoder_round_trips_through_pillow(h: int, w: int, seed: int) -> None:
+    """encode_png writes PNGs Pillow decodes to the same pixels: RGB, grey, RGBA, palette."""
+    rng = np.random.default_rng(seed)
+    for shape in [(h, w, 3), (h, w), (h, w, 4)]:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        decoded = np.asarray(Image.open(io.BytesIO(encode_png(image))))
+        assert np.array_equal(decoded, image)
+    indices = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    png = encode_png(PaletteImage(indices, PALETTE))
+    decoded = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert np.array_equal(decoded, PALETTE[indices])

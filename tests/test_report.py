@@ -87,7 +87,7 @@ class TestReading:
                 want = expected.images[tags.filters_tag(layer, 0)]
                 assert sorted(grids) == [s for s, _ in want]
                 for step, image in want:
-                    decoded = np.asarray(Image.open(io.BytesIO(grids[step])))
+                    decoded = np.asarray(Image.open(io.BytesIO(grids[step])).convert("RGB"))
                     np.testing.assert_array_equal(decoded, image)
             assert run.alerts == expected.texts.get(tags.ALERTS, [])
 

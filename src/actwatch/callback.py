@@ -16,10 +16,10 @@ from . import tags
 from ._distribute import is_chief
 from .alerts import Alert, AlertTracker, Decision
 from .extract import resolve_layers
-from .grids import filter_grid, heatmap_overlay
+from .grids import PALETTE, filter_grid_indices, heatmap_overlay
 from .pipeline import CheckPipeline, CheckResult
 from .probes import ProbeBatch, prepare_probes, read_probe_source
-from .sink import Sink, SinkStats, check_log_dir
+from .sink import ImageRender, PaletteImage, Sink, SinkStats, check_log_dir
 from .stats import LayerStats, NetworkStats
 
 __all__ = ["ActivationMonitor"]
@@ -41,9 +41,8 @@ def _positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
     return int(value)
 
 
-def _fraction(name: str, value: Any, *, low_open: bool) -> float | None:
-    if value is None:
-        return None
+def _fraction(name: str, value: Any, *, low_open: bool, optional: bool = False) -> float:
+    """`value` as a float in (0, 1] (`low_open`) or [0, 1]; an error that says so otherwise."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok:
         v = float(value)
@@ -52,7 +51,7 @@ def _fraction(name: str, value: Any, *, low_open: bool) -> float | None:
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise ValueError(
             f"Invalid value for argument `{name}`. Expected a number in {interval}"
-            f"{' or None' if low_open else ''}. Received: {name}={value!r}"
+            f"{' or None' if optional else ''}. Received: {name}={value!r}"
         )
     return float(value)
 
@@ -178,16 +177,19 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.layers = layers
         self.stats_data_given = stats_data is not None
         self.on_alert = on_alert
-        self.stop_on_dead_fraction = _fraction(
-            "stop_on_dead_fraction", stop_on_dead_fraction, low_open=True
+        self.stop_on_dead_fraction = (
+            None
+            if stop_on_dead_fraction is None
+            else _fraction(
+                "stop_on_dead_fraction", stop_on_dead_fraction, low_open=True, optional=True
+            )
         )
         self.patience = _positive_int("patience", patience, allow_none=False) or 1
         self.dead_alert_fraction = _fraction(
             "dead_alert_fraction", dead_alert_fraction, low_open=True
         )
         self.max_filters = _positive_int("max_filters", max_filters, allow_none=False) or 64
-        threshold = _fraction("dormant_threshold", dormant_threshold, low_open=False)
-        self.dormant_threshold = 0.025 if threshold is None else threshold
+        self.dormant_threshold = _fraction("dormant_threshold", dormant_threshold, low_open=False)
         self.preprocess = preprocess
         self.images = _flag("images", images)
         self.log_per_layer = _flag("log_per_layer", log_per_layer)
@@ -211,7 +213,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._epoch = 0
         self._epochs_done = 0
         self._checked_first = False
-        self._skipped_images: tuple[int, Callable[[], dict[str, tuple[np.ndarray, str]]]] | None
+        self._skipped_images: tuple[int, ImageRender] | None
         self._skipped_images = None
         self._failed_once = False
         self._hook_failed_once = False
@@ -230,7 +232,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         stats: ProbeBatch | None = None
         if self._stats_source is not None:
             stats = prepare_probes(self._stats_source, shapes, names, dtypes, self.preprocess)
-        self._n_probes = probes.size
         if stats is None:
             feed = probes.inputs
         else:
@@ -238,7 +239,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 np.concatenate([s, p]) for s, p in zip(stats.inputs, probes.inputs, strict=True)
             )
         self._feed = feed[0] if len(feed) == 1 else list(feed)
-        self._watched = watched
         self._pipeline = CheckPipeline(
             model,
             watched,
@@ -249,7 +249,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         )
         self._tracker = AlertTracker(
             patience=self.patience,
-            dead_alert_fraction=self.dead_alert_fraction or 0.25,
+            dead_alert_fraction=self.dead_alert_fraction,
             stop_on_dead_fraction=self.stop_on_dead_fraction,
             pooling=[w.path for w in watched if w.pooling],
         )
@@ -429,12 +429,12 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             out[tags.LEARNING_RATE] = (learning_rate, "The optimizer's learning rate.")
         return out
 
-    def _renderer(self, result: CheckResult) -> Callable[[], dict[str, tuple[np.ndarray, str]]]:
+    def _renderer(self, result: CheckResult) -> ImageRender:
         display = self._display
         stats = result.stats
 
-        def render() -> dict[str, tuple[np.ndarray, str]]:
-            images: dict[str, tuple[np.ndarray, str]] = {}
+        def render() -> dict[str, tuple[np.ndarray | PaletteImage, str]]:
+            images: dict[str, tuple[np.ndarray | PaletteImage, str]] = {}
             for path, maps in result.maps.items():
                 s = stats[path]
                 drawn = maps.shape[-1]
@@ -443,7 +443,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     "own range; red crossed tiles are dead filters, magenta pixels non-finite."
                 )
                 for i in range(maps.shape[0]):
-                    images[tags.filters_tag(path, i)] = (filter_grid(maps[i], s.dead), note)
+                    grid = PaletteImage(filter_grid_indices(maps[i], s.dead), PALETTE)
+                    images[tags.filters_tag(path, i)] = (grid, note)
                 heat = result.heat.get(path)
                 if heat is None:
                     continue

@@ -22,7 +22,9 @@ from PIL import Image
 
 __all__ = [
     "NONFINITE",
+    "PALETTE",
     "filter_grid",
+    "filter_grid_indices",
     "grid_layout",
     "heat_maps",
     "heatmap_overlay",
@@ -78,30 +80,46 @@ def grid_layout(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-# RGB of each uint8 code: gray levels 0..254 spread over 0..255, magenta for non-finite.
-_PALETTE = np.repeat((np.arange(256, dtype=np.uint16) * 255 // 254).astype(np.uint8)[:, None], 3, 1)
-_PALETTE[NONFINITE] = NONFINITE_RGB
-
-
-def _paint(codes: np.ndarray) -> np.ndarray:
-    """uint8 codes (..., ) -> RGB (..., 3): gray levels, magenta for non-finite."""
-    return _PALETTE.take(codes, axis=0)
+# Grids are palette images: one byte a pixel instead of three, so tiling, PNG encoding and
+# writing handle a third of the data. Indices 0..251 are grey levels (the 255 codes of a
+# map share them: a step of 1/251 instead of 1/254, invisible), then the special colours.
+GREYS = 252
+GUTTER, DEAD, CROSS, NONFINITE_INDEX = 252, 253, 254, 255
+CROSS_RGB = (255, 160, 160)
+#: RGB of each palette index.
+PALETTE = np.zeros((256, 3), dtype=np.uint8)
+PALETTE[:GREYS] = (np.arange(GREYS, dtype=np.uint16) * 255 // (GREYS - 1))[:, None]
+PALETTE[GUTTER], PALETTE[DEAD] = GUTTER_RGB, DEAD_RGB
+PALETTE[CROSS], PALETTE[NONFINITE_INDEX] = CROSS_RGB, NONFINITE_RGB
+# Palette index of each uint8 map code.
+_CODE_INDEX = (np.arange(256, dtype=np.uint16) * (GREYS - 1) // 254).astype(np.uint8)
+_CODE_INDEX[NONFINITE] = NONFINITE_INDEX
 
 
 def _dead_tile(h: int, w: int) -> np.ndarray:
-    tile = np.empty((h, w, 3), dtype=np.uint8)
-    tile[:] = DEAD_RGB
-    # A light diagonal cross, so a dead filter reads as "crossed out" in any colour scheme.
+    """Palette indices of a dead filter's tile: red, crossed out in light red."""
+    tile = np.full((h, w), DEAD, dtype=np.uint8)
     n = max(h, w)
     idx = np.arange(n)
     rows, cols = idx * h // n, idx * w // n
-    tile[rows, cols] = (255, 160, 160)
-    tile[rows, w - 1 - cols] = (255, 160, 160)
+    tile[rows, cols] = CROSS
+    tile[rows, w - 1 - cols] = CROSS
     return tile
 
 
 def filter_grid(maps: np.ndarray, dead: np.ndarray | None = None, gutter: int = 2) -> np.ndarray:
-    """Tile one probe's filter maps into one RGB uint8 image.
+    """Tile one probe's filter maps into one RGB uint8 image: `PALETTE[filter_grid_indices(...)]`.
+
+    See `filter_grid_indices` for the arguments and the layout.
+    """
+    rgb: np.ndarray = PALETTE[filter_grid_indices(maps, dead, gutter)]
+    return rgb
+
+
+def filter_grid_indices(
+    maps: np.ndarray, dead: np.ndarray | None = None, gutter: int = 2
+) -> np.ndarray:
+    """Tile one probe's filter maps into one image of `PALETTE` indices.
 
     Args:
         maps: uint8 codes from `normalize_maps` for one probe: `(H, W, F)` for spatial
@@ -112,8 +130,8 @@ def filter_grid(maps: np.ndarray, dead: np.ndarray | None = None, gutter: int = 
         gutter: pixels between tiles.
 
     Returns:
-        `(rows * (h + gutter) + gutter, cols * (w + gutter) + gutter, 3)` uint8, where `h, w`
-        are the tile sizes after upscaling small maps to at least `MIN_TILE` pixels.
+        `(rows * (h + gutter) + gutter, cols * (w + gutter) + gutter)` uint8 indices, where
+        `h, w` are the tile sizes after upscaling small maps to at least `MIN_TILE` pixels.
     """
     maps = np.asarray(maps)
     if maps.ndim == 1:
@@ -129,23 +147,20 @@ def filter_grid(maps: np.ndarray, dead: np.ndarray | None = None, gutter: int = 
         sy = sx = s
         rows, cols = grid_layout(f)
     th, tw = h * sy, w * sx
-    # One array op per step instead of a Python loop over filters: paint, upscale, mark the
+    # One array op per step instead of a Python loop over filters: index, upscale, mark the
     # dead, then lay the (tile + gutter) cells out row by row with one reshape.
-    tiles = np.moveaxis(_paint(maps), 2, 0)  # (f, h, w, 3)
+    tiles = np.moveaxis(_CODE_INDEX[maps], 2, 0)  # (f, h, w)
     if sy > 1 or sx > 1:
         tiles = tiles.repeat(sy, axis=1).repeat(sx, axis=2)
-    cells = np.empty((rows * cols, th + gutter, tw + gutter, 3), np.uint8)
-    cells[:] = GUTTER_RGB
+    cells = np.full((rows * cols, th + gutter, tw + gutter), GUTTER, np.uint8)
     cells[:f, :th, :tw] = tiles
     if dead is not None:
         marked = np.asarray(dead, dtype=bool)[:f]
         if marked.any():
             cells[:f][marked, :th, :tw] = _dead_tile(th, tw)
-    body = cells.reshape(rows, cols, th + gutter, tw + gutter, 3).transpose(0, 2, 1, 3, 4)
-    out = np.empty((rows * (th + gutter) + gutter, cols * (tw + gutter) + gutter, 3), np.uint8)
-    out[:gutter] = GUTTER_RGB
-    out[:, :gutter] = GUTTER_RGB
-    out[gutter:, gutter:] = body.reshape(rows * (th + gutter), cols * (tw + gutter), 3)
+    body = cells.reshape(rows, cols, th + gutter, tw + gutter).transpose(0, 2, 1, 3)
+    out = np.full((rows * (th + gutter) + gutter, cols * (tw + gutter) + gutter), GUTTER, np.uint8)
+    out[gutter:, gutter:] = body.reshape(rows * (th + gutter), cols * (tw + gutter))
     return out
 
 
@@ -154,15 +169,14 @@ def _dense_strip(codes: np.ndarray, dead: np.ndarray | None, gutter: int) -> np.
     cols = min(f, STRIP_ROW)
     rows = math.ceil(f / cols)
     cell = STRIP_CELL
-    shape = (rows * (cell + 1) + 2 * gutter - 1, cols * (cell + 1) + 2 * gutter - 1, 3)
-    out = np.empty(shape, dtype=np.uint8)
-    out[:] = GUTTER_RGB
-    colours = _paint(codes)
+    shape = (rows * (cell + 1) + 2 * gutter - 1, cols * (cell + 1) + 2 * gutter - 1)
+    out = np.full(shape, GUTTER, dtype=np.uint8)
+    indices = _CODE_INDEX[codes]
     for i in range(f):
         r, c = divmod(i, cols)
         y, x = gutter + r * (cell + 1), gutter + c * (cell + 1)
         dead_here = dead is not None and bool(dead[i])
-        out[y : y + cell, x : x + cell] = _dead_tile(cell, cell) if dead_here else colours[i]
+        out[y : y + cell, x : x + cell] = _dead_tile(cell, cell) if dead_here else indices[i]
     return out
 
 

@@ -27,7 +27,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import google_crc32c
 import numpy as np
@@ -40,17 +40,33 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
-__all__ = ["EventFileWriter", "Sink", "SinkStats", "check_log_dir"]
+__all__ = ["EventFileWriter", "PaletteImage", "Sink", "SinkStats", "check_log_dir", "encode_png"]
 
 logger = logging.getLogger("actwatch")
 
 #: Images as `{tag: (uint8 RGB array (H, W, 3), description)}`, produced on demand.
-ImageRender = Callable[[], Mapping[str, tuple[np.ndarray, str]]]
+
+
+class PaletteImage(NamedTuple):
+    """An image as uint8 `indices` (H, W) into `palette`, a (256, 3) uint8 RGB table.
+
+    Written as an indexed PNG: a third of the bytes to filter and deflate of an RGB image.
+    """
+
+    indices: np.ndarray
+    palette: np.ndarray
+
+
+#: Images as `{tag: (image, description)}`, produced on demand; an image is a uint8 array
+#: (H, W, 3) or (H, W), or a `PaletteImage`.
+ImageRender = Callable[[], Mapping[str, tuple["np.ndarray | PaletteImage", str]]]
 
 _counter = itertools.count()
 
-#: Niceness of the background thread on Linux (0-19; higher yields more to training).
-SINK_NICENESS = 10
+#: CPU priority of the background thread on Linux: "idle" (SCHED_IDLE: it runs only when a
+#: core would otherwise be idle, so it never slows training down; the default), "nice"
+#: (niceness 10: a small share of a busy core) or "normal".
+SINK_PRIORITY = "idle"
 
 
 def _masked_crc32c(data: bytes) -> int:
@@ -146,13 +162,23 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of a uint8 (H, W, 3), (H, W, 4) or (H, W) image; level 1 is fast and good enough.
+def encode_png(image: np.ndarray | PaletteImage, compress_level: int = 1) -> bytes:
+    """PNG bytes of a uint8 (H, W, 3), (H, W, 4) or (H, W) image, or of a `PaletteImage`.
 
-    Rows are written with PNG's "Up" filter (the difference to the row above, computed with
-    numpy) and deflated by zlib, which releases the GIL: about twice as fast as Pillow's
-    per-row adaptive filtering for the same size of file, on our tiled, upscaled grids.
+    Level 1 is fast and good enough. Rows are written with PNG's "Up" filter (the difference
+    to the row above, computed with numpy) and deflated by zlib, which releases the GIL:
+    about twice as fast as Pillow's per-row adaptive filtering for the same size of file, on
+    our tiled, upscaled grids.
     """
+    palette = None
+    if isinstance(image, PaletteImage):
+        palette = np.asarray(image.palette, dtype=np.uint8)
+        image = np.asarray(image.indices)
+        if image.ndim != 2 or palette.shape != (256, 3):
+            raise ValueError(
+                "encode_png: a PaletteImage needs (H, W) indices and a (256, 3) palette; got "
+                f"{image.shape} and {palette.shape}."
+            )
     image = np.asarray(image)
     channels = 1 if image.ndim == 2 else (image.shape[2] if image.ndim == 3 else 0)
     if image.dtype != np.uint8 or channels not in _PNG_COLOUR_TYPES or 0 in image.shape:
@@ -165,15 +191,16 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
     raw[:, 0] = 2  # filter type "Up"; row 0 is against zeros
     raw[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
-    return b"".join(
-        (
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(raw.data, compress_level)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
+    colour_type = 3 if palette is not None else _PNG_COLOUR_TYPES[channels]
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    chunks = [_PNG_SIGNATURE, _png_chunk(b"IHDR", header)]
+    if palette is not None:
+        chunks.append(_png_chunk(b"PLTE", palette.tobytes()))
+    chunks += [
+        _png_chunk(b"IDAT", zlib.compress(raw.data, compress_level)),
+        _png_chunk(b"IEND", b""),
+    ]
+    return b"".join(chunks)
 
 
 @dataclass
@@ -391,7 +418,8 @@ class Sink:
             start = time.perf_counter()
             for tag, (image, description) in images.items():
                 png = encode_png(image, self.png_compress_level)
-                height, width = image.shape[:2]
+                pixels = image.indices if isinstance(image, PaletteImage) else image
+                height, width = pixels.shape[:2]
                 values.append(
                     summary_pb2.Summary.Value(
                         tag=tag,
@@ -428,14 +456,22 @@ class Sink:
 
 
 def _lower_thread_priority() -> None:
-    """Give the calling thread a lower CPU priority (Linux: nice applies per thread).
+    """Lower the calling thread's CPU priority as `SINK_PRIORITY` says (Linux only).
 
-    On a machine whose cores are all busy training, PNG encoding then uses the gaps instead
-    of taking time from the training threads; elsewhere it changes nothing.
+    Training threads of a CPU run keep every core busy and wait for their slowest shard: even
+    a niced thread that takes a core for a few milliseconds stalls them. With SCHED_IDLE the
+    writer gets a core only when nothing else wants it (between steps, while data loads),
+    which is all a few images per epoch need. Elsewhere, or where the call is refused, the
+    thread keeps the normal priority.
     """
-    if sys.platform.startswith("linux") and SINK_NICENESS > 0:
-        with contextlib.suppress(OSError):  # not allowed here: keep the normal priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SINK_NICENESS)
+    if not sys.platform.startswith("linux") or SINK_PRIORITY == "normal":
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError, AttributeError):
+        if SINK_PRIORITY == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, 10)
 
 
 def _layout_event(layout: layout_pb2.Layout, wall_time: float) -> event_pb2.Event:
