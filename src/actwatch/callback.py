@@ -347,12 +347,13 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 result.stats, step=step, epoch=epoch, learning_rate=learning_rate
             )
             self.last_stats = result.stats
-            self._figures = self._logs_figures(result.stats)
+            network = NetworkStats.of(result.stats).scalars()
+            self._figures = self._logs_figures(result.stats, network)
             if self._sink is not None:
                 render = self._renderer(result) if self.images else None
                 kept = self._sink.submit(
                     step,
-                    scalars=self._scalars(result.stats, learning_rate),
+                    scalars=self._scalars(result.stats, network, learning_rate),
                     texts=_alert_texts(decision),
                     render=render,
                     keep_images=final,
@@ -401,8 +402,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 logger.warning("actwatch: stopping training: %s.", decision.stop_reason)
             self.model.stop_training = True
 
-    def _logs_figures(self, stats: Mapping[str, LayerStats]) -> dict[str, float]:
-        network = NetworkStats.of(dict(stats)).scalars()
+    def _logs_figures(
+        self, stats: Mapping[str, LayerStats], network: Mapping[str, float]
+    ) -> dict[str, float]:
         figures = {f"actwatch_{m}": network[m] for m in LOGGED_METRICS}
         if self.log_per_layer:
             for path, s in stats.items():
@@ -411,7 +413,10 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         return figures
 
     def _scalars(
-        self, stats: Mapping[str, LayerStats], learning_rate: float | None
+        self,
+        stats: Mapping[str, LayerStats],
+        network: Mapping[str, float],
+        learning_rate: float | None,
     ) -> dict[str, tuple[float, str]]:
         out: dict[str, tuple[float, str]] = {}
         for path, s in stats.items():
@@ -420,7 +425,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     value,
                     f"{tags.METRICS[metric]} Layer `{path}`.",
                 )
-        for metric, value in NetworkStats.of(dict(stats)).scalars().items():
+        for metric, value in network.items():
             out[tags.network_tag(metric)] = (
                 value,
                 f"{tags.METRICS[metric]} Over all watched layers.",

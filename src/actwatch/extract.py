@@ -23,6 +23,14 @@ __all__ = ["Extractor", "WatchedLayer", "iter_layers", "resolve_layers"]
 
 LayerSpec: TypeAlias = "str | re.Pattern[str] | keras.layers.Layer"
 
+_POOLING_TYPES: tuple[type[Any], ...] = (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+)
 _DEFAULT_TYPES: tuple[type[Any], ...] = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
@@ -34,25 +42,12 @@ _DEFAULT_TYPES: tuple[type[Any], ...] = (
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv1D,
     keras.layers.SeparableConv2D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
+    *_POOLING_TYPES,
     keras.layers.Activation,
     keras.layers.ReLU,
     keras.layers.LeakyReLU,
     keras.layers.PReLU,
     keras.layers.ELU,
-)
-_POOLING_TYPES: tuple[type[Any], ...] = (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
 )
 
 

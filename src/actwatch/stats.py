@@ -20,6 +20,7 @@ positions, flattened; 1 for Dense outputs) and C channels (filters). With `a[n, 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,7 +178,7 @@ class NetworkStats:
     nonfinite: int
 
     @classmethod
-    def of(cls, layers: dict[str, LayerStats]) -> NetworkStats:
+    def of(cls, layers: Mapping[str, LayerStats]) -> NetworkStats:
         items = list(layers.values())
         filters = max(sum(s.filters for s in items), 1)
         n = max(len(items), 1)
