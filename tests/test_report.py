@@ -338,6 +338,8 @@ class _DevTools:
 @pytest.fixture
 def chromium(tmp_path: Path) -> Any:
     executable = shutil.which("chromium")
+    if executable is None and os.environ.get("CI"):
+        pytest.fail("`chromium` is not on PATH in CI: `make test` should have installed it")
     if executable is None:
         pytest.skip(
             "`chromium` is not on PATH (Debian: apt-get install chromium; `make test` does)"
