@@ -48,7 +48,7 @@ from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
 from . import _html, tags
-from .sink import _masked_crc32c
+from .sink import masked_crc32c
 
 __all__ = ["RunLog", "find_runs", "read_run", "write_report"]
 
@@ -148,14 +148,14 @@ def _records(path: Path) -> Iterator[bytes]:
                 return  # the end, or a header still being written
             (length,) = struct.unpack("<Q", header[:8])
             (header_crc,) = struct.unpack("<I", header[8:])
-            if header_crc != _masked_crc32c(header[:8]):
+            if header_crc != masked_crc32c(header[:8]):
                 _warn_corrupt(path, offset, "header")
                 return
             data = handle.read(length)
             footer = handle.read(4)
             if len(data) < length or len(footer) < 4:
                 return  # a record still being written: read what is complete
-            if struct.unpack("<I", footer)[0] != _masked_crc32c(data):
+            if struct.unpack("<I", footer)[0] != masked_crc32c(data):
                 _warn_corrupt(path, offset, "data")
                 return
             offset += 16 + length

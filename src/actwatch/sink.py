@@ -40,7 +40,15 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
-__all__ = ["EventFileWriter", "PaletteImage", "Sink", "SinkStats", "check_log_dir", "encode_png"]
+__all__ = [
+    "EventFileWriter",
+    "PaletteImage",
+    "Sink",
+    "SinkStats",
+    "check_log_dir",
+    "encode_png",
+    "masked_crc32c",
+]
 
 logger = logging.getLogger("actwatch")
 
@@ -69,7 +77,8 @@ _counter = itertools.count()
 SINK_PRIORITY = "idle"
 
 
-def _masked_crc32c(data: bytes) -> int:
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C of `data`, with the C implementation (`google-crc32c`)."""
     crc = int(google_crc32c.value(data))
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -127,9 +136,9 @@ class EventFileWriter:
         header = struct.pack("<Q", len(data))
         record = memoryview(
             header
-            + struct.pack("<I", _masked_crc32c(header))
+            + struct.pack("<I", masked_crc32c(header))
             + data
-            + struct.pack("<I", _masked_crc32c(data))
+            + struct.pack("<I", masked_crc32c(data))
         )
         try:
             done = 0
