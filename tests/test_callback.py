@@ -218,6 +218,20 @@ def test_batch_checks_and_no_batch_hook_otherwise(tmp_path: Path) -> None:
     assert events.images == {}
 
 
+def test_batch_checks_see_the_current_weights(tmp_path: Path) -> None:
+    """Mid-epoch checks read this batch's weights (JAX keeps them outside the model)."""
+    model = tiny_cnn(lr=0.05)
+    x, y = data()
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, every_n_batches=1, images=False)
+    model.fit(x, y, epochs=1, batch_size=16, callbacks=[monitor], verbose=0)
+    series = read_events(tmp_path).scalars["mean/conv1"]
+    assert [s for s, _ in series] == [0, 1, 2, 3, 4]
+    means = [v for _, v in series]
+    assert len(set(means)) == len(means), f"stale weights at a batch check: {means}"
+    final = keras.Model(model.inputs, model.get_layer("conv1").output).predict(x[:2], verbose=0)
+    assert means[-1] == pytest.approx(ref.mean(ref.to_npc(final)), rel=1e-4, abs=1e-6)
+
+
 def test_image_file_probes_are_resized(tmp_path: Path) -> None:
     """Probes given as image files and PIL images are loaded, resized and preprocessed."""
     paths = []
