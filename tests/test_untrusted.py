@@ -30,7 +30,8 @@ def test_bomb_guard_refuses_the_warning_zone_too(
     """Above MAX_IMAGE_PIXELS Pillow only warns: actwatch refuses, and never decodes it."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     small, big = _png(tmp_path / "small.png", 30), _png(tmp_path / "big.png", 40)  # 900, 1600 px
-    assert read_probe_source([small]).size == 1
+    images = read_probe_source([small]).images
+    assert images is not None and len(images) == 1
     with pytest.raises(ValueError, match=r"'.*big\.png' is too large to decode safely \(Image "
                        r"size \(1600 pixels\) exceeds limit of 1000 pixels"):  # fmt: skip
         read_probe_source([small, big])

@@ -211,10 +211,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.alerts = []
         self._figures: dict[str, float] = {}
         self._epoch = 0
+        self._epoch_start_step = 0
         self._epochs_done = 0
         self._checked_first = False
-        self._skipped_images: tuple[int, ImageRender] | None
-        self._skipped_images = None
         self._failed_once = False
         self._hook_failed_once = False
         watched = resolve_layers(model, self.layers)
@@ -229,20 +228,19 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         dtypes = [str(t.dtype) for t in model.inputs]
         probes = prepare_probes(self._probe_source, shapes, names, dtypes, self.preprocess)
         self._display = probes.display
-        stats: ProbeBatch | None = None
-        if self._stats_source is not None:
+        stats_samples = 0
+        if self._stats_source is not None:  # one batch: statistics samples, then the probes
             stats = prepare_probes(self._stats_source, shapes, names, dtypes, self.preprocess)
-        if stats is None:
-            feed = probes.inputs
-        else:
-            feed = tuple(
+            stats_samples = stats.size
+            inputs = tuple(
                 np.concatenate([s, p]) for s, p in zip(stats.inputs, probes.inputs, strict=True)
             )
-        self._feed = feed[0] if len(feed) == 1 else list(feed)
+            probes = ProbeBatch(inputs=inputs, display=probes.display)
+        self._feed = probes.feed()
         self._pipeline = CheckPipeline(
             model,
             watched,
-            stats_samples=0 if stats is None else stats.size,
+            stats_samples=stats_samples,
             max_filters=self.max_filters,
             dormant_threshold=self.dormant_threshold,
             draw=self.images,
@@ -259,9 +257,12 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
+        # The step before this epoch's first batch, read once: batch checks count from it
+        # rather than reading the optimizer's counter (a device sync) after every batch.
+        self._epoch_start_step = self._step(epoch * self._steps_per_epoch())
         if not self._checked_first:
             self._checked_first = True
-            step = self._step(epoch * self._steps_per_epoch())
+            step = self._epoch_start_step
             # Resumed with `initial_epoch`: the run that stopped here checked this state at
             # its end, at this step; a reused monitor has already seen it too.
             if epoch == 0 and step > self._last_step:
@@ -270,18 +271,19 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
-            self._check(self._step((epoch + 1) * self._steps_per_epoch()), epoch=epoch)
+            step = self._step((epoch + 1) * self._steps_per_epoch())
+            self._check(step, epoch=epoch, final=epoch + 1 == self._last_epoch())
         if logs is not None:
             logs.update(self._figures)
 
     def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.every_n_batches is not None
-        done = self._epoch * self._steps_per_epoch() + batch + 1
-        step = self._step(done)
+        step = self._epoch_start_step + batch + 1
         if step % self.every_n_batches == 0:
             if hasattr(self.model, "jax_state_sync"):
                 self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
-            self._check(step, epoch=self._epoch)
+            last = self._epoch + 1 == self._last_epoch() and batch + 1 == self._steps_per_epoch()
+            self._check(step, epoch=self._epoch, final=last)
             if logs is not None:
                 logs.update(self._figures)
 
@@ -289,10 +291,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         step = self._step(self._epochs_done * self._steps_per_epoch())
         if step > self._last_step:
             self._check(step, epoch=self._epoch, final=True)
-        elif self._skipped_images is not None and self._sink is not None:
-            # The last state is the one users look at: write its images after all.
-            skipped_step, render = self._skipped_images
-            self._sink.submit(skipped_step, scalars={}, render=render, keep_images=True)
         self._close_sink()
 
     # Public helpers -----------------------------------------------------------------------
@@ -312,6 +310,10 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         return self._sink.stats if self._sink is not None else self._last_sink_stats
 
     # Internals ----------------------------------------------------------------------------
+
+    def _last_epoch(self) -> int:
+        """The number of epochs `fit()` was asked for (0 when unknown)."""
+        return int((self.params or {}).get("epochs") or 0)
 
     def _steps_per_epoch(self) -> int:
         steps = (self.params or {}).get("steps")
@@ -333,7 +335,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def _check(self, step: int, *, epoch: int | None, final: bool = False) -> None:
         """One check: device work, alerts, logs figures, then hand off to the sink.
 
-        `final`: the last check of the run, whose images are never skipped.
+        `final`: the last check of the run (the last epoch's, or the one at train end), whose
+        images are never skipped: it is the state users look at.
         """
         if step <= self._last_step:
             return
@@ -351,14 +354,13 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self._figures = self._logs_figures(result.stats, network)
             if self._sink is not None:
                 render = self._renderer(result) if self.images else None
-                kept = self._sink.submit(
+                self._sink.submit(
                     step,
                     scalars=self._scalars(result.stats, network, learning_rate),
                     texts=_alert_texts(decision),
                     render=render,
                     keep_images=final,
                 )
-                self._skipped_images = None if kept or render is None else (step, render)
             self._act(decision)
             self.timings = {"device": device, "blocking": time.perf_counter() - start}
         except Exception as exc:

@@ -40,13 +40,6 @@ class ProbeSource:
     images: tuple[Image.Image, ...] | None  # decoded images when given as files/PIL
     argument: str
 
-    @property
-    def size(self) -> int:
-        if self.images is not None:
-            return len(self.images)
-        assert self.arrays is not None
-        return int(self.arrays[0].shape[0])
-
 
 @dataclass(frozen=True)
 class ProbeBatch:

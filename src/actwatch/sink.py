@@ -275,11 +275,6 @@ class Sink:
         self._thread.start()
         atexit.register(_close_at_exit, weakref.ref(self))
 
-    @property
-    def path(self) -> str | None:
-        """The events file's path, once it is created."""
-        return self._writer.path if self._writer is not None else None
-
     def submit(
         self,
         step: int,
