@@ -24,7 +24,7 @@ from actwatch.grids import (
     grid_layout,
     normalize_maps,
 )
-from actwatch.sink import PaletteImage, encode_png
+from actwatch.png import PaletteImage, encode_png
 from actwatch.stats import reduce_layer, summarize
 
 from . import reference as ref

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import io
 import itertools
 import logging
 import os
@@ -24,14 +23,12 @@ import sys
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import google_crc32c
 import numpy as np
-from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
@@ -39,6 +36,8 @@ from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
+
+from .png import PaletteImage, encode_png
 
 __all__ = [
     "EventFileWriter",
@@ -53,16 +52,6 @@ __all__ = [
 logger = logging.getLogger("actwatch")
 
 #: Images as `{tag: (uint8 RGB array (H, W, 3), description)}`, produced on demand.
-
-
-class PaletteImage(NamedTuple):
-    """An image as uint8 `indices` (H, W) into `palette`, a (256, 3) uint8 RGB table.
-
-    Written as an indexed PNG: a third of the bytes to filter and deflate of an RGB image.
-    """
-
-    indices: np.ndarray
-    palette: np.ndarray
 
 
 #: Images as `{tag: (image, description)}`, produced on demand; an image is a uint8 array
@@ -161,55 +150,6 @@ class EventFileWriter:
 
     def close(self) -> None:
         self._file.close()
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGBA)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(image: np.ndarray | PaletteImage, compress_level: int = 1) -> bytes:
-    """PNG bytes of a uint8 (H, W, 3), (H, W, 4) or (H, W) image, or of a `PaletteImage`.
-
-    Level 1 is fast and good enough. Rows are written with PNG's "Up" filter (the difference
-    to the row above, computed with numpy) and deflated by zlib, which releases the GIL:
-    about twice as fast as Pillow's per-row adaptive filtering for the same size of file, on
-    our tiled, upscaled grids.
-    """
-    palette = None
-    if isinstance(image, PaletteImage):
-        palette = np.asarray(image.palette, dtype=np.uint8)
-        image = np.asarray(image.indices)
-        if image.ndim != 2 or palette.shape != (256, 3):
-            raise ValueError(
-                "encode_png: a PaletteImage needs (H, W) indices and a (256, 3) palette; got "
-                f"{image.shape} and {palette.shape}."
-            )
-    image = np.asarray(image)
-    channels = 1 if image.ndim == 2 else (image.shape[2] if image.ndim == 3 else 0)
-    if image.dtype != np.uint8 or channels not in _PNG_COLOUR_TYPES or 0 in image.shape:
-        buffer = io.BytesIO()  # anything unusual: let Pillow handle (or reject) it
-        Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
-        return buffer.getvalue()
-    height, width = image.shape[:2]
-    rows = image.reshape(height, width * channels)
-    raw = np.empty((height, width * channels + 1), dtype=np.uint8)
-    raw[:, 0] = 2  # filter type "Up"; row 0 is against zeros
-    raw[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
-    colour_type = 3 if palette is not None else _PNG_COLOUR_TYPES[channels]
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    chunks = [_PNG_SIGNATURE, _png_chunk(b"IHDR", header)]
-    if palette is not None:
-        chunks.append(_png_chunk(b"PLTE", palette.tobytes()))
-    chunks += [
-        _png_chunk(b"IDAT", zlib.compress(raw.data, compress_level)),
-        _png_chunk(b"IEND", b""),
-    ]
-    return b"".join(chunks)
 
 
 @dataclass
