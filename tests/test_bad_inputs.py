@@ -236,9 +236,20 @@ CASES = [
     Case("preprocess not callable", lambda f: {"preprocess": 3}, "init", TypeError,
          "Invalid value for argument `preprocess`. Expected a callable taking a numpy batch. "
          "Received: preprocess=3"),
-    Case("preprocess changes the shape", lambda f: {"preprocess": lambda a: a[:, :8]}, "fit",
+    Case("preprocess changes the shape",
+         lambda f: {"probes": [f.ok, f.ok], "preprocess": lambda a: a[:, :8]}, "fit",
          ValueError,
          _shape_msg("probes", "(2, 8, 16, 3)", "axis 1 differs", " after `preprocess`")),
+    Case("preprocess with array probes", lambda f: {"preprocess": lambda a: a / 255.0}, "init",
+         ValueError,
+         "Invalid value for argument `preprocess`: it applies only to images loaded from files "
+         "or PIL images, and `probes` is an array, which actwatch uses as given (in the model's "
+         "input scale, like the data passed to `fit`). Apply it to the arrays yourself, e.g. "
+         "probes=preprocess(x), and drop `preprocess=`."),
+    Case("preprocess with array probes and stats_data",
+         lambda f: {"stats_data": X[:2], "preprocess": lambda a: a / 255.0}, "init", ValueError,
+         re.compile(r"Invalid value for argument `preprocess`: .* `probes` and `stats_data` are "
+                    r"arrays, .*")),
     # thresholds and other numbers ----------------------------------------------------------
     Case("stop_on_dead_fraction 0", lambda f: {"stop_on_dead_fraction": 0}, "init", ValueError,
          _number_msg("stop_on_dead_fraction", "a number in (0, 1] or None", "0")),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import numbers
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -15,10 +14,16 @@ import numpy as np
 from . import tags
 from ._distribute import is_chief
 from .alerts import Alert, AlertTracker, Decision
-from .extract import resolve_layers
+from .extract import check_layer_specs, resolve_layers
 from .grids import PALETTE, filter_grid_indices, heatmap_overlay
 from .pipeline import CheckPipeline, CheckResult
-from .probes import ProbeBatch, prepare_probes, read_probe_source
+from .probes import (
+    ProbeBatch,
+    check_preprocess,
+    model_inputs,
+    prepare_probes,
+    read_probe_source,
+)
 from .sink import ImageRender, PaletteImage, Sink, SinkStats, check_log_dir
 from .stats import LayerStats, NetworkStats
 
@@ -168,14 +173,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 "Invalid value for argument `on_alert`. Expected a callable taking an "
                 f"actwatch.Alert. Received: on_alert={on_alert!r}"
             )
-        if preprocess is not None and not callable(preprocess):
-            raise TypeError(
-                "Invalid value for argument `preprocess`. Expected a callable taking a numpy "
-                f"batch. Received: preprocess={preprocess!r}"
-            )
-        _check_layers_argument(layers)
+        check_preprocess(preprocess, [self._probe_source, self._stats_source])
+        check_layer_specs(layers)
         self.layers = layers
-        self.stats_data_given = stats_data is not None
         self.on_alert = on_alert
         self.stop_on_dead_fraction = (
             None
@@ -217,25 +217,17 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._failed_once = False
         self._hook_failed_once = False
         watched = resolve_layers(model, self.layers)
-        if not model.built or not getattr(model, "inputs", None):
-            raise ValueError(
-                f"ActivationMonitor needs a built model with known inputs; model {model.name!r} "
-                "has none. Build it with an `keras.Input(...)` first layer (Sequential) or the "
-                "Functional API."
-            )
-        shapes = [tuple(t.shape) for t in model.inputs]
-        names = [t.name for t in model.inputs]
-        dtypes = [str(t.dtype) for t in model.inputs]
-        probes = prepare_probes(self._probe_source, shapes, names, dtypes, self.preprocess)
+        inputs = model_inputs(model)
+        probes = prepare_probes(self._probe_source, inputs, self.preprocess)
         self._display = probes.display
         stats_samples = 0
         if self._stats_source is not None:  # one batch: statistics samples, then the probes
-            stats = prepare_probes(self._stats_source, shapes, names, dtypes, self.preprocess)
+            stats = prepare_probes(self._stats_source, inputs, self.preprocess)
             stats_samples = stats.size
-            inputs = tuple(
+            batch = tuple(
                 np.concatenate([s, p]) for s, p in zip(stats.inputs, probes.inputs, strict=True)
             )
-            probes = ProbeBatch(inputs=inputs, display=probes.display)
+            probes = ProbeBatch(inputs=batch, display=probes.display)
         self._feed = probes.feed()
         self._pipeline = CheckPipeline(
             model,
@@ -477,26 +469,3 @@ def _alert_texts(decision: Decision) -> dict[str, tuple[str, str]]:
         return {}
     body = "\n\n".join(f"- **{a.kind}**: {a.markdown()}" for a in decision.alerts)
     return {tags.ALERTS: (body, "actwatch alerts: dead filters and non-finite activations.")}
-
-
-def _check_layers_argument(layers: Any) -> None:
-    if layers is None or isinstance(layers, (str, re.Pattern, keras.layers.Layer)):
-        return
-    if isinstance(layers, Sequence) and not isinstance(layers, (bytes, bytearray)):
-        if len(layers) == 0:
-            raise ValueError(
-                "Invalid value for argument `layers`: the list is empty. Pass None to watch the "
-                "default layers, or at least one layer name."
-            )
-        for item in layers:
-            if not isinstance(item, (str, re.Pattern, keras.layers.Layer)):
-                raise TypeError(
-                    "Invalid value for argument `layers`: expected layer names, regex patterns "
-                    f"or Layer objects. Received an item of type {type(item).__name__}: "
-                    f"{item!r}."
-                )
-        return
-    raise TypeError(
-        "Invalid value for argument `layers`: expected None, a name, a regex, a Layer or a list "
-        f"of them. Received: layers={layers!r}."
-    )

@@ -14,14 +14,20 @@ import difflib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import keras
-import numpy as np
 
-__all__ = ["Extractor", "WatchedLayer", "iter_layers", "resolve_layers"]
+__all__ = [
+    "Extractor",
+    "WatchedLayer",
+    "check_layer_specs",
+    "iter_layers",
+    "resolve_layers",
+]
 
 LayerSpec: TypeAlias = "str | re.Pattern[str] | keras.layers.Layer"
+T = TypeVar("T")
 
 _POOLING_TYPES: tuple[type[Any], ...] = (
     keras.layers.MaxPooling1D,
@@ -160,6 +166,35 @@ def _subclassed_error(model: Any) -> ValueError:
     )
 
 
+def check_layer_specs(layers: Any) -> list[LayerSpec] | None:
+    """Validate the `layers` argument without a model: None, or a non-empty list of specs.
+
+    The one place that checks the argument's form; `resolve_layers` matches the specs against
+    a model. Raises TypeError or ValueError saying what was received and what is expected.
+    """
+    if layers is None:
+        return None
+    if isinstance(layers, (str, re.Pattern, keras.layers.Layer)):
+        return [layers]
+    if not isinstance(layers, Sequence) or isinstance(layers, (bytes, bytearray)):
+        raise TypeError(
+            "Invalid value for argument `layers`: expected None, a name, a regex, a Layer or a "
+            f"list of them. Received: layers={layers!r}."
+        )
+    if len(layers) == 0:
+        raise ValueError(
+            "Invalid value for argument `layers`: the list is empty. Pass None to watch the "
+            "default layers, or at least one layer name."
+        )
+    for item in layers:
+        if not isinstance(item, (str, re.Pattern, keras.layers.Layer)):
+            raise TypeError(
+                "Invalid value for argument `layers`: expected layer names, regex patterns or "
+                f"Layer objects. Received an item of type {type(item).__name__}: {item!r}."
+            )
+    return list(layers)
+
+
 def resolve_layers(
     model: keras.Model, layers: LayerSpec | Sequence[LayerSpec] | None
 ) -> list[WatchedLayer]:
@@ -192,18 +227,7 @@ def resolve_layers(
                 f"(available: {paths[:20]})."
             )
     else:
-        specs = [layers] if isinstance(layers, (str, re.Pattern, keras.layers.Layer)) else layers
-        if not isinstance(specs, Sequence) or isinstance(specs, (bytes, bytearray)):
-            raise TypeError(
-                "Invalid value for argument `layers`: expected None, a name, a regex, a Layer "
-                f"or a list of them. Received: layers={layers!r}."
-            )
-        if len(specs) == 0:
-            raise ValueError(
-                "Invalid value for argument `layers`: the list is empty. Pass None to watch the "
-                "default layers, or at least one layer name."
-            )
-        for spec in specs:
+        for spec in check_layer_specs(layers) or ():
             chosen.extend(_match(spec, table, by_path, paths))
     unique = list(dict.fromkeys(chosen))
     formats: dict[str, str | None] = {}
@@ -234,11 +258,6 @@ def _match(
                 f"layer. Available layers: {paths[:30]}."
             )
         return found
-    if not isinstance(spec, str):
-        raise TypeError(
-            "Invalid value for argument `layers`: expected layer names, regex patterns or "
-            f"Layer objects. Received an item of type {type(spec).__name__}: {spec!r}."
-        )
     if spec in by_path:
         return [spec]
     try:
@@ -256,45 +275,58 @@ def _match(
     )
 
 
+def _feeding_tensors(container: Any, path: str) -> list[Any]:
+    """The tensors of the enclosing graph that feed the nested model `container`.
+
+    Read from the nested model's first inbound node: Keras has no public API for it, and this
+    is the only place actwatch touches a private Keras attribute.
+    """
+    nodes = getattr(container, "_inbound_nodes", None)
+    if not nodes:
+        raise ValueError(
+            f"Invalid value for argument `layers`: the nested model {path!r} is not "
+            "called in the model's graph, so its layers cannot be watched."
+        )
+    return list(nodes[0].input_tensors)
+
+
+def _container(model: keras.Model, path: str) -> Any:
+    container = next(lyr for p, lyr in iter_layers(model) if p == path)
+    if not _is_graph_model(container):
+        raise _subclassed_error(container)
+    return container
+
+
+def _call(model: keras.Model, tensors: Sequence[Any]) -> list[Any]:
+    return _as_list(model(tensors[0] if len(tensors) == 1 else list(tensors)))
+
+
 def _root_output(model: keras.Model, path: str, layer: Any) -> Any:
     """`layer`'s output as a tensor of `model`'s own graph, through nested models.
 
     A layer inside a nested model lives in that model's graph. We call a sub-model from the
     nested model's inputs to the layer on the tensors that feed the nested model in the
-    outer graph (read from the nested model's first inbound node: Keras has no public API
-    for it), so the extractor stays one graph from the outer inputs.
+    outer graph, so the extractor stays one graph from the outer inputs.
     """
-    parts = path.split("/")
-    if len(parts) == 1:
-        return layer.output
-    outer_path = "/".join(parts[:-1])
-    container = next(lyr for p, lyr in iter_layers(model) if p == outer_path)
-    if not _is_graph_model(container):
-        raise _subclassed_error(container)
-    inner = keras.Model(container.inputs, layer.output, name=f"actwatch_tap_{parts[-1]}")
-    nodes = container._inbound_nodes
-    if not nodes:
-        raise ValueError(
-            f"Invalid value for argument `layers`: the nested model {outer_path!r} is not "
-            "called in the model's graph, so its layers cannot be watched."
-        )
-    feed = nodes[0].input_tensors
-    # The feeding tensors belong to the graph one level up; resolve that level recursively.
-    feed_root = _reroot(model, "/".join(parts[:-2]), feed)
-    return inner(feed_root[0] if len(feed_root) == 1 else feed_root)
-
-
-def _reroot(model: keras.Model, container_path: str, tensors: Sequence[Any]) -> list[Any]:
-    """Express tensors of the graph at `container_path` as tensors of `model`'s graph."""
+    container_path, _, name = path.rpartition("/")
     if not container_path:
-        return list(tensors)
-    container = next(lyr for p, lyr in iter_layers(model) if p == container_path)
-    sub = keras.Model(container.inputs, list(tensors))
-    feed = container._inbound_nodes[0].input_tensors
-    parent = "/".join(container_path.split("/")[:-1])
-    feed_root = _reroot(model, parent, feed)
-    out = sub(feed_root[0] if len(feed_root) == 1 else feed_root)
-    return list(out) if isinstance(out, (list, tuple)) else [out]
+        return layer.output
+    container = _container(model, container_path)
+    inner = keras.Model(container.inputs, layer.output, name=f"actwatch_tap_{name}")
+    return _call(inner, _reroot_feed(model, container_path))[0]
+
+
+def _reroot_feed(model: keras.Model, container_path: str) -> list[Any]:
+    """The tensors feeding the nested model at `container_path`, as tensors of `model`."""
+    container = _container(model, container_path)
+    feed = _feeding_tensors(container, container_path)
+    parent = container_path.rpartition("/")[0]
+    if not parent:
+        return feed
+    # The feeding tensors belong to the graph one level up: express them at the root.
+    upper = _container(model, parent)
+    sub = keras.Model(upper.inputs, feed)
+    return _call(sub, _reroot_feed(model, parent))
 
 
 def _as_list(outputs: Any) -> list[Any]:
@@ -314,12 +346,14 @@ class Extractor:
         outputs = [_root_output(model, w.path, w.layer) for w in watched]
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
         self.model = keras.Model(inputs, outputs, name="actwatch_extractor")
-        self.watched = list(watched)
 
-    def compile(
-        self, reduce: Callable[[list[Any]], dict[str, Any]]
-    ) -> Callable[[Any], dict[str, np.ndarray]]:
-        """Return `run(inputs) -> dict of numpy arrays` = `reduce(outputs)`, compiled once."""
+    def make_runner(self, reduce: Callable[[list[Any]], T]) -> Callable[[Any], T]:
+        """Return `run(inputs)`: `reduce(outputs)` compiled once, with numpy leaves.
+
+        `reduce` takes the watched outputs in order and returns any nested structure of
+        tensors (lists, dicts); `run` returns the same structure with numpy arrays, after one
+        inference-mode forward pass compiled by the backend's compiler.
+        """
         backend = keras.backend.backend()
         model = self.model
 
@@ -359,8 +393,8 @@ class Extractor:
             def run_device(x: Any) -> Any:
                 return reduce(_as_list(model(x, training=False)))
 
-        def run(x: Any) -> dict[str, np.ndarray]:
+        def run(x: Any) -> T:
             result = run_device(x)
-            return {k: keras.ops.convert_to_numpy(v) for k, v in result.items()}
+            return keras.tree.map_structure(keras.ops.convert_to_numpy, result)  # type: ignore[no-any-return]
 
         return run

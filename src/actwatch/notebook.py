@@ -22,7 +22,13 @@ from ._html import plain
 from .extract import Extractor, WatchedLayer, resolve_layers
 from .grids import filter_grid, heatmap_overlay
 from .pipeline import CheckPipeline, CheckResult
-from .probes import ProbeBatch, prepare_probes, read_probe_source
+from .probes import (
+    ProbeBatch,
+    check_preprocess,
+    model_inputs,
+    prepare_probes,
+    read_probe_source,
+)
 from .stats import LayerStats
 
 __all__ = ["activation_stats", "get_activations", "plot_filters", "plot_heatmaps"]
@@ -32,14 +38,8 @@ Preprocess = Callable[[np.ndarray], Any] | None
 
 def _batch(model: keras.Model, x: Any, preprocess: Preprocess) -> ProbeBatch:
     source = read_probe_source(x, "x")
-    inputs = model.inputs
-    return prepare_probes(
-        source,
-        [tuple(t.shape) for t in inputs],
-        [t.name for t in inputs],
-        [str(t.dtype) for t in inputs],
-        preprocess,
-    )
+    check_preprocess(preprocess, [source])
+    return prepare_probes(source, model_inputs(model), preprocess)
 
 
 def get_activations(
@@ -52,16 +52,17 @@ def get_activations(
         x: a numpy batch, image paths or PIL images, or a dict/list for multi-input models.
         layers: as in `ActivationMonitor`; defaults to every convolution, pooling and
             activation layer.
-        preprocess: applied to the batch before the model, e.g. `lambda x: x / 255.0`.
+        preprocess: applied to images loaded from files or PIL images (raw 0-255 pixels)
+            before the model, e.g. `lambda x: x / 255.0`; arrays are used as given.
 
     Returns:
         `{layer path: numpy array}` in model order, with the layers' own shapes and dtypes.
     """
     watched = resolve_layers(model, layers)
     batch = _batch(model, x, preprocess)
-    run = Extractor(model, watched).compile(lambda outs: {str(i): o for i, o in enumerate(outs)})
+    run = Extractor(model, watched).make_runner(lambda outputs: list(outputs))
     arrays = run(batch.feed())
-    return {w.path: arrays[str(i)] for i, w in enumerate(watched)}
+    return {w.path: array for w, array in zip(watched, arrays, strict=True)}
 
 
 def activation_stats(

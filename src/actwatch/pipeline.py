@@ -68,6 +68,7 @@ class CheckPipeline:
         max_filters: at most this many filters per layer are drawn (the first ones).
         max_side: maps larger than this many pixels a side are resized down for drawing.
         dormant_threshold: tau of the tau-dormant test.
+        draw: also bring back uint8 maps and heatmaps for drawing.
     """
 
     def __init__(
@@ -82,41 +83,37 @@ class CheckPipeline:
         draw: bool = True,
     ) -> None:
         self.watched = list(watched)
-        self.stats_samples = stats_samples
         self.dormant_threshold = dormant_threshold
-        self.extractor = Extractor(model, self.watched)
-        n_stats = stats_samples
+        layers = self.watched
 
-        def reduce(outputs: list[Any]) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for i, (layer, raw) in enumerate(zip(self.watched, outputs, strict=True)):
+        def reduce(outputs: list[Any]) -> list[dict[str, Any]]:
+            """Per watched layer: `{"stats": {...}, "maps": ..., "heat": ...}` (device)."""
+            out: list[dict[str, Any]] = []
+            for layer, raw in zip(layers, outputs, strict=True):
                 a = _channels_last(raw, layer)
-                sample = a[:n_stats] if n_stats else a
+                sample = a[:stats_samples] if stats_samples else a
                 flat = ops.reshape(sample, (sample.shape[0], -1, layer.channels))
-                for key, value in reduce_layer(flat).items():
-                    out[f"{i}/{key}"] = value
-                if not draw:
-                    continue
-                probes = a[n_stats:] if n_stats else a
-                maps = _as_maps(probes, layer.rank, max_side)
-                out[f"{i}/maps"] = normalize_maps(maps[..., :max_filters])
-                if layer.rank > 2:
-                    out[f"{i}/heat"] = heat_maps(maps)
+                item: dict[str, Any] = {"stats": reduce_layer(flat)}
+                if draw:
+                    probes = a[stats_samples:] if stats_samples else a
+                    maps = _as_maps(probes, layer.rank, max_side)
+                    item["maps"] = normalize_maps(maps[..., :max_filters])
+                    if layer.rank > 2:
+                        item["heat"] = heat_maps(maps)
+                out.append(item)
             return out
 
-        self._run = self.extractor.compile(reduce)
+        self._run = Extractor(model, self.watched).make_runner(reduce)
 
     def run(self, inputs: Any) -> CheckResult:
         """Run one check on `inputs` (an array, or a list for multi-input models)."""
-        arrays = self._run(inputs)
         stats: dict[str, LayerStats] = {}
         maps: dict[str, np.ndarray] = {}
         heat: dict[str, np.ndarray] = {}
-        for i, layer in enumerate(self.watched):
-            reduced = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{i}/")}
-            stats[layer.path] = summarize(reduced, self.dormant_threshold)
-            if "maps" in reduced:
-                maps[layer.path] = reduced["maps"]
-            if "heat" in reduced:
-                heat[layer.path] = reduced["heat"]
+        for layer, item in zip(self.watched, self._run(inputs), strict=True):
+            stats[layer.path] = summarize(item["stats"], self.dormant_threshold)
+            if "maps" in item:
+                maps[layer.path] = item["maps"]
+            if "heat" in item:
+                heat[layer.path] = item["heat"]
         return CheckResult(stats=stats, maps=maps, heat=heat)

@@ -9,9 +9,12 @@ Accepted forms:
 - for a multi-input model, a dict `{input_name: array}` or a list/tuple of arrays in the
   order of `model.inputs`.
 
-Images loaded from files or PIL objects hold raw pixel values in `[0, 255]`. Pass
-`preprocess=` (for example `lambda x: x / 255.0` or
-`keras.applications.resnet50.preprocess_input`) to apply the model's own preprocessing.
+The rule for `preprocess=`: it applies to images loaded from files or PIL objects, and only
+to them. Such images hold raw pixel values in `[0, 255]`; `preprocess` (for example
+`lambda x: x / 255.0` or `keras.applications.resnet50.preprocess_input`) brings them to the
+model's input scale. Arrays are used as given: they are assumed to be in the model's input
+scale already, like the arrays passed to `fit`. A `preprocess` given where every source is an
+array would never run, so it is refused (`check_preprocess`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,43 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["ProbeBatch", "ProbeSource", "prepare_probes", "read_probe_source"]
+__all__ = [
+    "ModelInputs",
+    "ProbeBatch",
+    "ProbeSource",
+    "check_preprocess",
+    "model_inputs",
+    "prepare_probes",
+    "read_probe_source",
+]
 
 #: Called with the first input's batch, or a list of batches for multi-input models.
 Preprocess = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model expects as input, read once from `model.inputs`."""
+
+    shapes: tuple[tuple[int | None, ...], ...]
+    names: tuple[str, ...]
+    dtypes: tuple[str, ...]
+
+
+def model_inputs(model: Any) -> ModelInputs:
+    """The shapes, names and dtypes of `model`'s inputs; a clear error if it has none."""
+    inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
+    if not inputs:
+        raise ValueError(
+            f"ActivationMonitor needs a built model with known inputs; model {model.name!r} "
+            "has none. Build it with an `keras.Input(...)` first layer (Sequential) or the "
+            "Functional API."
+        )
+    return ModelInputs(
+        shapes=tuple(tuple(t.shape) for t in inputs),
+        names=tuple(t.name for t in inputs),
+        dtypes=tuple(str(t.dtype) for t in inputs),
+    )
 
 
 @dataclass(frozen=True)
@@ -232,14 +268,41 @@ def _resize_images(
     return np.moveaxis(batch, -1, 1) if channels_first else batch
 
 
+def check_preprocess(preprocess: Any, sources: Sequence[ProbeSource | None]) -> None:
+    """Refuse a `preprocess` that is not callable, or that would never run.
+
+    `preprocess` applies only to images loaded from files or PIL objects (see the module
+    docstring); when every source is an array it would be silently ignored.
+    """
+    if preprocess is None:
+        return
+    if not callable(preprocess):
+        raise TypeError(
+            "Invalid value for argument `preprocess`. Expected a callable taking a numpy "
+            f"batch. Received: preprocess={preprocess!r}"
+        )
+    given = [s for s in sources if s is not None]
+    if given and all(s.images is None for s in given):
+        names = " and ".join(f"`{s.argument}`" for s in given)
+        raise ValueError(
+            f"Invalid value for argument `preprocess`: it applies only to images loaded from "
+            f"files or PIL images, and {names} {'is an array' if len(given) == 1 else 'are arrays'}"
+            ", which actwatch uses as given (in the model's input scale, like the data passed "
+            "to `fit`). Apply it to the arrays yourself, e.g. probes=preprocess(x), and drop "
+            "`preprocess=`."
+        )
+
+
 def prepare_probes(
     source: ProbeSource,
-    input_shapes: Sequence[Sequence[int | None]],
-    input_names: Sequence[str],
-    input_dtypes: Sequence[str],
+    inputs: ModelInputs,
     preprocess: Preprocess | None = None,
 ) -> ProbeBatch:
-    """Resolve `source` against the model's inputs; raise a clear error on any mismatch."""
+    """Resolve `source` against the model's inputs; raise a clear error on any mismatch.
+
+    `preprocess` is applied to images loaded from files or PIL objects only.
+    """
+    input_shapes, input_names, input_dtypes = inputs.shapes, inputs.names, inputs.dtypes
     argument = source.argument
     if source.images is not None:
         raw = _resize_images(source.images, input_shapes[0], argument)
@@ -272,6 +335,7 @@ def prepare_probes(
                 )
         _check_same_batch(arrays, argument)
         display = _display_from_array(arrays[0])
+        preprocess = None  # arrays are used as given
     if preprocess is not None:
         processed = preprocess(arrays[0] if len(arrays) == 1 else list(arrays))
         if isinstance(processed, (list, tuple)):
