@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from PIL import Image
 
 import actwatch
+from actwatch import cli
+from actwatch.inspection import load_model
 from actwatch.probes import read_probe_source
 
 from .helpers import tiny_cnn
@@ -58,14 +61,59 @@ def test_decoded_probe_is_resized_not_trusted_for_size(tmp_path: Path) -> None:
     assert acts["conv1"].shape == (1, 16, 16, 4)
 
 
-def test_safe_mode_refuses_a_model_with_a_lambda(tmp_path: Path) -> None:
-    """`keras.saving.load_model(..., safe_mode=True)` will not run a saved lambda."""
-    inputs = keras.Input((4,))
-    outputs = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(inputs)
+RAN = "ACTWATCH_TEST_LAMBDA_RAN"
+
+
+@pytest.fixture
+def lambda_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A saved model whose Lambda layer, if ever called, sets the environment variable RAN.
+
+    The control: Keras' own unsafe load calls it (so the side effect would show).
+    """
+    monkeypatch.delenv(RAN, raising=False)
+    inputs = keras.Input((16, 16, 3))
+    marked = keras.layers.Lambda(
+        # Self-contained: a loaded lambda sees no globals of this module.
+        lambda t: (__import__("os").environ.__setitem__("ACTWATCH_TEST_LAMBDA_RAN", "1"), t)[1],
+        name="code",
+    )(inputs)
+    outputs = keras.layers.Conv2D(2, 3, activation="relu", name="conv")(marked)
     path = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(path)
-    with pytest.raises(ValueError, match=r"Requested the deserialization of a `?Lambda`? layer"):
-        keras.saving.load_model(path, safe_mode=True)
+    monkeypatch.delenv(RAN)  # building the model called it once
+    keras.saving.load_model(path, safe_mode=False)
+    assert os.environ.pop(RAN) == "1", "the control: an unsafe load runs the lambda"
+    return path
+
+
+def test_load_model_refuses_a_lambda_and_never_runs_it(lambda_model: Path) -> None:
+    """`actwatch.inspection.load_model` refuses a Lambda layer with actwatch's message; the
+    lambda's code never runs."""
+    message = (
+        rf"^Could not load '{re.escape(str(lambda_model))}' as a Keras model \(ValueError: "
+        r"Requested the deserialization of a `?Lambda`? layer.*\)\. Expected a `\.keras` file "
+        r"saved with `model\.save\('model\.keras'\)`; models with Lambda layers cannot be "
+        r"loaded with safe_mode=True\.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_model(lambda_model)
+    assert RAN not in os.environ
+
+
+def test_inspect_command_refuses_a_lambda_and_never_runs_it(
+    lambda_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`actwatch inspect` on a model with a Lambda exits with status 2 and actwatch's one-line
+    error, writes nothing, and never runs the lambda."""
+    image = _png(tmp_path / "image.png", 16)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["inspect", str(lambda_model), str(image), "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"actwatch inspect: error: Could not load '{lambda_model}'")
+    assert "cannot be loaded with safe_mode=True" in err and "Traceback" not in err
+    assert RAN not in os.environ
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
