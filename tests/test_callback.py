@@ -70,7 +70,9 @@ def test_exact_tags_images_and_steps(tmp_path: Path) -> None:
         for i in range(2)
     }
     assert events.other == {"custom_scalars__config__": "custom_scalars"}
-    assert set(events.texts) <= {"alerts"}
+    # No filter of this model is dead at any check, so no alert and no `alerts` text.
+    assert {v for layer in LAYERS for _, v in events.scalars[f"dead_filters/{layer}"]} == {0.0}
+    assert monitor.alerts == [] and events.texts == {}
     for series in events.scalars.values():
         assert [step for step, _ in series] == [0, 4, 8]
     expected = {"conv1": (16, 16, 4), "pool1": (8, 8, 4), "conv2": (8, 8, 8), "pool2": (4, 4, 8)}
@@ -160,15 +162,26 @@ def test_k_dead_filters_give_exactly_one_alert(
 
 
 def test_healthy_model_raises_no_alert(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A model trained at a sane learning rate raises no alert and logs no warning."""
+    """A model trained at a sane learning rate is checked and written at every step, with no
+    dead filter, no alert and nothing logged at WARNING (no failed check either)."""
     model = tiny_cnn(filters=(8, 8), lr=1e-3)
     x, y = data(n=96)
     monitor = actwatch.ActivationMonitor(x[:4], tmp_path, stats_data=x[:64])
     with caplog.at_level(logging.WARNING, logger="actwatch"):
         model.fit(x, y, epochs=2, batch_size=16, callbacks=[monitor], verbose=0)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("actwatch")] == []
     assert monitor.alerts == []
-    assert [r for r in caplog.records if "are dead" in r.getMessage()] == []
-    assert "alerts" not in read_events(tmp_path).texts
+    assert sorted(monitor.last_stats) == sorted(LAYERS)
+    events = read_events(tmp_path)
+    expected = {f"{m}/{layer}" for m in tags.METRICS for layer in LAYERS} | {
+        f"network/{m}" for m in [*tags.METRICS, "learning_rate"]
+    }
+    assert expected <= set(events.scalars)  # the exact set: test_exact_tags_images_and_steps
+    for tag in expected:
+        assert [step for step, _ in events.scalars[tag]] == [0, 6, 12]  # 6 batches an epoch
+    for layer in LAYERS:
+        assert [v for _, v in events.scalars[f"dead_filters/{layer}"]] == [0.0] * 3
+    assert "alerts" not in events.texts
 
 
 def test_logs_dict_reaches_history_and_csv_logger(tmp_path: Path) -> None:
