@@ -1,4 +1,5 @@
-# actwatch: `make demo` and `make test` install everything they need into .venv.
+# actwatch: `make demo` and `make test` install everything they need into .venv: actwatch
+# with every backend (the tensorflow, jax and torch extras), the demo's photos and the dev tools.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,jax,torch]' '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[dev,tensorflow,jax,torch,demo]' '$(TORCH)'
 	touch $(STAMP)
 
 # Two runs side by side: a learning rate that kills filters (the alert fires), then a sane one.

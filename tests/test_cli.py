@@ -2,32 +2,57 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from matplotlib import cbook
 from PIL import Image
 
 import actwatch
+from actwatch import demo
 
+from .conftest import BLOCK_ENV
 from .fit_logs import fit_run
 from .helpers import tiny_cnn
 
 pytestmark = pytest.mark.slow
 
+BACKEND = keras.backend.backend()
 
-def actwatch_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "CUDA_VISIBLE_DEVICES": ""}
+
+def actwatch_cli(
+    *args: str | Path,
+    cwd: Path | None = None,
+    block: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m actwatch ARGS` as a user who set no TF_CPP_MIN_LOG_LEVEL (unless `env`
+    does). The modules in `block` (and TensorFlow, when this test run blocks it: see
+    conftest.py) cannot be imported in that process."""
+    block = [*block, *(["tensorflow"] if os.environ.get(BLOCK_ENV) == "1" else [])]
+    command = [sys.executable, "-m", "actwatch"]
+    if block:
+        command[1:] = [
+            "-c",
+            f"import sys\nfor m in {block!r}: sys.modules[m] = None\n"
+            "from actwatch.cli import main\nsys.exit(main())",
+        ]
+    inherited = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    full_env = {**inherited, "KERAS_BACKEND": BACKEND, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "actwatch", *map(str, args)],
+        [*command, *map(str, args)],
         capture_output=True,
         text=True,
-        env=env,
+        env=full_env,
         cwd=cwd,
         timeout=600,
     )
@@ -99,11 +124,10 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """A real photo (JPEG, larger than the model's input) and a generated PNG."""
-    from skimage import data
-
     folder = tmp_path_factory.mktemp("images")
-    photo = folder / "astronaut.jpg"
-    Image.fromarray(data.astronaut()).resize((64, 64)).save(photo)
+    photo = folder / "hopper.jpg"
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        image.resize((64, 64)).save(photo)
     generated = folder / "noise.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(generated)
@@ -131,9 +155,9 @@ class TestInspect:
         assert done.returncode == 0, done.stderr
         assert f"Open {out / 'stats.html'}" in done.stdout
         assert sorted(p.name for p in out.iterdir()) == [
-            "filters-00-astronaut.png",
+            "filters-00-hopper.png",
             "filters-01-noise.png",
-            "heatmaps-00-astronaut.png",
+            "heatmaps-00-hopper.png",
             "heatmaps-01-noise.png",
             "stats.html",
             "stats.png",
@@ -200,16 +224,19 @@ def _image_folder(root: Path) -> Path:
 
 
 def test_demo_with_and_without_data_ends_with_a_report(tmp_path: Path) -> None:
-    """Two demo runs (generated data, an image folder) and a report comparing them."""
+    """Two demo runs (generated data, an image folder) and a report comparing them; off the
+    TensorFlow backend both run with `import tensorflow` blocked (`--data` reads the folder
+    with Pillow, not tf.data)."""
     logs, page = tmp_path / "logs", tmp_path / "reports" / "demo.html"
     common = ["--epochs", "1", "--size", "32", "--log-dir", logs, "--report", page]
     done = actwatch_cli("demo", "--samples", "64", "--run", "generated", *common)
     assert done.returncode == 0, done.stderr
     assert f"Report of every run under {logs}: {page}" in done.stdout
+    assert "scikit-image is not installed" not in done.stderr  # the dev install has it
     folder = _image_folder(tmp_path / "images")
     done = actwatch_cli("demo", "--data", folder, "--run", "folder", *common)
     assert done.returncode == 0, done.stderr
-    assert "Found 12 files belonging to 2 classes." in done.stdout + done.stderr
+    assert "Found 12 files belonging to 2 classes." in done.stdout
     text = page.read_text(encoding="utf-8")
     assert "sparsity curves of run folder" in text
     assert "sparsity curves of run generated" in text
@@ -217,7 +244,146 @@ def test_demo_with_and_without_data_ends_with_a_report(tmp_path: Path) -> None:
     assert {"00-folder-sparsity.png", "01-generated-sparsity.png"} <= names
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="one backend is enough: the photos are numpy")
+def test_demo_runs_without_scikit_image_and_says_how_to_get_its_photos(tmp_path: Path) -> None:
+    """Without scikit-image (its import blocked) the demo trains and reports as usual, and says
+    once how to get the scikit-image photos."""
+    logs, page = tmp_path / "logs", tmp_path / "report.html"
+    short = ["--samples", "64", "--epochs", "1", "--size", "32"]
+    done = actwatch_cli("demo", *short, "--log-dir", logs, "--report", page, block=["skimage"])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(demo.SKIMAGE_NOTE) == 1
+    assert "install actwatch[demo] for the scikit-image photos" in demo.SKIMAGE_NOTE
+    assert f"Report of every run under {logs}: {page}" in done.stdout
+    assert "sparsity curves of run lr_0.001" in page.read_text(encoding="utf-8")
+
+
+class TestDemoData:
+    def test_probes_with_scikit_image_are_two_generated_images_and_two_photos(self) -> None:
+        """The demo's 4 probes: 2 generated images, then scikit-image's astronaut and coffee."""
+        x_val, _ = demo.make_dataset(8, 32, seed=1)
+        probes = demo._probes(x_val, 32)
+        assert probes.shape == (4, 32, 32, 3) and probes.dtype == np.float32
+        np.testing.assert_array_equal(probes[:2], x_val[:2])
+        np.testing.assert_array_equal(probes[2:], demo.photo_probes(32, ["astronaut", "coffee"]))
+
+    def test_probes_without_scikit_image_end_with_grace_hopper(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Without scikit-image: 3 generated images and matplotlib's photo of Grace Hopper, a
+        real photo every install has, and one warning naming the `actwatch[demo]` extra."""
+        monkeypatch.setitem(sys.modules, "skimage", None)
+        x_val, _ = demo.make_dataset(8, 32, seed=1)
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            probes = demo._probes(x_val, 32)
+        assert probes.shape == (4, 32, 32, 3)
+        np.testing.assert_array_equal(probes[:3], x_val[:3])
+        hopper = demo.grace_hopper(32)
+        np.testing.assert_array_equal(probes[3], hopper)
+        assert hopper.std() > 0.1  # a photo, not a blank
+        assert [r.getMessage() for r in caplog.records] == [demo.SKIMAGE_NOTE]
+        with pytest.raises(ImportError, match=re.escape("pip install 'actwatch[demo]'")):
+            demo.photo_probes(32)
+
+    def test_image_folder_batches_every_image_once_per_epoch_with_its_class(
+        self, tmp_path: Path
+    ) -> None:
+        """`--data DIR`: classes are the sub-folders in order, each epoch yields every image
+        once (resized, in [0, 1]) with its folder's label, reshuffled after every epoch."""
+        root = _image_folder(tmp_path / "images")
+        (root / "dark" / "notes.txt").write_text("not an image")
+        (root / "dark" / "deeper").mkdir()
+        Image.new("RGB", (10, 30), (40, 40, 40)).save(root / "dark" / "deeper" / "x.jpg")
+        folder = demo._ImageFolder(str(root), 16, batch_size=5, seed=0)
+        assert folder.class_names == ["bright", "dark"]
+        assert len(folder.paths) == 13 and len(folder) == 3
+
+        def epoch() -> tuple[list[int], np.ndarray, np.ndarray]:
+            batches = [folder[i] for i in range(len(folder))]
+            folder.on_epoch_end()
+            return (
+                [len(x) for x, _ in batches],
+                np.concatenate([x for x, _ in batches]),
+                np.concatenate([y for _, y in batches]),
+            )
+
+        sizes, x, y = epoch()
+        assert sizes == [5, 5, 3]
+        assert x.shape == (13, 16, 16, 3) and x.dtype == np.float32
+        assert x.min() >= 0.0 and x.max() <= 1.0
+        bright = x.reshape(13, -1).mean(axis=1) > 0.5
+        np.testing.assert_array_equal(y, np.where(bright, 0, 1))
+        assert sorted(y.tolist()) == [0] * 6 + [1] * 7
+        _, x2, _ = epoch()
+        assert not np.array_equal(x, x2)  # a new order
+        np.testing.assert_allclose(np.sort(x.ravel()), np.sort(x2.ravel()))  # the same images
+
+    def test_image_folder_without_images_is_a_clear_error(self, tmp_path: Path) -> None:
+        (tmp_path / "empty_class").mkdir()
+        with pytest.raises(ValueError, match=r"Invalid value for --data: .* holds no images"):
+            demo._ImageFolder(str(tmp_path), 16, batch_size=4, seed=0)
+
+
 def test_demo_rejects_a_data_path_that_is_not_a_folder(tmp_path: Path) -> None:
     done = actwatch_cli("demo", "--data", tmp_path / "nope", "--log-dir", tmp_path / "logs")
     assert done.returncode == 2
     assert "Invalid value for --data:" in done.stderr and "is not a directory" in done.stderr
+
+
+# A line of TensorFlow's C++ log (absl or TSL format), or absl's notice before it is set up.
+NATIVE_LOG_LINE = re.compile(
+    r"^([IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]|\d{4}-\d\d-\d\d [\d:.]+: [IWEF] )"
+    r"|absl::InitializeLog|oneDNN|cuInit|computation placer|cuda drivers",
+    re.MULTILINE,
+)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's start-up log")
+def test_tensorflow_start_up_log_is_held_back(tmp_path: Path) -> None:
+    """`actwatch demo` on TensorFlow: stderr holds no C++ start-up lines (oneDNN, cuInit, ...),
+    stdout the training and actwatch lines. With the user's own TF_CPP_MIN_LOG_LEVEL=0 the
+    same start-up lines do show (so the first check has something to miss)."""
+    common = ["--samples", "64", "--epochs", "1", "--size", "32", "--report", tmp_path / "r.html"]
+    done = actwatch_cli("demo", "--log-dir", tmp_path / "logs", *common)
+    assert done.returncode == 0, done.stderr
+    assert NATIVE_LOG_LINE.search(done.stderr) is None, done.stderr
+    assert "accuracy:" in done.stdout and "Trained for" in done.stdout
+    assert "Report of every run under" in done.stdout
+    loud = actwatch_cli(
+        "report", tmp_path / "logs", "-o", tmp_path / "r2.html", env={"TF_CPP_MIN_LOG_LEVEL": "0"}
+    )
+    assert loud.returncode == 0, loud.stderr
+    assert NATIVE_LOG_LINE.search(loud.stderr) is not None, loud.stderr
+
+
+def test_native_stderr_filter_passes_on_all_but_start_up_noise() -> None:
+    """What native code writes to fd 2 while the backend loads is held back when it is a
+    start-up notice, and passed on otherwise (a Python warning, an unknown C++ error)."""
+    code = """
+import os, sys, warnings
+from actwatch.cli import _START_UP_NOISE, _native_stderr_filtered
+print("before", file=sys.stderr, flush=True)
+with _native_stderr_filtered(_START_UP_NOISE):
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are "
+                b"written to STDERR\\n")
+    os.write(2, b"I0000 00:00:1795870915.851919    4825 port.cc:153] oneDNN custom operations "
+                b"are on.\\n")
+    os.write(2, b"2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/"
+                b"cudart_stub.cc:32] Could not find cuda drivers on your machine.\\n")
+    os.write(2, b"To enable the following instructions: AVX2 FMA, in other operations, "
+                b"rebuild TensorFlow with the appropriate compiler flags.\\n")
+    os.write(2, b"E0000 00:00:1795870918.333454    4825 cuda_platform.cc:52] failed call to "
+                b"cuInit: INTERNAL: CUDA error\\n")
+    os.write(2, b"E0000 00:00:1795870918.333454    4825 bfc_allocator.cc:9] out of memory\\n")
+    warnings.warn("a Python warning that matters")
+print("after", file=sys.stderr, flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "before" and lines[-1] == "after"
+    middle = "\n".join(lines[1:-1])
+    assert "bfc_allocator.cc:9] out of memory" in middle
+    assert "UserWarning: a Python warning that matters" in middle
+    for noise in ("absl::InitializeLog", "oneDNN", "cuda drivers", "instructions", "cuInit"):
+        assert noise not in middle

@@ -3,11 +3,89 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 __all__ = ["main"]
+
+# TensorFlow's C++ log level when the user has not set one: errors only.
+TF_LOG_LEVEL = "2"
+
+# What TensorFlow's native code writes to stderr while it loads and finds its devices, and says
+# nothing a user of actwatch acts on: absl/TSL INFO and WARNING lines ("oneDNN custom operations
+# are on", "Could not find cuda drivers", CPU instructions, "computation placer already
+# registered"), absl's notice that it logs before being initialized, the CPU-instructions
+# line's continuation, and the ERROR lines of a machine without a GPU (cuInit) or with CUDA
+# plugins registered twice.
+_START_UP_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+    r"|\d{4}-\d\d-\d\d [\d:.]+: [IW] "
+    r"|To enable the following instructions: .* rebuild TensorFlow"
+    r"|(E\d{4} [\d:.]+ +\d+ |\d{4}-\d\d-\d\d [\d:.]+: E ).*(failed call to cuInit"
+    r"|Unable to register cu\w+ factory|computation placer already registered)"
+)
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered(noise: re.Pattern[str]) -> Iterator[None]:
+    """Hold back what is written to file descriptor 2 inside the block, then pass on every
+    line that `noise` does not match (Python's own warnings and errors included).
+
+    Native code writes to the descriptor directly, so neither `sys.stderr` nor Python's
+    logging can filter it.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no stderr (pythonw) or fd 2 closed
+        saved = -1
+    if saved < 0:
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not noise.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def _load_backend_quietly() -> None:
+    """Load Keras and its backend with TensorFlow's C++ start-up notices held back.
+
+    `TF_CPP_MIN_LOG_LEVEL` (set here to "2", errors only, unless the user set it) quiets
+    TensorFlow's later C++ logs, but TensorFlow 2.21 writes its start-up notices through absl
+    before that setting is read, to file descriptor 2: so Keras loads its backend, and
+    TensorFlow finds its devices (where a machine without a GPU logs `failed call to cuInit`),
+    with those lines held back (`_START_UP_NOISE`). Setting `TF_ENABLE_ONEDNN_OPTS=0` would
+    silence the oneDNN notice too, but it changes TensorFlow's numerics: not done. A user's own
+    `TF_CPP_MIN_LOG_LEVEL` wins, and then nothing is filtered (`TF_CPP_MIN_LOG_LEVEL=0 actwatch
+    ...` shows TensorFlow's whole start-up log).
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = TF_LOG_LEVEL
+    with _native_stderr_filtered(_START_UP_NOISE):
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
 
 
 def _positive_float(text: str) -> float:
@@ -192,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _load_backend_quietly()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,7 +3,10 @@
 The data set needs no download: each image holds one procedural object (disc, square,
 triangle, cross or ring) of a random colour, size and position, on a noisy background with a
 colour gradient. The classes are the shapes, so a small CNN learns them in a few epochs. The
-probes mix generated images with real photos shipped in scikit-image (`skimage.data`).
+probes mix generated images with real photos: two from scikit-image (`skimage.data`, the
+`actwatch[demo]` extra) when it is installed, else matplotlib's photo of Grace Hopper (every
+install has matplotlib). `--data DIR` reads an image folder with Pillow, so it needs no
+TensorFlow off its backend.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import numpy as np
+
+from ._logging import logger
 
 __all__ = [
     "CLASSES",
     "DemoResult",
     "build_model",
+    "grace_hopper",
     "make_dataset",
     "photo_probes",
     "run_demo",
@@ -27,6 +34,13 @@ __all__ = [
 
 CLASSES = ("disc", "square", "triangle", "cross", "ring")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+# The file types `keras.utils.image_dataset_from_directory` reads.
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+SKIMAGE_NOTE = (
+    "actwatch demo: scikit-image is not installed, so the probes are 3 generated images and "
+    "matplotlib's photo of Grace Hopper; install actwatch[demo] for the scikit-image photos "
+    "(pip install 'actwatch[demo]')."
+)
 
 
 def _shape_mask(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,24 +85,59 @@ def make_dataset(
 
 
 def photo_probes(size: int = 64, names: Sequence[str] = PHOTOS) -> np.ndarray:
-    """Real photos from scikit-image's sample data, resized to `size`, float32 in [0, 1]."""
+    """Real photos from scikit-image's sample data, resized to `size`, float32 in [0, 1].
+
+    Needs scikit-image (`pip install 'actwatch[demo]'`); raises `ImportError` saying so.
+    """
     from PIL import Image
-    from skimage import data
+
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise ImportError(
+            "photo_probes needs scikit-image's sample photos: pip install 'actwatch[demo]'"
+        ) from exc
 
     out = []
     for name in names:
         pixels = np.asarray(getattr(data, name)())
         if pixels.ndim == 2:
             pixels = np.repeat(pixels[..., None], 3, axis=-1)
-        image = Image.fromarray(pixels[..., :3]).resize((size, size), Image.Resampling.BILINEAR)
-        out.append(np.asarray(image, dtype=np.float32) / 255.0)
+        out.append(_resized(Image.fromarray(pixels[..., :3]), size))
     return np.stack(out)
+
+
+def grace_hopper(size: int = 64) -> np.ndarray:
+    """matplotlib's sample photo of Grace Hopper, cropped square and resized, `(size, size, 3)`."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as file:
+        image = file.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return _resized(image.crop((left, top, left + side, top + side)), size)
+
+
+def _resized(image: Any, size: int) -> np.ndarray:
+    from PIL import Image
+
+    square = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(square, dtype=np.float32) / 255.0
+
+
+def _probes(x_val: np.ndarray, size: int) -> np.ndarray:
+    """4 probes: 2 generated images and 2 scikit-image photos, or 3 and Grace Hopper."""
+    try:
+        photos = photo_probes(size, PHOTOS[:2])
+    except ImportError:
+        logger.warning(SKIMAGE_NOTE)
+        photos = grace_hopper(size)[None]
+    return np.concatenate([x_val[: 4 - len(photos)], photos])
 
 
 def build_model(size: int = 64, classes: int = len(CLASSES), *, lr: float = 1e-3) -> Any:
     """The classic 5-block CNN: Conv2D + MaxPooling2D with 16, 32, 64, 64, 128 filters."""
-    import keras
-
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
     for block, filters in enumerate((16, 32, 64, 64, 128), start=1):
@@ -135,13 +184,19 @@ def run_demo(
 
     seed_everything(seed)
     if data_dir is not None:
-        train, probes, stats_data, classes = _directory_data(data_dir, size, batch_size, seed)
-        model = build_model(size, classes, lr=lr)
-        fit_args: dict[str, Any] = {"x": train}
+        folder = _ImageFolder(data_dir, size, batch_size=batch_size, seed=seed)
+        if verbose:
+            print(
+                f"Found {len(folder.paths)} files belonging to {len(folder.class_names)} classes."
+            )
+        pool = folder.images(folder.order[:260])
+        probes, stats_data = pool[:4], (pool[4:] if len(pool) > 4 else pool)
+        model = build_model(size, len(folder.class_names), lr=lr)
+        fit_args: dict[str, Any] = {"x": folder}
     else:
         x, y = make_dataset(samples, size, seed=seed)
         x_val, _ = make_dataset(260, size, seed=seed + 1)
-        probes = np.concatenate([x_val[:2], photo_probes(size, PHOTOS[:2])])
+        probes = _probes(x_val, size)
         stats_data = x_val[4:]
         model = build_model(size, lr=lr)
         fit_args = {"x": x, "y": y, "batch_size": batch_size}
@@ -164,8 +219,6 @@ def seed_everything(seed: int) -> None:
     """
     import random
 
-    import keras
-
     if keras.backend.backend() == "tensorflow":
         keras.utils.set_random_seed(seed)
         return
@@ -177,24 +230,69 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _directory_data(
-    data_dir: str, size: int, batch_size: int, seed: int
-) -> tuple[Any, np.ndarray, np.ndarray, int]:
-    """An image folder with one sub-folder per class (the Caltech-101 layout)."""
-    import keras
+def _image_files(data_dir: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Class names, image paths and labels of a folder with one sub-folder per class.
 
+    The layout and file types of `keras.utils.image_dataset_from_directory` (Caltech-101's),
+    read without TensorFlow: classes are the sub-folders in sorted order, images are found at
+    any depth below them.
+    """
     if not os.path.isdir(data_dir):
         raise ValueError(
             f"Invalid value for --data: {data_dir!r} is not a directory. Pass a folder with one "
             "sub-folder of images per class."
         )
-    train = keras.utils.image_dataset_from_directory(
-        data_dir, image_size=(size, size), batch_size=batch_size, seed=seed, shuffle=True
-    )
-    classes = len(train.class_names)
-    train = train.map(lambda x, y: (x / 255.0, y))
-    samples = []
-    for images, _ in train.take(max(1, 260 // batch_size + 1)):
-        samples.append(np.asarray(images))
-    pool = np.concatenate(samples)
-    return train, pool[:4], pool[4:260], classes
+    class_names = sorted(e.name for e in os.scandir(data_dir) if e.is_dir())
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        for root, dirs, files in os.walk(os.path.join(data_dir, name)):
+            dirs.sort()
+            for file in sorted(files):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(root, file))
+                    labels.append(label)
+    if not paths:
+        raise ValueError(
+            f"Invalid value for --data: {data_dir!r} holds no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) in sub-folders (found {len(class_names)} "
+            "sub-folder(s)). Pass a folder with one sub-folder of images per class."
+        )
+    return class_names, paths, np.asarray(labels, dtype=np.int64)
+
+
+class _ImageFolder(keras.utils.PyDataset):  # type: ignore[misc]
+    """Batches `(images, labels)` from an image folder (see `_image_files`), read with Pillow.
+
+    Images are float32 in [0, 1] resized to `size`; the order is shuffled with `seed` and again
+    after every epoch. Works on every backend without TensorFlow, unlike
+    `keras.utils.image_dataset_from_directory` (`tf.data`).
+    """
+
+    def __init__(self, data_dir: str, size: int, *, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.class_names, self.paths, self.labels = _image_files(data_dir)
+        self.size = size
+        self.batch_size = batch_size
+        self._rng = np.random.default_rng(seed)
+        self.order = self._rng.permutation(len(self.paths))
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        """The images at `indices`, `(len(indices), size, size, 3)` float32 in [0, 1]."""
+        from PIL import Image
+
+        out = np.empty((len(indices), self.size, self.size, 3), dtype=np.float32)
+        for i, k in enumerate(indices):
+            with Image.open(self.paths[k]) as image:
+                out[i] = _resized(image.convert("RGB"), self.size)
+        return out
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        indices = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.images(indices), self.labels[indices]
+
+    def on_epoch_end(self) -> None:
+        self.order = self._rng.permutation(len(self.paths))
