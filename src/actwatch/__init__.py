@@ -7,12 +7,47 @@ any model with the same code. `actwatch.report.write_report` writes the offline 
 from the event files.
 """
 
-from . import report as report  # the documented `actwatch.report.write_report`
-from ._warnings import ActwatchWarning
-from .alerts import Alert
-from .callback import ActivationMonitor
-from .notebook import activation_stats, get_activations, plot_filters, plot_heatmaps
-from .stats import LayerStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import report as report  # the documented `actwatch.report.write_report`
+    from ._warnings import ActwatchWarning
+    from .alerts import Alert
+    from .callback import ActivationMonitor
+    from .notebook import activation_stats, get_activations, plot_filters, plot_heatmaps
+    from .stats import LayerStats
+
+# The public names load on first use (PEP 562), so `import actwatch` does not import Keras and
+# its backend: the `actwatch` command (cli.py) quiets TensorFlow's C++ start-up log before
+# Keras loads TensorFlow. `from actwatch import ActivationMonitor` works as usual.
+_HOMES = {
+    "ActivationMonitor": ".callback",
+    "ActwatchWarning": "._warnings",
+    "Alert": ".alerts",
+    "LayerStats": ".stats",
+    "activation_stats": ".notebook",
+    "get_activations": ".notebook",
+    "plot_filters": ".notebook",
+    "plot_heatmaps": ".notebook",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "report":
+        return importlib.import_module(".report", __name__)
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES, "report"})
+
 
 __version__ = "0.1.0.dev0"
 
