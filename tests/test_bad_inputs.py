@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import re
 import struct
@@ -291,9 +292,30 @@ def model() -> Iterator[keras.Model]:
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
 
 
-def test_table_is_large_and_ids_unique() -> None:
-    """The table has at least 30 rows, with distinct ids."""
-    assert len(CASES) >= 30
+def _named(case: Case) -> set[str]:
+    """The arguments a case's message names ("argument `x`", "arguments `x` and `y`")."""
+    text = case.message if isinstance(case.message, str) else case.message.pattern
+    found = re.findall(r"arguments? `(\w+)`(?: and `(\w+)`)?", text)
+    return {name for pair in found for name in pair if name}
+
+
+#: Arguments that can only be checked against the model, in `on_train_begin`.
+NEEDS_THE_MODEL = {"probes", "stats_data", "layers"}
+
+
+def test_every_argument_has_a_rejection_case(files: Files) -> None:
+    """Each argument of ActivationMonitor has a row refusing it; each row's message names an
+    argument the row passes; rows refused at fit time are about what needs the model; ids are
+    distinct."""
+    arguments = set(inspect.signature(actwatch.ActivationMonitor).parameters)
+    named = {c.id: _named(c) for c in CASES}
+    assert {name for names in named.values() for name in names} == arguments
+    for case in CASES:
+        assert named[case.id], case.id
+        assert named[case.id] <= {"probes", "log_dir"} | set(case.kwargs(files)), case.id
+        if case.stage == "fit":
+            assert named[case.id] <= NEEDS_THE_MODEL, case.id
+    assert {c.stage for c in CASES} == {"init", "fit"}
     assert len({c.id for c in CASES}) == len(CASES)
 
 
