@@ -256,7 +256,8 @@ def test_readme_and_docstring_examples_run_as_written(tmp_path: Path) -> None:
 
 
 def test_public_names() -> None:
-    """`actwatch` exports exactly these names, sorted, each one defined."""
+    """`actwatch` exports exactly these names, sorted, each one defined and listed by `dir`;
+    a misspelled name is an AttributeError."""
     assert actwatch.__all__ == [
         "ActivationMonitor",
         "ActwatchWarning",
@@ -271,6 +272,9 @@ def test_public_names() -> None:
     assert actwatch.__all__ == sorted(actwatch.__all__)
     for name in actwatch.__all__:
         assert getattr(actwatch, name) is not None
+    assert {*actwatch.__all__, "report"} <= set(dir(actwatch))
+    with pytest.raises(AttributeError, match="has no attribute 'ActivationMonitr'"):
+        actwatch.ActivationMonitr  # noqa: B018
 
 
 def test_plain_import_brings_the_report_and_no_tensorflow() -> None:
