@@ -61,7 +61,7 @@ def test_exact_tags_images_and_steps(tmp_path: Path) -> None:
     assert set(events.scalars) == (
         {f"{m}/{layer}" for m in metrics for layer in LAYERS}
         | {f"network/{m}" for m in metrics}
-        | {"network/learning_rate"}
+        | {"network/learning_rate", "network/images_skipped"}
     )
     assert set(events.images) == {
         f"{kind}/{layer}/probe_{i}"

@@ -152,10 +152,11 @@ class TestPlots:
 
     def test_dollar_signs_in_titles_are_plain_text(self) -> None:
         """A `$` in a layer path (legal on JAX and PyTorch) is not parsed as matplotlib math."""
-        from actwatch import notebook
+        from actwatch import figures
 
         title = "cost$\\bad{$"  # broken math: drawing it as math would raise
-        figure = notebook._figure([(title, np.zeros((4, 4, 3), np.uint8))], columns=3, size=2.0)
+        panels = [(title, np.zeros((4, 4, 3), np.uint8))]
+        figure = figures.image_grid(panels, columns=3, tile=(2, 2))
         assert len(figure.axes) == 1
         figure.savefig(io.BytesIO(), format="png")
         assert figure.axes[0].get_title() == title.replace("$", r"\$")

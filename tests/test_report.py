@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actwatch import report, tags
+from actwatch import report, runs, tags
 from actwatch.sink import Sink
 
 from .fit_logs import MATH_LAYER, SCRIPT_LAYER, fit_run, write_script_run
@@ -115,7 +115,7 @@ class TestReading:
         files = sorted((logs / "dying").glob("events.out.tfevents.*"))
         assert files
         for file in files:
-            ours = [e.SerializeToString() for e in report._events_without_tensorflow(file)]
+            ours = [e.SerializeToString() for e in runs._events_without_tensorflow(file)]
             theirs = [
                 e.SerializeToString() for e in event_file_loader.EventFileLoader(str(file)).Load()
             ]
@@ -125,10 +125,10 @@ class TestReading:
     def test_truncated_file_keeps_every_complete_check(self, logs: Path, tmp_path: Path) -> None:
         """A file cut mid-record (training still writing) reads up to the last whole record."""
         (source,) = sorted((logs / "healthy").glob("events.out.tfevents.*"))
-        whole = list(report._events_without_tensorflow(source))
+        whole = list(runs._events_without_tensorflow(source))
         copy = tmp_path / source.name
         copy.write_bytes(source.read_bytes()[:-100])
-        cut = list(report._events_without_tensorflow(copy))
+        cut = list(runs._events_without_tensorflow(copy))
         assert [e.step for e in cut] == [e.step for e in whole[:-1]]
 
     def test_corrupt_record_is_reported_and_skipped(
@@ -141,8 +141,8 @@ class TestReading:
         copy = tmp_path / source.name
         copy.write_bytes(bytes(data))
         with caplog.at_level(logging.WARNING, logger="actwatch"):
-            events = list(report._events_without_tensorflow(copy))
-        assert len(events) == len(list(report._events_without_tensorflow(source))) - 1
+            events = list(runs._events_without_tensorflow(copy))
+        assert len(events) == len(list(runs._events_without_tensorflow(source))) - 1
         assert "failed its data CRC check" in caplog.text
         assert copy.name in caplog.text
 

@@ -1,23 +1,20 @@
-"""Self-contained HTML pages and PNG figures, shared by `actwatch report` and `actwatch inspect`.
+"""Self-contained HTML pages with inline PNGs, shared by `actwatch report` and `actwatch inspect`.
 
 Pages carry every image inline as a `data:` URI and a Content-Security-Policy that allows no
 script and no network access at all, so a page can be mailed or archived as one file, and a
 name from a log that slipped past `html.escape` could still not run. Every text that comes
-from a log or a model goes through `esc`; texts drawn by matplotlib go through `plain`.
+from a log or a model goes through `esc` (texts drawn by matplotlib: `figures.plain`).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
-__all__ = ["esc", "figure_png", "img", "page", "plain", "slug", "table", "write_png"]
+__all__ = ["esc", "img", "page", "slug", "table", "write_png"]
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -50,24 +47,12 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def plain(text: str) -> str:
-    """`text` for a matplotlib label: `$` would otherwise start math mode."""
-    return text.replace("$", r"\$")
-
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def slug(text: str, limit: int = 48) -> str:
     """A file-name-safe version of `text` (never empty)."""
     return _UNSAFE.sub("-", text).strip("-.")[:limit] or "x"
-
-
-def figure_png(figure: Figure, dpi: int = 100) -> bytes:
-    """PNG bytes of a matplotlib Figure, drawn with the Agg backend."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 def write_png(path: Path, png: bytes) -> None:

@@ -201,6 +201,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.timings: dict[str, float] = {}
         self._last_sink_stats: SinkStats | None = None
         self._sink: Sink | None = None
+        #: Private: extra `Sink` arguments (priority, max_pending_bytes) for benchmarks and tests.
+        self._sink_options: dict[str, Any] = {}
         self._last_step = -1
 
     # Keras hooks --------------------------------------------------------------------------
@@ -245,7 +247,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         )
         self._chief = is_chief(model)
         if self._chief:
-            self._sink = Sink(self.log_dir, layout=tags.layout([w.path for w in watched]))
+            self._sink = Sink(
+                self.log_dir, layout=tags.layout([w.path for w in watched]), **self._sink_options
+            )
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from . import _html
+from . import _html, figures
 from .extract import resolve_layers
-from .notebook import filters_figure, heatmaps_figure, look
+from .notebook import look
 from .stats import LayerStats
 
 __all__ = ["PREPROCESS", "inspect_model", "load_model"]
@@ -106,24 +105,6 @@ def _rows(stats: dict[str, LayerStats], shapes: dict[str, str]) -> list[list[obj
     ]
 
 
-def _table_figure(rows: Sequence[Sequence[object]], title: str) -> Figure:
-    figure = Figure(figsize=(10, 0.5 + 0.24 * (len(rows) + 1)), layout="constrained")
-    axes = figure.add_subplot(1, 1, 1)
-    axes.set_axis_off()
-    cells = [[_html.plain(str(c)) for c in row] for row in rows]
-    table = axes.table(cellText=cells, colLabels=_HEADERS, loc="center", cellLoc="right")
-    table.auto_set_font_size(False)
-    table.set_fontsize(9)
-    table.auto_set_column_width(list(range(len(_HEADERS))))
-    for (row, col), cell in table.get_celld().items():
-        if row == 0:
-            cell.set_facecolor("#eeeeee")
-        if col == 0:
-            cell.set_text_props(ha="left")
-    axes.set_title(_html.plain(title), fontsize=10)
-    return figure
-
-
 def inspect_model(
     model: str | os.PathLike[str] | Any,
     images: Sequence[str | os.PathLike[str]],
@@ -169,18 +150,18 @@ def inspect_model(
     rows = _rows(result.stats, shapes)
     name = getattr(loaded, "name", "model")
     title = f"{name} on {len(paths)} image(s): statistics over all of them"
-    table_png = _html.figure_png(_table_figure(rows, title))
+    table_png = figures.figure_png(figures.table_figure(_HEADERS, rows, title))
     _html.write_png(out / "stats.png", table_png)
     sections = []
     for i, image in enumerate(paths):
         stem = f"{i:02d}-{_html.slug(image.stem)}"
         parts = []
         if result.maps:
-            png = _html.figure_png(filters_figure(result, i))
+            png = figures.figure_png(figures.filters_figure(result, i))
             _html.write_png(out / f"filters-{stem}.png", png)
             parts.append(_html.img(png, f"filter grids for {image.name}"))
         if result.heat:
-            png = _html.figure_png(heatmaps_figure(result, batch.display, i))
+            png = figures.figure_png(figures.heatmaps_figure(result, batch.display, i))
             _html.write_png(out / f"heatmaps-{stem}.png", png)
             parts.append(_html.img(png, f"heatmaps for {image.name}"))
         sections.append(f"<h2>{_html.esc(image.name)}</h2>{''.join(parts)}")

@@ -10,7 +10,6 @@ actwatch.plot_heatmaps(model, ["cat.jpg"], preprocess=lambda x: x / 255)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +17,8 @@ import keras
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._html import plain
 from .extract import Extractor, WatchedLayer, resolve_layers
-from .grids import filter_grid, heatmap_overlay
+from .figures import filters_figure, heatmaps_figure
 from .pipeline import CheckPipeline, CheckResult
 from .probes import (
     ProbeBatch,
@@ -98,39 +96,6 @@ def look(
     _check_probe(probe, batch.size)
     result = CheckPipeline(model, watched, max_filters=max_filters).run(batch.feed())
     return batch, result
-
-
-def _figure(panels: list[tuple[str, np.ndarray]], columns: int, size: float) -> Figure:
-    columns = max(1, min(columns, len(panels)))
-    rows = max(1, math.ceil(len(panels) / columns))
-    figure = Figure(figsize=(size * columns, size * rows), layout="constrained")
-    for i, (title, image) in enumerate(panels):
-        axes = figure.add_subplot(rows, columns, i + 1)
-        axes.imshow(image, interpolation="nearest")
-        axes.set_title(plain(title), fontsize=9)
-        axes.set_axis_off()
-    return figure
-
-
-def filters_figure(result: CheckResult, probe: int = 0, columns: int = 3) -> Figure:
-    """One filter grid per layer of `result` for sample `probe`, dead filters crossed in red."""
-    panels = []
-    for path, maps in result.maps.items():
-        s = result.stats[path]
-        title = f"{path}: {maps.shape[-1]}/{s.filters} filters, {s.dead_count} dead"
-        panels.append((title, filter_grid(maps[probe], s.dead)))
-    return _figure(panels, columns, 4.0)
-
-
-def heatmaps_figure(
-    result: CheckResult, display: np.ndarray | None, probe: int = 0, columns: int = 4
-) -> Figure:
-    """Each layer's mean activation over channels for sample `probe`, over its picture."""
-    background = None if display is None else display[probe]
-    panels = [
-        (path, heatmap_overlay(heat[probe], background)) for path, heat in result.heat.items()
-    ]
-    return _figure(panels, columns, 3.0)
 
 
 def plot_filters(

@@ -1,24 +1,25 @@
-"""TensorBoard event files, written off the training thread.
+"""The background writer: checks queued by the training thread, written by one thread.
 
-Events are written with the `tensorboard` package's protos and TFRecord framing, and a C
-CRC32C (`google-crc32c`): no TensorFlow import on any backend, and no pure-Python CRC, which
-costs hundreds of milliseconds per check of images. Images are rendered (by a callable the
-caller gives), PNG-encoded and written on one background thread fed by a queue. Scalars and
-text are never dropped; when images of earlier checks are still pending, a check's images
-are skipped (and that is said once). Every check is flushed to the operating system when it
-is written, so a killed process leaves every earlier check readable.
+The training thread hands each check over with `Sink.submit` and goes on; one background
+thread renders the check's images (with a callable the caller gives), PNG-encodes them and
+writes the check as one event (`summaries` builds the values, `records` frames and writes
+them, unbuffered: a killed process leaves every earlier check readable). No TensorFlow import
+on any backend.
+
+Scalars and texts are never dropped. Images wait in memory until the thread gets to them;
+when the images of the checks already waiting would pass `max_pending_bytes`, a check's
+images are skipped, said once at WARNING, counted in the scalar `network/images_skipped`
+and in one line when the sink closes. The first check's images and the last check's images
+(the last submitted before `close`) are never skipped: a skipped check's render is held
+aside, and when no check came after it, its images are written at `close`.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
-import logging
 import os
 import queue
-import socket
-import struct
 import sys
 import threading
 import time
@@ -27,49 +28,40 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import google_crc32c
 import numpy as np
-from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
-from tensorboard.plugins.image import metadata as image_metadata
-from tensorboard.plugins.scalar import metadata as scalar_metadata
-from tensorboard.plugins.text import metadata as text_metadata
-from tensorboard.util import tensor_util
 
+from . import summaries, tags
+from ._logging import WarnOnce, logger
 from .png import PaletteImage, encode_png
+from .records import EventFileWriter
 
 __all__ = [
-    "EventFileWriter",
+    "DEFAULT_MAX_PENDING_BYTES",
+    "PRIORITIES",
+    "ImageRender",
     "PaletteImage",
     "Sink",
     "SinkStats",
     "check_log_dir",
-    "encode_png",
-    "masked_crc32c",
 ]
-
-logger = logging.getLogger("actwatch")
-
-#: Images as `{tag: (uint8 RGB array (H, W, 3), description)}`, produced on demand.
-
 
 #: Images as `{tag: (image, description)}`, produced on demand; an image is a uint8 array
 #: (H, W, 3) or (H, W), or a `PaletteImage`.
 ImageRender = Callable[[], Mapping[str, tuple["np.ndarray | PaletteImage", str]]]
 
-_counter = itertools.count()
-
-#: CPU priority of the background thread on Linux: "idle" (SCHED_IDLE: it runs only when a
-#: core would otherwise be idle, so it never slows training down; the default), "nice"
-#: (niceness 10: a small share of a busy core) or "normal".
-SINK_PRIORITY = "idle"
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC32C of `data`, with the C implementation (`google-crc32c`)."""
-    crc = int(google_crc32c.value(data))
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+#: CPU priorities of the background thread on Linux: "idle" (SCHED_IDLE: it runs only when a
+#: core would otherwise be idle, so it never slows training down), "nice" (niceness 10: a
+#: small share of a busy core) or "normal".
+PRIORITIES = ("idle", "nice", "normal")
+#: How many bytes of images may wait to be written before a check's images are skipped.
+DEFAULT_MAX_PENDING_BYTES = 64 * 2**20
+#: What a waiting check is assumed to hold until the first check's images were rendered.
+_FIRST_GUESS_BYTES = 4 * 2**20
+IMAGES_SKIPPED_DESCRIPTION = (
+    "Checks of this `fit()` before this one whose images were skipped because the background "
+    "writer lagged behind training (their scalars were written). 0 when every image was kept."
+)
 
 
 def check_log_dir(log_dir: str | os.PathLike[str]) -> str:
@@ -99,67 +91,21 @@ def check_log_dir(log_dir: str | os.PathLike[str]) -> str:
     return path
 
 
-class EventFileWriter:
-    """Append TensorBoard `Event` records to one new events file in `log_dir`."""
-
-    def __init__(self, log_dir: str) -> None:
-        name = (
-            f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}."
-            f"{os.getpid()}.{next(_counter)}.actwatch"
-        )
-        self.path = os.path.join(log_dir, name)
-        # Unbuffered: every record goes to the operating system whole, as soon as it is written.
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open for the run
-        self.bytes_written = 0
-        try:
-            self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-        except OSError:
-            self._file.close()
-            with contextlib.suppress(OSError):
-                os.remove(self.path)  # an empty file is not an events file
-            raise
-
-    def write(self, event: event_pb2.Event) -> None:
-        """Append one record; on a write error (full disk), cut off what of it was written."""
-        data = event.SerializeToString()
-        header = struct.pack("<Q", len(data))
-        record = memoryview(
-            header
-            + struct.pack("<I", masked_crc32c(header))
-            + data
-            + struct.pack("<I", masked_crc32c(data))
-        )
-        try:
-            done = 0
-            while done < len(record):
-                done += self._file.write(record[done:]) or 0
-        except OSError:
-            # A partial record would make every later record unreadable: keep whole ones only.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._file.fileno(), self.bytes_written)
-            raise
-        self.bytes_written += len(record)
-
-    @property
-    def removed(self) -> bool:
-        """True when the file was deleted (with its directory, say) while open."""
-        return os.fstat(self._file.fileno()).st_nlink == 0
-
-    def flush(self) -> None:
-        """Nothing to do: records are unbuffered. Kept for the writer interface."""
-
-    def close(self) -> None:
-        self._file.close()
-
-
 @dataclass
 class SinkStats:
-    """Running figures about what the sink did (read them for benchmarks and tests)."""
+    """Running figures about what the sink did (read them for benchmarks and tests).
+
+    `image_checks` counts the checks submitted with images, `images_skipped` those of them
+    whose images were not written, `images_written_at_close` the last check when its images
+    were skipped at first and written when the sink closed (0 or 1).
+    """
 
     checks: int = 0
     bytes_written: int = 0
     images_written: int = 0
+    image_checks: int = 0
     images_skipped: int = 0
+    images_written_at_close: int = 0
     render_seconds: float = 0.0
     encode_seconds: float = 0.0
     write_seconds: float = 0.0
@@ -184,32 +130,44 @@ class Sink:
 
     Args:
         log_dir: directory of the events file (created).
-        max_pending_images: checks whose images may wait in the queue; further checks'
-            images are skipped until the thread catches up.
-        png_compress_level: zlib level of the PNG encoder (0-9).
-        layout: optional custom-scalars layout, written once with the first check.
+        max_pending_bytes: bytes of images that may wait to be written; a check whose images
+            would pass it has them skipped (but for the first and the last check). A waiting
+            check counts as the pixel bytes of the last check rendered. Defaults to 64 MiB.
+        png_compress_level: zlib level of the PNG encoder (0-9). Defaults to 1.
+        layout: optional custom-scalars layout, written first in every events file.
+        priority: the thread's CPU priority on Linux, one of `PRIORITIES`. Defaults to
+            "idle" (SCHED_IDLE).
     """
 
     def __init__(
         self,
         log_dir: str,
         *,
-        max_pending_images: int = 2,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         png_compress_level: int = 1,
         layout: layout_pb2.Layout | None = None,
+        priority: str = "idle",
     ) -> None:
+        if priority not in PRIORITIES:
+            raise ValueError(
+                f"Invalid value for argument `priority`: expected one of {PRIORITIES}. "
+                f"Received: priority={priority!r}."
+            )
         self.log_dir = log_dir
-        self.max_pending_images = max_pending_images
+        self.max_pending_bytes = max_pending_bytes
         self.png_compress_level = png_compress_level
+        self.priority = priority
         self.stats = SinkStats()
         self._layout = layout
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._pending_images = 0
         self._lock = threading.Lock()
+        self._pending = 0  # checks whose images are queued and not yet written
+        self._check_bytes = 0  # pixel bytes of the last check rendered
+        self._held: _Job | None = None  # the last check, when its images were skipped
         self._described: set[str] = set()
         self._writer: EventFileWriter | None = None
-        self._warned_skip = False
-        self._warned_error = False
+        self._skip_warning = WarnOnce("actwatch: images of another check were skipped")
+        self._error_warning = WarnOnce("actwatch: another write error")
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="actwatch-sink", daemon=True)
         self._thread.start()
@@ -226,29 +184,48 @@ class Sink:
     ) -> bool:
         """Queue one check. Returns False when its images were skipped (backlog).
 
-        `keep_images=True` queues the images whatever the backlog (for the last check of a
-        run, when nothing waits on the training thread any more).
+        `keep_images=True` queues the images whatever the backlog. A check with images also
+        gets the scalar `network/images_skipped`.
         """
         if self._closed:
             raise RuntimeError("this Sink is closed")
-        kept = True
-        if render is not None:
-            with self._lock:
-                if self._pending_images >= self.max_pending_images and not keep_images:
-                    render, kept = None, False
-                    self.stats.images_skipped += 1
-                else:
-                    self._pending_images += 1
-            if not kept and not self._warned_skip:
-                self._warned_skip = True
-                logger.warning(
-                    "actwatch: images of the check at step %d were skipped because the images "
-                    "of %d earlier checks are still being written. Scalars are kept. Check "
-                    "less often, watch fewer layers or lower max_filters to avoid this.",
-                    step,
-                    self.max_pending_images,
+        scalars = dict(scalars)
+        with self._lock:
+            if self._held is not None:  # a later check came: the held images stay skipped
+                self._held = None
+                self.stats.images_skipped += 1
+            kept = True
+            if render is not None:
+                self.stats.image_checks += 1
+                scalars[tags.IMAGES_SKIPPED] = (
+                    self.stats.images_skipped,
+                    IMAGES_SKIPPED_DESCRIPTION,
                 )
-        job = _Job(step, time.time(), dict(scalars), dict(texts or {}), render)
+                per_check = self._check_bytes or _FIRST_GUESS_BYTES
+                waiting = self._pending
+                # The first check always finds nothing waiting, so its images are kept.
+                kept = (
+                    keep_images
+                    or waiting == 0
+                    or (waiting + 1) * per_check <= self.max_pending_bytes
+                )
+                if kept:
+                    self._pending += 1
+            job = _Job(step, time.time(), scalars, dict(texts or {}), render if kept else None)
+            if not kept:
+                self._held = _Job(step, job.wall_time, {}, {}, render)
+        if not kept:
+            self._skip_warning(
+                "actwatch: the images of the check at step %d are skipped: the images of %d "
+                "earlier checks (about %.1f MiB) still wait for the background writer, which "
+                "lags behind training. Scalars are kept, and so are the first and the last "
+                "check's images. Check less often, watch fewer layers or lower max_filters. "
+                "Skipped checks are counted in the scalar `%s` and at the end of training.",
+                step,
+                waiting,
+                waiting * per_check / 2**20,
+                tags.IMAGES_SKIPPED,
+            )
         self._queue.put(job)
         return kept
 
@@ -261,10 +238,17 @@ class Sink:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 60.0) -> None:
-        """Write what is queued, then close the file and stop the thread."""
+        """Write what is queued (and the last check's skipped images), then close the file."""
         if self._closed:
             return
         self._closed = True
+        with self._lock:
+            held, self._held = self._held, None
+            if held is not None:
+                self._pending += 1
+                self.stats.images_written_at_close += 1
+        if held is not None:
+            self._queue.put(held)  # an event with the images only, at the check's step
         self._queue.put(_STOP)
         self._thread.join(timeout)
         if self._writer is not None:
@@ -272,11 +256,20 @@ class Sink:
                 self._writer.close()
             except OSError as exc:
                 self._report(exc)
+        if self.stats.images_skipped:
+            logger.warning(
+                "actwatch: images of %d of %d checks were skipped because the background "
+                "writer lagged behind training; their scalars were written (see the scalar "
+                "`%s`). Check less often, watch fewer layers or lower max_filters.",
+                self.stats.images_skipped,
+                self.stats.image_checks,
+                tags.IMAGES_SKIPPED,
+            )
 
     # Background thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
-        _lower_thread_priority()
+        _set_thread_priority(self.priority)
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -291,30 +284,25 @@ class Sink:
             finally:
                 if item.render is not None:
                     with self._lock:
-                        self._pending_images -= 1
+                        self._pending -= 1
 
     def _report(self, exc: BaseException) -> None:
         self.stats.errors += 1
-        if not self._warned_error:
-            self._warned_error = True
-            logger.warning(
-                "actwatch: could not write to %r (%s: %s). Training goes on; statistics "
-                "still reach the logs dict. Later write errors are counted, not repeated.",
-                self.log_dir,
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
-            )
-        else:
-            logger.debug("actwatch: write error %s", exc)
+        self._error_warning(
+            "actwatch: could not write to %r (%s: %s). Training goes on; statistics still "
+            "reach the logs dict. Later write errors are counted, not repeated.",
+            self.log_dir,
+            type(exc).__name__,
+            exc,
+            exc=exc,
+        )
 
-    def _metadata(
-        self, tag: str, description: str, create: Callable[..., summary_pb2.SummaryMetadata]
-    ) -> summary_pb2.SummaryMetadata | None:
+    def _description(self, tag: str, description: str) -> str | None:
+        """`description` for a tag's first value in the file; None after that."""
         if tag in self._described:
             return None
         self._described.add(tag)
-        return create(display_name=tag, description=description)
+        return description
 
     def _open_writer(self, wall_time: float) -> EventFileWriter:
         """The current events file; a new one when there is none or it was deleted."""
@@ -327,104 +315,79 @@ class Sink:
             self._writer = EventFileWriter(self.log_dir)
             self._described.clear()  # a new file needs every tag's metadata again
             if self._layout is not None:
-                self._writer.write(_layout_event(self._layout, wall_time))
+                values = [summaries.custom_scalars(self._layout)]
+                self._writer.write_event(summaries.event(0, wall_time, values))
         return self._writer
 
     def _write_job(self, job: _Job) -> None:
         writer = self._open_writer(job.wall_time)
         described = set(self._described)
         timings = {"render": 0.0, "encode": 0.0, "write": 0.0}
-        values: list[summary_pb2.Summary.Value] = []
-        for tag, (number, description) in job.scalars.items():
-            values.append(
-                summary_pb2.Summary.Value(
-                    tag=tag,
-                    tensor=tensor_util.make_tensor_proto(np.float32(number)),
-                    metadata=self._metadata(
-                        tag, description, scalar_metadata.create_summary_metadata
-                    ),
-                )
-            )
-        for tag, (text, description) in job.texts.items():
-            values.append(
-                summary_pb2.Summary.Value(
-                    tag=tag,
-                    tensor=tensor_util.make_tensor_proto(text.encode("utf-8")),
-                    metadata=self._metadata(
-                        tag, description, text_metadata.create_summary_metadata
-                    ),
-                )
-            )
+        values = [
+            summaries.scalar(tag, number, self._description(tag, description))
+            for tag, (number, description) in job.scalars.items()
+        ]
+        values += [
+            summaries.text(tag, text, self._description(tag, description))
+            for tag, (text, description) in job.texts.items()
+        ]
         if job.render is not None:
             start = time.perf_counter()
             images = job.render()
             timings["render"] = time.perf_counter() - start
             start = time.perf_counter()
+            pixels = 0
             for tag, (image, description) in images.items():
+                array = image.indices if isinstance(image, PaletteImage) else image
+                pixels += array.nbytes
+                height, width = array.shape[:2]
                 png = encode_png(image, self.png_compress_level)
-                pixels = image.indices if isinstance(image, PaletteImage) else image
-                height, width = pixels.shape[:2]
                 values.append(
-                    summary_pb2.Summary.Value(
-                        tag=tag,
-                        tensor=tensor_util.make_tensor_proto(
-                            [str(width).encode(), str(height).encode(), png]
-                        ),
-                        metadata=self._metadata(
-                            tag, description, image_metadata.create_summary_metadata
-                        ),
+                    summaries.image(
+                        tag,
+                        png,
+                        width=width,
+                        height=height,
+                        description=self._description(tag, description),
                     )
                 )
-                self.stats.images_written += 1
+            self._check_bytes = pixels
+            self.stats.images_written += len(images)
             timings["encode"] = time.perf_counter() - start
         start = time.perf_counter()
         before = writer.bytes_written
         try:
-            writer.write(
-                event_pb2.Event(
-                    wall_time=job.wall_time,
-                    step=job.step,
-                    summary=summary_pb2.Summary(value=values),
-                )
-            )
+            writer.write_event(summaries.event(job.step, job.wall_time, values))
         except OSError:
             self._described = described  # their metadata did not land: send it again
             raise
         timings["write"] = time.perf_counter() - start
+        size = writer.bytes_written - before
         self.stats.checks += 1
-        self.stats.bytes_written += writer.bytes_written - before
+        self.stats.bytes_written += size
         self.stats.render_seconds += timings["render"]
         self.stats.encode_seconds += timings["encode"]
         self.stats.write_seconds += timings["write"]
-        self.stats.last_check = {**timings, "bytes": float(writer.bytes_written - before)}
+        self.stats.last_check = {**timings, "bytes": float(size)}
 
 
-def _lower_thread_priority() -> None:
-    """Lower the calling thread's CPU priority as `SINK_PRIORITY` says (Linux only).
+def _set_thread_priority(priority: str) -> None:
+    """Set the calling thread's CPU priority to one of `PRIORITIES` (Linux only).
 
     Training threads of a CPU run keep every core busy and wait for their slowest shard: even
     a niced thread that takes a core for a few milliseconds stalls them. With SCHED_IDLE the
     writer gets a core only when nothing else wants it (between steps, while data loads),
-    which is all a few images per epoch need. Elsewhere, or where the call is refused, the
-    thread keeps the normal priority.
+    which is all a few images per check need; images wait in memory meanwhile. Elsewhere, or
+    where the call is refused, the thread keeps the normal priority.
     """
-    if not sys.platform.startswith("linux") or SINK_PRIORITY == "normal":
+    if not sys.platform.startswith("linux") or priority == "normal":
         return
     tid = threading.get_native_id()
     with contextlib.suppress(OSError, AttributeError):
-        if SINK_PRIORITY == "idle":
+        if priority == "idle":
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         else:
             os.setpriority(os.PRIO_PROCESS, tid, 10)
-
-
-def _layout_event(layout: layout_pb2.Layout, wall_time: float) -> event_pb2.Event:
-    value = summary_pb2.Summary.Value(
-        tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG,
-        tensor=tensor_util.make_tensor_proto(layout.SerializeToString()),
-        metadata=custom_scalar_metadata.create_summary_metadata(),
-    )
-    return event_pb2.Event(wall_time=wall_time, step=0, summary=summary_pb2.Summary(value=[value]))
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Sink]) -> None:

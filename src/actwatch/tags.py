@@ -5,6 +5,7 @@
 | per-layer scalar | `{metric}/{layer}`, e.g. `dead_fraction/backbone/conv1` |
 | whole-network scalar | `network/{metric}`, e.g. `network/dead_fraction` |
 | learning rate at the check | `network/learning_rate` |
+| checks whose images were skipped so far | `network/images_skipped` |
 | filter grid | `filters/{layer}/probe_{i}` |
 | heatmap over the probe | `heatmap/{layer}/probe_{i}` |
 | alerts (Markdown text) | `alerts` |
@@ -21,6 +22,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 __all__ = [
     "ALERTS",
+    "IMAGES_SKIPPED",
     "LEARNING_RATE",
     "METRICS",
     "NETWORK",
@@ -49,6 +51,7 @@ METRICS: dict[str, str] = {
 }
 NETWORK = "network"
 LEARNING_RATE = f"{NETWORK}/learning_rate"
+IMAGES_SKIPPED = f"{NETWORK}/images_skipped"
 ALERTS = "alerts"
 
 

@@ -1,0 +1,212 @@
+"""Every matplotlib figure actwatch draws: report curves and heatmaps, image grids, tables.
+
+Shared by `report` (runs read back from events files), `notebook` and `inspection` (one check
+of a model). Figures are built with `matplotlib.figure.Figure` (no pyplot, no global state)
+and drawn to PNG with the Agg backend by `figure_png`. Texts from logs or models go through
+`plain`, so a `$` in a layer name cannot start matplotlib's math mode.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
+
+from . import tags
+from .grids import filter_grid, heatmap_overlay
+from .pipeline import CheckResult
+from .runs import RunLog
+
+__all__ = [
+    "CURVES",
+    "colours",
+    "curves_figure",
+    "dead_figure",
+    "figure_png",
+    "filters_figure",
+    "heatmaps_figure",
+    "image_grid",
+    "plain",
+    "steps_figure",
+    "table_figure",
+]
+
+#: Metrics drawn as curves over the steps, with their axis labels.
+CURVES = {"zero_fraction": "zero fraction (sparsity)", "hoyer": "Hoyer sparsity"}
+
+
+def plain(text: str) -> str:
+    """`text` for a matplotlib label: `$` would otherwise start math mode."""
+    return text.replace("$", r"\$")
+
+
+def figure_png(figure: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a matplotlib Figure, drawn with the Agg backend."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+# Grids of images and tables ----------------------------------------------------------------
+
+
+def image_grid(
+    panels: Sequence[tuple[str, np.ndarray]],
+    *,
+    columns: int,
+    tile: tuple[float, float],
+    title: str | None = None,
+    margin: tuple[float, float] = (0.0, 0.0),
+) -> Figure:
+    """Images in rows of `columns`, each titled, `tile` inches (width, height) each.
+
+    `margin` inches are added to the figure's width and height (room for `title`).
+    """
+    columns = max(1, min(columns, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
+    size = (tile[0] * columns + margin[0], tile[1] * rows + margin[1])
+    figure = Figure(figsize=size, layout="constrained")
+    for i, (label, image) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        axes.imshow(image, interpolation="nearest")
+        axes.set_title(plain(label), fontsize=9)
+        axes.set_axis_off()
+    if title is not None:
+        figure.suptitle(plain(title), fontsize=10)
+    return figure
+
+
+def table_figure(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str) -> Figure:
+    """A table with a grey header row; the first column left-aligned, the others right."""
+    figure = Figure(figsize=(10, 0.5 + 0.24 * (len(rows) + 1)), layout="constrained")
+    axes = figure.add_subplot(1, 1, 1)
+    axes.set_axis_off()
+    cells = [[plain(str(c)) for c in row] for row in rows]
+    table = axes.table(cellText=cells, colLabels=list(headers), loc="center", cellLoc="right")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.auto_set_column_width(list(range(len(headers))))
+    for (row, col), cell in table.get_celld().items():
+        if row == 0:
+            cell.set_facecolor("#eeeeee")
+        if col == 0:
+            cell.set_text_props(ha="left")
+    axes.set_title(plain(title), fontsize=10)
+    return figure
+
+
+# One check of a model (notebook functions, `actwatch inspect`) -----------------------------
+
+
+def filters_figure(result: CheckResult, probe: int = 0, columns: int = 3) -> Figure:
+    """One filter grid per layer of `result` for sample `probe`, dead filters crossed in red."""
+    panels = []
+    for path, maps in result.maps.items():
+        s = result.stats[path]
+        title = f"{path}: {maps.shape[-1]}/{s.filters} filters, {s.dead_count} dead"
+        panels.append((title, filter_grid(maps[probe], s.dead)))
+    return image_grid(panels, columns=columns, tile=(4.0, 4.0))
+
+
+def heatmaps_figure(
+    result: CheckResult, display: np.ndarray | None, probe: int = 0, columns: int = 4
+) -> Figure:
+    """Each layer's mean activation over channels for sample `probe`, over its picture."""
+    background = None if display is None else display[probe]
+    panels = [
+        (path, heatmap_overlay(heat[probe], background)) for path, heat in result.heat.items()
+    ]
+    return image_grid(panels, columns=columns, tile=(3.0, 3.0))
+
+
+# Runs read back from events files (`actwatch report`) --------------------------------------
+
+
+def colours(layers: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """One colour per layer, the same in every run."""
+    cmap = colormaps["tab10" if len(layers) <= 10 else "tab20"]
+    return {layer: tuple(cmap(i % cmap.N)) for i, layer in enumerate(layers)}
+
+
+def curves_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> Figure:
+    """`CURVES` over the steps: one line per layer, and the network's mean dashed."""
+    figure = Figure(figsize=(11, 3.8), layout="constrained")
+    for i, (metric, label) in enumerate(CURVES.items()):
+        axes = figure.add_subplot(1, len(CURVES), i + 1)
+        for layer in log.layers:
+            steps, values = log.series(metric, layer)
+            if steps:
+                axes.plot(
+                    steps,
+                    values,
+                    marker="." if len(steps) < 40 else None,
+                    color=layer_colours[layer],
+                    label=plain(layer),
+                    linewidth=1.4,
+                )
+        network = sorted(log.scalars.get(tags.network_tag(metric), {}).items())
+        if network:
+            axes.plot(
+                [s for s, _ in network],
+                [v for _, v in network],
+                color="black",
+                linestyle="--",
+                linewidth=1.6,
+                label="network (mean)",
+            )
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_xlabel("step (training batches)")
+        axes.set_title(label)
+        axes.grid(alpha=0.3)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
+    return figure
+
+
+def dead_figure(log: RunLog) -> Figure:
+    """The dead fraction as a layer x step heatmap (grey where a layer was not recorded)."""
+    steps = log.steps
+    index = {s: i for i, s in enumerate(steps)}
+    matrix = np.full((len(log.layers), max(len(steps), 1)), np.nan)
+    for row, layer in enumerate(log.layers):
+        for step, value in zip(*log.series("dead_fraction", layer), strict=True):
+            matrix[row, index[step]] = value
+    height = 1.2 + 0.28 * len(log.layers)
+    figure = Figure(figsize=(11, height), layout="constrained")
+    axes = figure.add_subplot(1, 1, 1)
+    cmap = colormaps["Reds"].with_extremes(bad="#dddddd")
+    image = axes.imshow(
+        np.ma.masked_invalid(matrix),
+        aspect="auto",
+        cmap=cmap,
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+    )
+    axes.set_yticks(range(len(log.layers)), [plain(layer) for layer in log.layers])
+    ticks = np.unique(np.linspace(0, max(len(steps) - 1, 0), min(len(steps), 8)).round())
+    axes.set_xticks(ticks, [str(steps[int(t)]) for t in ticks] if steps else [])
+    axes.set_xlabel("step of the check")
+    axes.set_title("dead fraction per layer (grey: not recorded)")
+    figure.colorbar(image, ax=axes, label="dead filters / filters", fraction=0.03)
+    return figure
+
+
+def steps_figure(layer: str, pngs: Sequence[tuple[str, int, bytes]]) -> Figure:
+    """One layer's filter grids (PNG bytes) side by side, titled `"<label> check: step N"`."""
+    images = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for _, _, png in pngs]
+    h = max(i.shape[0] for i in images)
+    w = max(i.shape[1] for i in images)
+    scale = min(3.6 / max(w / 100, 0.1), 3.6 / max(h / 100, 0.1), 3.0)
+    tile = (max(w / 100 * scale, 1.6), max(h / 100 * scale, 1.2))
+    panels = [
+        (f"{label} check: step {step}", image)
+        for (label, step, _), image in zip(pngs, images, strict=True)
+    ]
+    return image_grid(panels, columns=len(panels), tile=tile, title=layer, margin=(0.4, 0.6))
