@@ -92,10 +92,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sink-priority",
-        choices=["idle", "nice", "normal"],
-        default=None,
-        help="override actwatch.sink.SINK_PRIORITY, the background thread's CPU priority "
-        "(default: idle, i.e. SCHED_IDLE on Linux).",
+        choices=["idle", "nice", "normal"],  # actwatch.sink.PRIORITIES (keras not imported yet)
+        default="idle",
+        help="the background writer thread's CPU priority, passed to actwatch's Sink "
+        "(idle is SCHED_IDLE on Linux, actwatch's default).",
     )
     parser.add_argument("--log-dir", default=None, help="where events go (default: a temp dir).")
     parser.add_argument("--seed", type=int, default=0)
@@ -120,7 +120,6 @@ if ARGS is not None:
 import keras  # noqa: E402
 
 import actwatch  # noqa: E402
-import actwatch.sink  # noqa: E402
 from actwatch.demo import build_model, make_dataset, seed_everything  # noqa: E402
 from actwatch.sink import SinkStats  # noqa: E402
 
@@ -239,11 +238,20 @@ def make_data(workload: Workload, samples: int, seed: int) -> Data:
     return Data(x, y, probes.astype("float32"), kind)
 
 
-def fit_once(data: Data, workload: Workload, epochs: int, log_dir: str | None, seed: int) -> FitRun:
+def make_monitor(probes: np.ndarray, log_dir: str, priority: str) -> actwatch.ActivationMonitor:
+    """A monitor whose writer thread runs at `priority` (a private path to the Sink's argument)."""
+    monitor = actwatch.ActivationMonitor(probes, log_dir)
+    monitor._sink_options = {"priority": priority}
+    return monitor
+
+
+def fit_once(
+    data: Data, workload: Workload, epochs: int, log_dir: str | None, seed: int, priority: str
+) -> FitRun:
     """One fit() of a fresh demo CNN, with a monitor when `log_dir` is given."""
     seed_everything(seed)
     model = build_model(workload.size)
-    monitor = None if log_dir is None else actwatch.ActivationMonitor(data.probes, log_dir)
+    monitor = None if log_dir is None else make_monitor(data.probes, log_dir, priority)
     starts: list[float] = []
     ends: list[float] = []
     cpu_starts: list[float] = []
@@ -305,7 +313,7 @@ class LoopResult:
 
 
 def check_loop(
-    data: Data, workload: Workload, checks: int, log_dir: str, warmup: int = 10
+    data: Data, workload: Workload, checks: int, log_dir: str, priority: str, warmup: int = 10
 ) -> LoopResult:
     """Call the monitor's epoch-end hook `warmup + checks` times on one model, nothing else.
 
@@ -315,7 +323,7 @@ def check_loop(
     gc.collect()
     rss_start = rss_mb()
     model = build_model(workload.size)
-    monitor = actwatch.ActivationMonitor(data.probes, log_dir)
+    monitor = make_monitor(data.probes, log_dir, priority)
     monitor.set_model(model)
     monitor.set_params({"epochs": warmup + checks, "steps": 1, "verbose": 0})
     monitor.on_train_begin()
@@ -343,6 +351,7 @@ def check_loop(
         if i == warmup:
             gc.collect()
             out.rss_warm_mb, out.device_warm = rss_mb(), device_bytes_in_use()
+        monitor.on_epoch_begin(i)  # as Keras calls the hooks (the first also checks, a warm-up)
         monitor.on_epoch_end(i, {})
         monitor.flush()
         if i == 0:
@@ -493,8 +502,6 @@ def verdict(ok: bool | None, text: str) -> str:
 def main(args: argparse.Namespace) -> int:
     logging.getLogger("actwatch").setLevel(logging.ERROR)  # dead-filter alerts: not news here
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    if args.sink_priority is not None:
-        actwatch.sink.SINK_PRIORITY = args.sink_priority
     workload = WORKLOADS[args.workload]
     samples = args.samples or workload.samples
     backend = keras.backend.backend()
@@ -507,7 +514,7 @@ def main(args: argparse.Namespace) -> int:
     )
     print(f"  command   {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"  date      {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"  sink      background thread priority {actwatch.sink.SINK_PRIORITY!r} (Linux)")
+    print(f"  sink      background thread priority {args.sink_priority!r} (Linux)")
     data = make_data(workload, samples, args.seed)
     steps = math.ceil(samples / workload.batch_size)
     print(
@@ -520,14 +527,16 @@ def main(args: argparse.Namespace) -> int:
 
     # 1. fit() with and without the monitor, alternating (ABBA) ---------------------------
     print(f"\nwarm-up fit (not timed), then {args.repeats} x 2 fits of {args.epochs} epochs ...")
-    fit_once(data, workload, 1, None, args.seed)
+    fit_once(data, workload, 1, None, args.seed, args.sink_priority)
     pairs: list[tuple[FitRun, FitRun]] = []
     for r in range(args.repeats):
         order = (False, True) if r % 2 == 0 else (True, False)
         runs: dict[bool, FitRun] = {}
         for monitored in order:
             log_dir = os.path.join(root, f"fit{r}") if monitored else None
-            runs[monitored] = fit_once(data, workload, args.epochs, log_dir, args.seed)
+            runs[monitored] = fit_once(
+                data, workload, args.epochs, log_dir, args.seed, args.sink_priority
+            )
         pairs.append((runs[False], runs[True]))
         plain, watched = runs[False], runs[True]
         print(
@@ -565,7 +574,9 @@ def main(args: argparse.Namespace) -> int:
 
     # 2. The check path alone, N times on one model ---------------------------------------
     print(f"checking {args.memory_checks} times on one model (after 10 warm-up checks) ...")
-    loop = check_loop(data, workload, args.memory_checks, os.path.join(root, "loop"))
+    loop = check_loop(
+        data, workload, args.memory_checks, os.path.join(root, "loop"), args.sink_priority
+    )
     peak_before_naive = peak_rss_mb()
 
     # 3. The keract way, or the naive way ---------------------------------------------------
