@@ -1,0 +1,157 @@
+"""The wheel works where TensorFlow is absent: built from this checkout, installed into a fresh
+virtualenv with only its core dependencies and `jax[cpu]`, it runs a monitored `fit` and the
+`actwatch report` command.
+
+It needs the package index (pip's own configuration; pip's cache makes repeat runs fast). On CI
+(`CI` set) an index that cannot be reached fails the test; elsewhere it is skipped, saying why.
+It runs once per `make test`, in the JAX run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        keras.backend.backend() != "jax",
+        reason="the wheel test runs once per make test, in the JAX run",
+    ),
+]
+
+# What pip prints when the package index cannot be reached: connection errors, or no version
+# at all of a requirement ("from versions: none"; a bad pin lists the versions it saw).
+OFFLINE = re.compile(
+    r"NewConnectionError|Failed to establish a new connection|Temporary failure in name "
+    r"resolution|Network is unreachable|Max retries exceeded|ConnectTimeout|ReadTimeout"
+    r"|ProxyError|\(from versions: none\)"
+)
+
+# Run inside the fresh virtualenv, KERAS_BACKEND=jax: a tiny Functional CNN, a monitored fit.
+FIT = """
+import sys
+
+import keras
+import numpy as np
+
+import actwatch
+
+rng = np.random.default_rng(0)
+x = rng.random((32, 16, 16, 3), dtype=np.float32)
+y = rng.integers(0, 3, 32)
+inputs = keras.Input((16, 16, 3))
+h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="wheel_conv1")(inputs)
+h = keras.layers.MaxPooling2D(name="wheel_pool1")(h)
+h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="wheel_conv2")(h)
+h = keras.layers.GlobalAveragePooling2D()(h)
+outputs = keras.layers.Dense(3, activation="softmax")(h)
+model = keras.Model(inputs, outputs)
+model.compile("adam", "sparse_categorical_crossentropy")
+monitor = actwatch.ActivationMonitor(x[:2], sys.argv[1], stats_data=x[:16])
+model.fit(x, y, epochs=2, batch_size=16, callbacks=[monitor], verbose=0)
+print("backend:", keras.backend.backend())
+print("actwatch from:", actwatch.__file__)
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+def _run(command: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def _install(pip: list[str | Path], *requirements: str | Path) -> None:
+    """pip install, failing (on CI) or skipping (elsewhere) when the index cannot be reached."""
+    done = _run([*pip, "install", "--quiet", *requirements])
+    if done.returncode == 0:
+        return
+    output = done.stdout + done.stderr
+    if OFFLINE.search(output):
+        message = (
+            "The wheel test could not install its dependencies from the package index "
+            f"(pip's configuration; is the network up?):\n{output[-3000:]}"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(f"offline: the package index cannot be reached ({OFFLINE.search(output)[0]})")
+    pytest.fail(f"pip install {requirements} failed:\n{output[-5000:]}", pytrace=False)
+
+
+def test_wheel_without_tensorflow_fits_and_reports(tmp_path: Path) -> None:
+    """The wheel, in a fresh virtualenv holding only it, its core dependencies and jax[cpu]
+    (TensorFlow absent), trains with `ActivationMonitor` and `actwatch report` writes a page
+    naming the watched layers."""
+    start = time.perf_counter()
+    # Build from a copy of the sources, so the checkout gets no build/ folder.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for licence in ROOT.glob("LICEN[CS]E*"):
+        shutil.copy2(licence, source / licence.name)
+    shutil.copytree(
+        ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    wheel_dir = tmp_path / "dist"
+    build = ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", wheel_dir, source]
+    built = _run([sys.executable, "-m", "pip", *build])
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = wheel_dir.glob("actwatch-*.whl")
+
+    venv = tmp_path / "venv"
+    made = _run([sys.executable, "-m", "venv", venv])
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    pip: list[str | Path] = [python, "-m", "pip"]
+    # The versions this test run uses (pip's cache has them); constraints install nothing.
+    frozen = _run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"])
+    assert frozen.returncode == 0, frozen.stderr
+    pins = [line for line in frozen.stdout.splitlines() if "==" in line and " @ " not in line]
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n", encoding="utf-8")
+    _install(pip, wheel, "jax[cpu]", "--constraint", constraints)
+
+    listed = _run([*pip, "list", "--format=freeze"])
+    installed = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
+    assert "actwatch" in installed and "jax" in installed and "keras" in installed
+    assert not {n for n in installed if n.startswith("tensorflow")}, sorted(installed)
+    assert "scikit-image" not in installed and "torch" not in installed
+    spec = _run([python, "-c", "import importlib.util as u; print(u.find_spec('tensorflow'))"])
+    assert spec.stdout.strip() == "None", spec.stdout + spec.stderr
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
+    env.update(KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    logs = tmp_path / "logs" / "run1"
+    fit = _run([python, "-c", FIT, logs], env=env, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-5000:]
+    assert "backend: jax" in fit.stdout
+    assert f"actwatch from: {venv}" in fit.stdout
+    assert "tensorflow imported: False" in fit.stdout
+    assert list(logs.glob("events.out.tfevents.*"))
+
+    page = tmp_path / "site" / "report.html"
+    report = _run([venv / "bin" / "actwatch", "report", tmp_path / "logs", "-o", page], env=env)
+    assert report.returncode == 0, report.stderr[-5000:]
+    assert f"Report written to {page}" in report.stdout
+    text = page.read_text(encoding="utf-8")
+    for layer in ("wheel_conv1", "wheel_pool1", "wheel_conv2"):
+        assert layer in text
+    print(f"wheel test: {time.perf_counter() - start:.0f} s")
