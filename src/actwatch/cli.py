@@ -154,7 +154,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="actwatch", description="Watch a CNN's activations while it trains."
+        prog="actwatch",
+        description="Watch a CNN's activations while it trains.",
+        epilog="TensorFlow's C++ start-up log (oneDNN, CUDA notices) is held back and its C++ "
+        "log level set to errors only (TF_CPP_MIN_LOG_LEVEL=2). Set TF_CPP_MIN_LOG_LEVEL "
+        "yourself to choose: TF_CPP_MIN_LOG_LEVEL=0 shows everything.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
