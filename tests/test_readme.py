@@ -3,9 +3,10 @@
 Every ```python block of README.md, every inline call written as `actwatch.<name>(...)` in its
 prose, and every ```python block in the docstrings of `src/actwatch` runs in a fresh Python
 process (so a name that only exists because some other test imported a submodule cannot make
-it pass), each snippet in a fresh namespace that holds the prelude's names and nothing from
-the snippets before it. The snippets run in document order in one working directory, as a
-reader following the page would: the report call reads the logs the `fit` above it wrote.
+it pass). The prelude runs once; each snippet gets a fresh namespace holding the prelude's
+names and nothing from the snippets before it. The README's snippets run in page order in one
+working directory (`readme/`), as a reader following the page would: the report call reads the
+logs the `fit` above it wrote. The docstrings' run in another (`docstrings/`).
 
 The prelude (`PRELUDE`) defines the names the prose assumes:
 
@@ -114,7 +115,6 @@ for snippet in job["snippets"]:
         namespace.update(vars(importlib.import_module(snippet["module"])))
     namespace.update(base)
     problems.records.clear()
-    os.makedirs(snippet["folder"], exist_ok=True)
     os.chdir(snippet["folder"])
     try:
         exec(compile(snippet["code"], snippet["where"], "exec"), namespace)
