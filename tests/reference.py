@@ -30,25 +30,40 @@ def nonfinite(a: np.ndarray) -> int:
 
 
 def dead(a: np.ndarray) -> np.ndarray:
-    """Per filter: max over samples and positions (finite values) <= 0."""
+    """Per filter: it has finite values and their max over samples and positions is <= 0."""
     c = a.shape[-1]
     out = np.zeros(c, dtype=bool)
     for k in range(c):
         values = a[:, :, k][np.isfinite(a[:, :, k])]
-        out[k] = values.size == 0 or values.max() <= 0
+        out[k] = values.size > 0 and values.max() <= 0
     return out
 
 
-def dormant(a: np.ndarray, tau: float) -> np.ndarray:
+def dormant_scores(a: np.ndarray) -> np.ndarray:
+    """Per filter: mean |a| over its finite values; NaN for a filter with none."""
     c = a.shape[-1]
-    scores = np.zeros(c)
+    scores = np.full(c, np.nan)
     for k in range(c):
         values = a[:, :, k][np.isfinite(a[:, :, k])]
-        scores[k] = np.abs(values).mean() if values.size else 0.0
-    layer = scores.mean()
+        if values.size:
+            scores[k] = np.abs(values).mean()
+    return scores
+
+
+def dormant(a: np.ndarray, tau: float) -> np.ndarray:
+    """Per filter with finite values: score / mean score of those filters <= tau."""
+    scores = dormant_scores(a)
+    scored = ~np.isnan(scores)
+    layer = scores[scored].mean() if scored.any() else 0.0
     if layer <= 0:
-        return np.ones(c, dtype=bool)
-    return scores / layer <= tau
+        return scored
+    return scored & (np.where(scored, scores, 0.0) / layer <= tau)
+
+
+def nonnegative(a: np.ndarray) -> bool:
+    """The layer has finite values and none is below zero."""
+    finite = a[np.isfinite(a)]
+    return bool(finite.size > 0 and finite.min() >= 0)
 
 
 def hoyer_vector(x: np.ndarray) -> float | None:

@@ -9,6 +9,8 @@ positions, flattened; 1 for Dense outputs) and C channels (filters). With `a[n, 
 - **tau-dormant filter** (Sokar et al., ICML 2023): `s_c = mean|a[:, :, c]| /
   mean_k mean|a[:, :, k]|`; dormant when `s_c <= tau`. When every filter is zero, all are
   dormant.
+- A filter with no finite value at all is neither dead nor dormant (its mean over the others
+  leaves it out), and a layer with no finite value is not `nonnegative`: it is non-finite.
 - **Hoyer sparsity** (Hoyer 2004, JMLR 5): `H(x) = (sqrt(P) - |x|_1 / |x|_2) / (sqrt(P) - 1)`
   for each filter map `x = a[n, :, c]`, averaged over the maps that are not all zero. For
   outputs without spatial positions (P = 1, e.g. Dense), `x` is the vector of all C
@@ -27,52 +29,49 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-__all__ = ["DEVICE_STATS", "LayerStats", "NetworkStats", "reduce_layer", "summarize"]
-
-#: Names of the arrays `reduce_layer` returns for each layer.
-DEVICE_STATS = (
-    "zero_fraction",
-    "mean",
-    "hoyer",
-    "min",
-    "nonfinite",
-    "values",
-    "filter_max",
-    "filter_mean_abs",
-)
+__all__ = ["LayerStats", "NetworkStats", "reduce_layer", "summarize"]
 
 
 def reduce_layer(a: Any) -> dict[str, Any]:
     """Reduce one layer's activations `a` of shape `(N, P, C)` (float32) on the device.
 
-    Returns scalars and two per-filter vectors of length C; nothing larger crosses to the
-    host.
+    Returns scalars and three per-filter vectors of length C; nothing larger crosses to the
+    host. Sums are taken over values divided by the layer's largest finite magnitude
+    (`scale`), so huge but finite activations cannot overflow float32 into Inf or NaN;
+    `mean` and `filter_mean_abs` are in units of `scale` (`summarize` multiplies back).
     """
     _, p, c = a.shape
     finite = ops.isfinite(a)
-    finite_f = ops.cast(finite, "float32")
     # Counts in int32: a float32 sum of ones stops being exact past 2**24 values.
-    count = ops.sum(ops.cast(finite, "int32"))
+    filter_count = ops.sum(ops.cast(finite, "int32"), axis=(0, 1))
+    count = ops.sum(filter_count)
     safe_count = ops.cast(ops.maximum(count, 1), "float32")
     az = ops.where(finite, a, ops.zeros_like(a))
     abs_a = ops.abs(az)
+    peak = ops.max(abs_a)
+    scale = ops.where(peak > 0.0, peak, ops.ones_like(peak))
 
     zeros = ops.sum(ops.cast(ops.logical_and(a <= 0.0, finite), "int32"))
     zero_fraction = ops.cast(zeros, "float32") / safe_count
-    mean = ops.sum(az) / safe_count
+    mean = ops.sum(az / scale) / safe_count  # each term <= 1: the sum stays finite
     very_low = ops.full_like(a, -np.inf)
     very_high = ops.full_like(a, np.inf)
     filter_max = ops.max(ops.where(finite, a, very_low), axis=(0, 1))
     minimum = ops.min(ops.where(finite, a, very_high))
-    per_filter_count = ops.maximum(ops.sum(finite_f, axis=(0, 1)), 1.0)
-    filter_mean_abs = ops.sum(abs_a, axis=(0, 1)) / per_filter_count
+    per_filter_count = ops.cast(ops.maximum(filter_count, 1), "float32")
+    filter_mean_abs = ops.sum(abs_a / scale, axis=(0, 1)) / per_filter_count
 
-    # Hoyer: over positions per (sample, filter) map, or over channels when P == 1.
+    # Hoyer: over positions per (sample, filter) map, or over channels when P == 1. Each map
+    # is divided by its own largest magnitude first: the ratio l1 / l2 does not change, no
+    # sum can overflow, and l2 >= 1 for every map that is not all zero.
     axis, length = (1, p) if p > 1 else (2, c)
     if length > 1:
-        l1 = ops.sum(abs_a, axis=axis)
-        l2 = ops.sqrt(ops.sum(ops.square(az), axis=axis))
-        live = l2 > 0.0
+        map_peak = ops.max(abs_a, axis=axis, keepdims=True)
+        live = map_peak > 0.0
+        x = az / ops.where(live, map_peak, ops.ones_like(map_peak))
+        l1 = ops.sum(ops.abs(x), axis=axis)
+        l2 = ops.sqrt(ops.sum(ops.square(x), axis=axis))
+        live = ops.squeeze(live, axis=axis)
         root = math.sqrt(length)
         ratio = l1 / ops.where(live, l2, ops.ones_like(l2))
         h = (root - ratio) / (root - 1.0)
@@ -88,8 +87,10 @@ def reduce_layer(a: Any) -> dict[str, Any]:
         "min": minimum,
         "nonfinite": total - count,
         "values": ops.convert_to_tensor(total, "int32"),
+        "scale": scale,
         "filter_max": filter_max,
         "filter_mean_abs": filter_mean_abs,
+        "filter_finite": filter_count,
     }
 
 
@@ -97,9 +98,10 @@ def reduce_layer(a: Any) -> dict[str, Any]:
 class LayerStats:
     """One layer's statistics at one check, on the host.
 
-    `dead` and `dormant` are boolean vectors over all the layer's filters. `nonnegative` is
-    True when no finite output was below zero at this check (a ReLU-like layer): dead filters
-    are alerted only for such layers.
+    `dead` and `dormant` are boolean vectors over all the layer's filters (False for a
+    filter with no finite value). `nonnegative` is True when the layer had finite outputs and
+    none was below zero at this check (a ReLU-like layer): dead filters are alerted only for
+    such layers.
     """
 
     zero_fraction: float
@@ -140,23 +142,31 @@ class LayerStats:
         }
 
 
-def summarize(reduced: dict[str, np.ndarray], dormant_threshold: float) -> LayerStats:
-    """Turn one layer's reduced arrays (numpy) into `LayerStats`."""
+def summarize(reduced: Mapping[str, Any], dormant_threshold: float) -> LayerStats:
+    """Turn one layer's reduced arrays (numpy) from `reduce_layer` into `LayerStats`.
+
+    A filter without a single finite value is neither dead nor dormant (it is non-finite,
+    which the `nonfinite` count and alert report); a layer without a finite value is not
+    non-negative.
+    """
+    scale = float(reduced["scale"])
     filter_max = np.asarray(reduced["filter_max"], dtype=np.float64)
-    mean_abs = np.asarray(reduced["filter_mean_abs"], dtype=np.float64)
-    layer_mean_abs = float(mean_abs.mean()) if mean_abs.size else 0.0
+    has_finite = np.asarray(reduced["filter_finite"]) > 0
+    mean_abs = np.asarray(reduced["filter_mean_abs"], dtype=np.float64) * scale
+    scored = mean_abs[has_finite]
+    layer_mean_abs = float(scored.mean()) if scored.size else 0.0
     if layer_mean_abs > 0.0:
-        dormant = mean_abs / layer_mean_abs <= dormant_threshold
+        dormant = has_finite & (mean_abs / layer_mean_abs <= dormant_threshold)
     else:
-        dormant = np.ones(mean_abs.shape, dtype=bool)
+        dormant = has_finite.copy()
     return LayerStats(
         zero_fraction=float(reduced["zero_fraction"]),
-        mean=float(reduced["mean"]),
+        mean=float(reduced["mean"]) * scale,
         hoyer=float(reduced["hoyer"]),
         nonfinite=round(float(reduced["nonfinite"])),
         values=round(float(reduced["values"])),
-        nonnegative=bool(float(reduced["min"]) >= 0.0),
-        dead=filter_max <= 0.0,
+        nonnegative=bool(has_finite.any() and float(reduced["min"]) >= 0.0),
+        dead=has_finite & (filter_max <= 0.0),
         dormant=np.asarray(dormant, dtype=bool),
     )
 
