@@ -9,6 +9,11 @@ unless they revive and die again. Only layers whose outputs are non-negative (Re
 raise dead-filter alerts, and pooling layers raise none (they repeat their input's dead
 filters). Non-finite activations raise one alert, for the first watched layer that has them,
 until they disappear.
+
+One tracker lives as long as the model and layers it watches: across several `fit()` calls
+it goes on remembering, so filters alerted in one fit are not alerted again in the next.
+An alert says what is known of when filters died: since the previous check, already at the
+check before training, or unknown (the first check of a run resumed with `initial_epoch`).
 """
 
 from __future__ import annotations
@@ -111,11 +116,20 @@ class AlertTracker:
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything (a new training run)."""
+        """Forget everything (another model or other layers)."""
         self._streak: dict[str, np.ndarray] = {}
         self._alerted: dict[str, set[int]] = {}
         self._previous_dead: dict[str, np.ndarray] = {}
         self._nonfinite_alerted = False
+        self._initial_epoch = 0
+
+    def begin_fit(self, *, initial_epoch: int) -> None:
+        """A `fit()` starts at epoch `initial_epoch` (0-based); the memory is kept.
+
+        A run resumed with `initial_epoch > 0` has no check before its first batch, so for a
+        layer first seen then, alerts say that when its filters died is unknown.
+        """
+        self._initial_epoch = initial_epoch
 
     def update(
         self,
@@ -130,15 +144,19 @@ class AlertTracker:
         revived: dict[str, tuple[int, ...]] = {}
         stop_reason: str | None = None
         for path, s in stats.items():
-            if path in self.pooling or not s.nonnegative:
+            if path in self.pooling:
+                continue
+            previous = self._previous_dead.get(path)
+            if previous is not None and previous.shape != s.dead.shape:
+                previous = None
+            self._previous_dead[path] = s.dead  # for every layer: "died since" stays true
+            if not s.nonnegative:
                 continue
             streak = self._streak.get(path)
             if streak is None or streak.shape != s.dead.shape:
                 streak = np.zeros(s.dead.shape, dtype=np.int64)
             streak = np.where(s.dead, streak + 1, 0)
             self._streak[path] = streak
-            previous = self._previous_dead.get(path)
-            self._previous_dead[path] = s.dead
             alerted = self._alerted.setdefault(path, set())
             back = sorted(i for i in alerted if not s.dead[i])
             if back:
@@ -178,10 +196,7 @@ class AlertTracker:
         fraction = count / max(s.filters, 1)
         lr = f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
         if died is None:
-            history = (
-                "They were dead at the first check: before training, that points at the "
-                "initialization or the scaling of the inputs rather than the learning rate."
-            )
+            history = self._first_seen(epoch)
         else:
             before = len(new) - len(died)
             history = (
@@ -209,6 +224,25 @@ class AlertTracker:
             fraction=fraction,
             learning_rate=learning_rate,
             message=message,
+        )
+
+    def _first_seen(self, epoch: int | None) -> str:
+        """What is known of when the filters of a layer seen for the first time died."""
+        if epoch is None:
+            return (
+                "They were dead at the first check: before training, that points at the "
+                "initialization or the scaling of the inputs rather than the learning rate."
+            )
+        if self._initial_epoch > 0:
+            return (
+                "They were already dead at the first check of this run, which resumed at "
+                f"epoch {self._initial_epoch + 1} (initial_epoch={self._initial_epoch}) without "
+                "a check before its first batch: when and why they died is not known from "
+                "this run; the alerts of the run before it may tell."
+            )
+        return (
+            "They were already dead at the first check of this layer that succeeded (the "
+            "earlier ones failed): when they died is not known."
         )
 
     def _nonfinite(

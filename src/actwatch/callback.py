@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 import numbers
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,10 +14,11 @@ import numpy as np
 
 from . import tags
 from ._distribute import is_chief
+from ._logging import WarnOnce, logger
 from .alerts import Alert, AlertTracker, Decision
 from .extract import check_layer_specs, resolve_layers
-from .grids import PALETTE, filter_grid_indices, heatmap_overlay
-from .pipeline import CheckPipeline, CheckResult
+from .grids import render_images
+from .pipeline import CheckPipeline
 from .probes import (
     ProbeBatch,
     check_preprocess,
@@ -24,15 +26,10 @@ from .probes import (
     prepare_probes,
     read_probe_source,
 )
-from .sink import ImageRender, PaletteImage, Sink, SinkStats, check_log_dir
+from .sink import Sink, SinkStats, check_log_dir
 from .stats import LayerStats, NetworkStats
 
 __all__ = ["ActivationMonitor"]
-
-logger = logging.getLogger("actwatch")
-
-#: Whole-network figures put in the `logs` dict by default.
-LOGGED_METRICS = ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
@@ -84,10 +81,14 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     Checks: one before the first batch (not when resuming with `initial_epoch`: the run
     that stopped there checked that state at its end), then every `every_n_epochs` epochs
     (or every `every_n_batches` batches), and one at the end of training if the last state was not
-    checked. The TensorBoard step of a check is the number of training batches run so far
-    (`model.optimizer.iterations`, or `epoch * steps_per_epoch` when that is larger, as
-    with `initial_epoch`), so steps line up with Keras' own batch-level summaries and never
-    go backwards across repeated `fit()` calls.
+    checked. The TensorBoard step of a check is the number of training batches run so far:
+    the batches this `fit()` ran (counted as they run, so a stop in the middle of an epoch
+    is checked at the batch it stopped at) on top of where the model started
+    (`model.optimizer.iterations`, or `initial_epoch * steps_per_epoch` when that is larger,
+    as after a weights-only resume). Steps never go backwards across repeated `fit()` calls.
+    A monitor reused on the same model and layers keeps its alert memory: filters alerted in
+    one fit are not alerted again in the next unless they revive and die again. `alerts`
+    holds the alerts of the current (or last) fit.
 
     Args:
         probes: the images to draw: a numpy batch `(n, height, width, channels)`, a list of
@@ -204,6 +205,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         #: Private: extra `Sink` arguments (priority, max_pending_bytes) for benchmarks and tests.
         self._sink_options: dict[str, Any] = {}
         self._last_step = -1
+        # Alert memory: kept across fits while the model and the watched layers are the same.
+        self._tracker: AlertTracker | None = None
+        self._tracked: tuple[weakref.ref[Any], tuple[str, ...]] | None = None
+        self._check_failed = WarnOnce("actwatch: a later check failed")
+        self._hook_failed = WarnOnce("actwatch: on_alert raised")
 
     # Keras hooks --------------------------------------------------------------------------
 
@@ -213,11 +219,15 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.alerts = []
         self._figures: dict[str, float] = {}
         self._epoch = 0
-        self._epoch_start_step = 0
-        self._epochs_done = 0
-        self._checked_first = False
-        self._failed_once = False
-        self._hook_failed_once = False
+        self._start_step: int | None = None  # the step before this fit's first batch
+        self._start_iterations = 0
+        self._ran = 0  # batches this fit ran before the current epoch
+        self._ran_in_epoch = 0  # batches run in the current epoch, counted on the host
+        self._counted = False  # the trainer called the batch hooks in the current epoch
+        self._per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._stopping = False
+        self._check_failed.reset()
+        self._hook_failed.reset()
         watched = resolve_layers(model, self.layers)
         inputs = model_inputs(model)
         probes = prepare_probes(self._probe_source, inputs, self.preprocess)
@@ -239,12 +249,21 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             dormant_threshold=self.dormant_threshold,
             draw=self.images,
         )
-        self._tracker = AlertTracker(
-            patience=self.patience,
-            dead_alert_fraction=self.dead_alert_fraction,
-            stop_on_dead_fraction=self.stop_on_dead_fraction,
-            pooling=[w.path for w in watched if w.pooling],
+        paths = tuple(w.path for w in watched)
+        self._remembered = (
+            self._tracker is not None
+            and self._tracked is not None
+            and self._tracked[0]() is model
+            and self._tracked[1] == paths
         )
+        if not self._remembered:
+            self._tracker = AlertTracker(
+                patience=self.patience,
+                dead_alert_fraction=self.dead_alert_fraction,
+                stop_on_dead_fraction=self.stop_on_dead_fraction,
+                pooling=[w.path for w in watched if w.pooling],
+            )
+            self._tracked = (weakref.ref(model), paths)
         self._chief = is_chief(model)
         if self._chief:
             self._sink = Sink(
@@ -253,40 +272,44 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
-        # The step before this epoch's first batch, read once: batch checks count from it
-        # rather than reading the optimizer's counter (a device sync) after every batch.
-        self._epoch_start_step = self._step(epoch * self._steps_per_epoch())
-        if not self._checked_first:
-            self._checked_first = True
-            step = self._epoch_start_step
-            # Resumed with `initial_epoch`: the run that stopped here checked this state at
-            # its end, at this step; a reused monitor has already seen it too.
-            if epoch == 0 and step > self._last_step:
-                self._check(step, epoch=None)
+        self._ran_in_epoch = 0
+        self._counted = False
+        if self._start_step is None:
+            self._begin_fit(epoch)
+
+    def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # Counts the batches as they run, on the host (no device read). A begin hook, unlike
+        # an end hook, leaves Keras' asynchronous batch dispatch on.
+        self._counted = True
+        ran = batch + self._per_execution
+        steps = self._steps_per_epoch()
+        self._ran_in_epoch = min(ran, steps) if steps else ran
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epochs_done = epoch + 1
+        if not self._counted:  # a custom loop that calls only the epoch hooks
+            self._ran_in_epoch = self._uncounted_batches()
+        self._ran += self._ran_in_epoch
+        self._ran_in_epoch = 0
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
-            step = self._step((epoch + 1) * self._steps_per_epoch())
-            self._check(step, epoch=epoch, final=epoch + 1 == self._last_epoch())
+            self._check(self._current_step(), epoch=epoch)
         if logs is not None:
             logs.update(self._figures)
 
     def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.every_n_batches is not None
-        step = self._epoch_start_step + batch + 1
+        step = self._current_step()
         if step % self.every_n_batches == 0:
             if hasattr(self.model, "jax_state_sync"):
                 self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
-            last = self._epoch + 1 == self._last_epoch() and batch + 1 == self._steps_per_epoch()
-            self._check(step, epoch=self._epoch, final=last)
+            self._check(step, epoch=self._epoch)
             if logs is not None:
                 logs.update(self._figures)
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
-        step = self._step(self._epochs_done * self._steps_per_epoch())
-        if step > self._last_step:
-            self._check(step, epoch=self._epoch, final=True)
+        # Keras calls on_epoch_end after a stop in the middle of an epoch too, so the batches
+        # counted are the ones that ran; a fit that ran no epoch has nothing to check.
+        if self._start_step is not None:
+            self._check(self._current_step(), epoch=self._epoch)
         self._close_sink()
 
     # Public helpers -----------------------------------------------------------------------
@@ -307,20 +330,46 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     # Internals ----------------------------------------------------------------------------
 
-    def _last_epoch(self) -> int:
-        """The number of epochs `fit()` was asked for (0 when unknown)."""
-        return int((self.params or {}).get("epochs") or 0)
+    def _begin_fit(self, epoch: int) -> None:
+        """This fit's first epoch begins: where its steps start, and the check before training.
+
+        The start is where the model is (the optimizer's counter, or `initial_epoch` epochs
+        when that is more, after a weights-only resume), never before this monitor's last
+        check. Resumed with `initial_epoch`, the run that stopped there checked this state at
+        its end; a monitor reused on the same model has already seen it too: no check then.
+        """
+        assert self._tracker is not None
+        self._tracker.begin_fit(initial_epoch=epoch)
+        self._start_iterations = self._iterations()
+        start = max(self._start_iterations, epoch * self._steps_per_epoch(), self._last_step)
+        first = epoch == 0 and (start > self._last_step or not self._remembered)
+        if first and start == self._last_step:
+            start += 1  # another model's first state, after this monitor's last check
+        self._start_step = start
+        if first:
+            self._check(start, epoch=None)
+
+    def _current_step(self) -> int:
+        """The step now: batches run before this fit, plus the batches it ran so far."""
+        assert self._start_step is not None
+        return self._start_step + self._ran + self._ran_in_epoch
+
+    def _uncounted_batches(self) -> int:
+        """The batches of an epoch run without batch hooks: what the optimizer's counter moved
+        by, or else a whole epoch."""
+        moved = self._iterations() - self._start_iterations - self._ran
+        return moved if moved > 0 else self._steps_per_epoch()
 
     def _steps_per_epoch(self) -> int:
         steps = (self.params or {}).get("steps")
         return int(steps) if steps else 0
 
-    def _step(self, floor: int) -> int:
+    def _iterations(self) -> int:
+        """The optimizer's step counter; 0 without a readable one."""
         try:
-            iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         except Exception:  # no optimizer (not compiled) or an unreadable counter
-            iterations = 0
-        return max(iterations, floor)
+            return 0
 
     def _learning_rate(self) -> float | None:
         try:
@@ -328,16 +377,16 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         except Exception:
             return None
 
-    def _check(self, step: int, *, epoch: int | None, final: bool = False) -> None:
-        """One check: device work, alerts, logs figures, then hand off to the sink.
+    def _check(self, step: int, *, epoch: int | None) -> None:
+        """One check: device work, alerts, `logs` figures, then hand off to the sink.
 
-        `final`: the last check of the run (the last epoch's, or the one at train end), whose
-        images are never skipped: it is the state users look at.
+        A step at or before the last check's is not checked again: that state was seen.
         """
         if step <= self._last_step:
             return
         self._last_step = step
         try:
+            assert self._tracker is not None
             start = time.perf_counter()
             result = self._pipeline.run(self._feed)
             device = time.perf_counter() - start
@@ -346,32 +395,34 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 result.stats, step=step, epoch=epoch, learning_rate=learning_rate
             )
             self.last_stats = result.stats
+            layers = {path: s.scalars() for path, s in result.stats.items()}
             network = NetworkStats.of(result.stats).scalars()
-            self._figures = self._logs_figures(result.stats, network)
+            self._figures = tags.logs_figures(network, layers if self.log_per_layer else None)
             if self._sink is not None:
-                render = self._renderer(result) if self.images else None
+                render = functools.partial(
+                    render_images,
+                    maps=result.maps,
+                    heat=result.heat,
+                    dead={path: s.dead for path, s in result.stats.items()},
+                    display=self._display,
+                )
                 self._sink.submit(
                     step,
-                    scalars=self._scalars(result.stats, network, learning_rate),
-                    texts=_alert_texts(decision),
-                    render=render,
-                    keep_images=final,
+                    scalars=tags.scalar_values(layers, network, learning_rate),
+                    texts=tags.alert_texts(decision.alerts),
+                    render=render if self.images else None,
                 )
             self._act(decision)
             self.timings = {"device": device, "blocking": time.perf_counter() - start}
         except Exception as exc:
-            if not self._failed_once:
-                self._failed_once = True
-                logger.warning(
-                    "actwatch: the check at step %d failed (%s: %s); training goes on. Later "
-                    "failures are logged at DEBUG.",
-                    step,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
-            else:
-                logger.debug("actwatch: check at step %d failed", step, exc_info=exc)
+            self._check_failed(
+                "actwatch: the check at step %d failed (%s: %s); training goes on. Later "
+                "failures are logged at DEBUG.",
+                step,
+                type(exc).__name__,
+                exc,
+                exc=exc,
+            )
 
     def _act(self, decision: Decision) -> None:
         if self._chief:
@@ -384,92 +435,21 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     try:
                         self.on_alert(alert)
                     except Exception as exc:
-                        if not self._hook_failed_once:
-                            self._hook_failed_once = True
-                            logger.warning(
-                                "actwatch: on_alert raised %s: %s; training goes on. Later "
-                                "errors of the hook are logged at DEBUG.",
-                                type(exc).__name__,
-                                exc,
-                                exc_info=exc,
-                            )
-                        else:
-                            logger.debug("actwatch: on_alert raised", exc_info=exc)
+                        self._hook_failed(
+                            "actwatch: on_alert raised %s: %s; training goes on. Later "
+                            "errors of the hook are logged at DEBUG.",
+                            type(exc).__name__,
+                            exc,
+                            exc=exc,
+                        )
         if decision.stop_reason is not None:
-            if self._chief:
+            if self._chief and not self._stopping:  # said once per fit
                 logger.warning("actwatch: stopping training: %s.", decision.stop_reason)
+            self._stopping = True
             self.model.stop_training = True
-
-    def _logs_figures(
-        self, stats: Mapping[str, LayerStats], network: Mapping[str, float]
-    ) -> dict[str, float]:
-        figures = {f"actwatch_{m}": network[m] for m in LOGGED_METRICS}
-        if self.log_per_layer:
-            for path, s in stats.items():
-                for metric, value in s.scalars().items():
-                    figures[f"actwatch_{metric}/{path}"] = value
-        return figures
-
-    def _scalars(
-        self,
-        stats: Mapping[str, LayerStats],
-        network: Mapping[str, float],
-        learning_rate: float | None,
-    ) -> dict[str, tuple[float, str]]:
-        out: dict[str, tuple[float, str]] = {}
-        for path, s in stats.items():
-            for metric, value in s.scalars().items():
-                out[tags.layer_tag(metric, path)] = (
-                    value,
-                    f"{tags.METRICS[metric]} Layer `{path}`.",
-                )
-        for metric, value in network.items():
-            out[tags.network_tag(metric)] = (
-                value,
-                f"{tags.METRICS[metric]} Over all watched layers.",
-            )
-        if learning_rate is not None:
-            out[tags.LEARNING_RATE] = (learning_rate, "The optimizer's learning rate.")
-        return out
-
-    def _renderer(self, result: CheckResult) -> ImageRender:
-        display = self._display
-        stats = result.stats
-
-        def render() -> dict[str, tuple[np.ndarray | PaletteImage, str]]:
-            images: dict[str, tuple[np.ndarray | PaletteImage, str]] = {}
-            for path, maps in result.maps.items():
-                s = stats[path]
-                drawn = maps.shape[-1]
-                note = (
-                    f"Filters of layer `{path}`: {drawn} of {s.filters} drawn, each scaled to its "
-                    "own range; red crossed tiles are dead filters, magenta pixels non-finite."
-                )
-                for i in range(maps.shape[0]):
-                    grid = PaletteImage(filter_grid_indices(maps[i], s.dead), PALETTE)
-                    images[tags.filters_tag(path, i)] = (grid, note)
-                heat = result.heat.get(path)
-                if heat is None:
-                    continue
-                for i in range(heat.shape[0]):
-                    background = None if display is None else display[i]
-                    images[tags.heatmap_tag(path, i)] = (
-                        heatmap_overlay(heat[i], background),
-                        f"Mean activation over the channels of `{path}` over probe {i}.",
-                    )
-            return images
-
-        return render
 
     def _close_sink(self) -> None:
         if self._sink is not None:
             self._sink.close()
             self._last_sink_stats = self._sink.stats
             self._sink = None
-
-
-def _alert_texts(decision: Decision) -> dict[str, tuple[str, str]]:
-    if not decision.alerts:
-        return {}
-    body = "\n\n".join(f"- **{a.kind}**: {a.markdown()}" for a in decision.alerts)
-    return {tags.ALERTS: (body, "actwatch alerts: dead filters and non-finite activations.")}

@@ -2,8 +2,8 @@
 
 The device part (`normalize_maps`, `heat_maps`) scales each filter map of each probe to its
 own range and converts it to uint8 on the device, so only small uint8 arrays reach the host.
-The host part (`filter_grid`, `heatmap_overlay`) tiles them into RGB images with numpy and
-Pillow. Nothing here encodes or writes files.
+The host part (`filter_grid`, `heatmap_overlay`, and `render_images` for one whole check)
+tiles them into images with numpy and Pillow. Nothing here encodes or writes files.
 
 Pixel code of the uint8 maps: 0..254 is the filter's own range (black = its minimum); 255
 marks a non-finite value (drawn magenta). A constant map is drawn black when its value is
@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from keras import ops
 from PIL import Image
+
+from . import tags
+from .png import PaletteImage
 
 __all__ = [
     "NONFINITE",
@@ -29,6 +33,7 @@ __all__ = [
     "heat_maps",
     "heatmap_overlay",
     "normalize_maps",
+    "render_images",
 ]
 
 NONFINITE = 255
@@ -219,3 +224,45 @@ def heatmap_overlay(
         background = np.repeat(np.repeat(background, scale, axis=0), scale, axis=1)
     blend = (1.0 - alpha) * background.astype(np.float32) + alpha * coloured
     return np.round(blend).astype(np.uint8)
+
+
+def render_images(
+    *,
+    maps: Mapping[str, np.ndarray],
+    heat: Mapping[str, np.ndarray],
+    dead: Mapping[str, np.ndarray],
+    display: np.ndarray | None,
+) -> dict[str, tuple[np.ndarray | PaletteImage, str]]:
+    """Every image of one check as `{tag: (image, description)}`, tagged as `tags` says.
+
+    Args:
+        maps: per layer path, uint8 codes `(probes, H, W, F)` or `(probes, F)` from
+            `normalize_maps` (the drawn filters).
+        heat: per layer path, uint8 `(probes, h, w)` from `heat_maps` (absent for Dense).
+        dead: per layer path, the boolean dead vector over all the layer's filters.
+        display: the probes as uint8 RGB `(probes, H, W, 3)` under the heatmaps, or None
+            (the heatmaps are drawn alone).
+
+    Filter grids are `PaletteImage`s (one byte a pixel); heatmaps are RGB arrays.
+    """
+    images: dict[str, tuple[np.ndarray | PaletteImage, str]] = {}
+    for path, layer_maps in maps.items():
+        layer_dead = dead[path]
+        note = (
+            f"Filters of layer `{path}`: {layer_maps.shape[-1]} of {layer_dead.size} drawn, each "
+            "scaled to its own range; red crossed tiles are dead filters, magenta pixels "
+            "non-finite."
+        )
+        for i in range(layer_maps.shape[0]):
+            grid = PaletteImage(filter_grid_indices(layer_maps[i], layer_dead), PALETTE)
+            images[tags.filters_tag(path, i)] = (grid, note)
+        layer_heat = heat.get(path)
+        if layer_heat is None:
+            continue
+        for i in range(layer_heat.shape[0]):
+            background = None if display is None else display[i]
+            images[tags.heatmap_tag(path, i)] = (
+                heatmap_overlay(layer_heat[i], background),
+                f"Mean activation over the channels of `{path}` over probe {i}.",
+            )
+    return images

@@ -11,26 +11,38 @@
 | alerts (Markdown text) | `alerts` |
 | custom-scalars layout | `custom_scalars__config__` (TensorBoard's own tag) |
 
-`{metric}` is one of `METRICS`. Layer paths use `/` between nested models.
+`{metric}` is one of `METRICS`. Layer paths use `/` between nested models. The keys actwatch
+adds to Keras' `logs` dict (`actwatch_{metric}`, `actwatch_{metric}/{layer}`) and the
+descriptions shown beside every summary are built here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from tensorboard.plugins.custom_scalar import layout_pb2
 
+if TYPE_CHECKING:
+    from .alerts import Alert
+
 __all__ = [
     "ALERTS",
+    "HEADLINE_METRICS",
     "IMAGES_SKIPPED",
     "LEARNING_RATE",
+    "LOGS_PREFIX",
     "METRICS",
     "NETWORK",
+    "alert_texts",
     "filters_tag",
     "heatmap_tag",
     "layer_tag",
     "layout",
+    "logs_figures",
     "network_tag",
+    "scalar_values",
 ]
 
 #: Metric name -> description (Markdown), for per-layer and whole-network scalars.
@@ -49,10 +61,14 @@ METRICS: dict[str, str] = {
     "mean": "Mean activation.",
     "nonfinite": "Number of NaN or Inf activations.",
 }
+#: Whole-network figures put in Keras' `logs` dict and charted together in the layout.
+HEADLINE_METRICS = ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
 NETWORK = "network"
 LEARNING_RATE = f"{NETWORK}/learning_rate"
 IMAGES_SKIPPED = f"{NETWORK}/images_skipped"
 ALERTS = "alerts"
+#: Prefix of the keys actwatch adds to Keras' `logs` dict.
+LOGS_PREFIX = "actwatch_"
 
 
 def layer_tag(metric: str, layer: str) -> str:
@@ -85,10 +101,7 @@ def layout(layers: Sequence[str]) -> layout_pb2.Layout:
     network = layout_pb2.Chart(
         title="network",
         multiline=layout_pb2.MultilineChartContent(
-            tag=[
-                _exact(network_tag(m))
-                for m in ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
-            ]
+            tag=[_exact(network_tag(m)) for m in HEADLINE_METRICS]
         ),
     )
     return layout_pb2.Layout(
@@ -99,8 +112,56 @@ def layout(layers: Sequence[str]) -> layout_pb2.Layout:
     )
 
 
+def scalar_values(
+    layers: Mapping[str, Mapping[str, float]],
+    network: Mapping[str, float],
+    learning_rate: float | None,
+) -> dict[str, tuple[float, str]]:
+    """Every scalar of one check as `{tag: (value, description)}`.
+
+    Args:
+        layers: per layer path, `{metric: value}` (`LayerStats.scalars()`).
+        network: `{metric: value}` over all watched layers (`NetworkStats.scalars()`).
+        learning_rate: the optimizer's learning rate at the check, or None when unknown
+            (then no `network/learning_rate` scalar).
+    """
+    out: dict[str, tuple[float, str]] = {}
+    for path, figures in layers.items():
+        for metric, value in figures.items():
+            out[layer_tag(metric, path)] = (value, f"{METRICS[metric]} Layer `{path}`.")
+    for metric, value in network.items():
+        out[network_tag(metric)] = (value, f"{METRICS[metric]} Over all watched layers.")
+    if learning_rate is not None:
+        out[LEARNING_RATE] = (learning_rate, "The optimizer's learning rate.")
+    return out
+
+
+def logs_figures(
+    network: Mapping[str, float], layers: Mapping[str, Mapping[str, float]] | None = None
+) -> dict[str, float]:
+    """The keys actwatch adds to Keras' `logs` dict.
+
+    `actwatch_{metric}` for each of `HEADLINE_METRICS` over the network, and with `layers`
+    (per layer path, `{metric: value}`) `actwatch_{metric}/{layer}` for every metric too.
+    """
+    figures = {f"{LOGS_PREFIX}{m}": network[m] for m in HEADLINE_METRICS}
+    for path, values in (layers or {}).items():
+        for metric, value in values.items():
+            figures[f"{LOGS_PREFIX}{layer_tag(metric, path)}"] = value
+    return figures
+
+
+def alert_texts(alerts: Sequence[Alert]) -> dict[str, tuple[str, str]]:
+    """One check's alerts as the Markdown text summary `{ALERTS: (body, description)}`.
+
+    Empty when there are no alerts: a check without alerts writes no text.
+    """
+    if not alerts:
+        return {}
+    body = "\n\n".join(f"- **{a.kind}**: {a.markdown()}" for a in alerts)
+    return {ALERTS: (body, "actwatch alerts: dead filters and non-finite activations.")}
+
+
 def _exact(tag: str) -> str:
     """A regex matching exactly `tag` (custom-scalars charts take regexes)."""
-    import re
-
     return f"^{re.escape(tag)}$"

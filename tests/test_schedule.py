@@ -1,0 +1,140 @@
+"""The schedule: a check's step is the number of batches actually run, on every path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+import actwatch
+
+from .helpers import data, read_events, tiny_cnn
+
+X, Y = data(40)  # batch size 4: 10 batches an epoch
+STEPS = 10
+
+
+def _dead_model(k: int = 6, filters: int = 8) -> keras.Model:
+    """conv1 has `k` filters that never fire (bias -100), frozen; the others always fire."""
+    model = tiny_cnn(filters=(filters, 4))
+    conv = model.get_layer("conv1")
+    kernel, bias = conv.get_weights()
+    bias[:k] = -100.0
+    conv.set_weights([np.abs(kernel) + 0.01, bias])
+    conv.trainable = False
+    model.compile(keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy")
+    return model
+
+
+def _steps(log_dir: Path) -> list[int]:
+    return [s for s, _ in read_events(log_dir).scalars["network/zero_fraction"]]
+
+
+def _iterations(model: keras.Model) -> int:
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+class _StopAfter(keras.callbacks.Callback):  # type: ignore[misc]
+    """Sets `stop_training` after batch `batch` (0-based) of the first epoch."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if batch == self.batch:
+            self.model.stop_training = True
+
+
+def test_stop_mid_epoch_by_dead_fraction_checks_the_batch_it_stopped_at(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop_on_dead_fraction at batch 3 of 10: no check at a step that never ran; said once."""
+    model = _dead_model()
+    monitor = actwatch.ActivationMonitor(
+        X[:2],
+        str(tmp_path),
+        every_n_batches=3,
+        stop_on_dead_fraction=0.5,
+        patience=2,  # confirmed at the second check (step 3), not before training
+        images=False,
+    )
+    with caplog.at_level(logging.WARNING, logger="actwatch"):
+        history = model.fit(X, Y, epochs=3, batch_size=4, verbose=0, callbacks=[monitor])
+    assert _iterations(model) == 3 and len(history.history["loss"]) == 1
+    assert _steps(tmp_path) == [0, 3]
+    stops = [r for r in caplog.records if "stopping training" in r.getMessage()]
+    assert len(stops) == 1
+
+
+def test_stop_mid_epoch_by_another_callback_checks_the_batches_run(tmp_path: Path) -> None:
+    """Epoch checks: another callback stops after 5 of 10 batches; the check is at step 5."""
+    model = tiny_cnn()
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), images=False)
+    model.fit(X, Y, epochs=3, batch_size=4, verbose=0, callbacks=[monitor, _StopAfter(4)])
+    assert _iterations(model) == 5
+    assert _steps(tmp_path) == [0, 5]
+
+
+def test_stop_before_training_checks_after_the_one_batch_keras_runs(tmp_path: Path) -> None:
+    """A stop decided before training: Keras runs one batch; the end check is at step 1."""
+    model = _dead_model()
+    monitor = actwatch.ActivationMonitor(
+        X[:2], str(tmp_path), stop_on_dead_fraction=0.5, images=False
+    )
+    model.fit(X, Y, epochs=3, batch_size=4, verbose=0, callbacks=[monitor])
+    assert _iterations(model) == 1
+    assert _steps(tmp_path) == [0, 1]
+
+
+def test_weights_only_resume_with_batch_checks(tmp_path: Path) -> None:
+    """initial_epoch=2 with a fresh optimizer (iterations 0): batch checks go on from step 20."""
+    trained = tiny_cnn()
+    resumed = tiny_cnn()
+    resumed.set_weights(trained.get_weights())
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), every_n_batches=4, images=False)
+    resumed.fit(X, Y, epochs=3, batch_size=4, verbose=0, callbacks=[monitor], initial_epoch=2)
+    assert _iterations(resumed) == STEPS
+    # No check before the first batch of a resumed run; then every 4th step, and the end.
+    assert _steps(tmp_path) == [24, 28, 30]
+
+
+def test_reused_monitor_on_another_model_never_goes_back(tmp_path: Path) -> None:
+    """One monitor, a second fresh model: its checks go on after the last step, not from 0."""
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), images=False)
+    tiny_cnn().fit(X, Y, epochs=1, batch_size=4, verbose=0, callbacks=[monitor])
+    tiny_cnn(seed=1).fit(X, Y, epochs=1, batch_size=4, verbose=0, callbacks=[monitor])
+    # The second model's state before training is checked, right after the first's end.
+    assert _steps(tmp_path) == [0, STEPS, STEPS + 1, 2 * STEPS + 1]
+
+
+def test_steps_per_execution_counts_batches(tmp_path: Path) -> None:
+    """steps_per_execution=3 over 10 batches (a short last group): epoch checks at 10, 20."""
+    model = tiny_cnn()
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", steps_per_execution=3
+    )
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), images=False)
+    model.fit(X, Y, epochs=2, batch_size=4, verbose=0, callbacks=[monitor])
+    assert _iterations(model) == 2 * STEPS
+    assert _steps(tmp_path) == [0, STEPS, 2 * STEPS]
+
+
+def test_custom_loop_with_epoch_hooks_only(tmp_path: Path) -> None:
+    """A loop that calls only the epoch hooks: steps follow the optimizer's counter."""
+    model = tiny_cnn()
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), images=False)
+    monitor.set_model(model)
+    monitor.set_params({"epochs": 2, "verbose": 0})  # steps per epoch unknown
+    monitor.on_train_begin()
+    for epoch in range(2):
+        monitor.on_epoch_begin(epoch)
+        for i in range(0, 12, 4):  # 3 batches an epoch
+            model.train_on_batch(X[i : i + 4], Y[i : i + 4])
+        monitor.on_epoch_end(epoch, {})
+    monitor.on_train_end()
+    assert _steps(tmp_path) == [0, 3, 6]
