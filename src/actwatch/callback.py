@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 
 from . import tags
+from ._args import flag, fraction, positive_int
 from ._distribute import is_chief
 from ._logging import WarnOnce, logger
 from .alerts import Alert, AlertTracker, Decision
@@ -30,41 +30,6 @@ from .sink import Sink, SinkStats, check_log_dir
 from .stats import LayerStats, NetworkStats
 
 __all__ = ["ActivationMonitor"]
-
-
-def _positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a positive integer"
-            f"{' or None' if allow_none else ''}. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _fraction(name: str, value: Any, *, low_open: bool, optional: bool = False) -> float:
-    """`value` as a float in (0, 1] (`low_open`) or [0, 1]; an error that says so otherwise."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok:
-        v = float(value)
-        ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
-    if not ok:
-        interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a number in {interval}"
-            f"{' or None' if optional else ''}. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"Invalid value for argument `{name}`. Expected True or False. "
-            f"Received: {name}={value!r}"
-        )
-    return bool(value)
 
 
 class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
@@ -160,14 +125,14 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             None if stats_data is None else read_probe_source(stats_data, "stats_data")
         )
         self.log_dir = check_log_dir(log_dir)
-        self.every_n_batches = _positive_int("every_n_batches", every_n_batches)
+        self.every_n_batches = positive_int("every_n_batches", every_n_batches)
         if self.every_n_batches is not None and every_n_epochs is not None:
             raise ValueError(
                 "Invalid value for arguments `every_n_epochs` and `every_n_batches`: give one "
                 "of them, not both. Received: every_n_epochs="
                 f"{every_n_epochs!r}, every_n_batches={every_n_batches!r}"
             )
-        n_epochs = _positive_int("every_n_epochs", every_n_epochs)
+        n_epochs = positive_int("every_n_epochs", every_n_epochs)
         self.every_n_epochs = None if self.every_n_batches is not None else (n_epochs or 1)
         if on_alert is not None and not callable(on_alert):
             raise TypeError(
@@ -181,19 +146,19 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.stop_on_dead_fraction = (
             None
             if stop_on_dead_fraction is None
-            else _fraction(
+            else fraction(
                 "stop_on_dead_fraction", stop_on_dead_fraction, low_open=True, optional=True
             )
         )
-        self.patience = _positive_int("patience", patience, allow_none=False) or 1
-        self.dead_alert_fraction = _fraction(
+        self.patience = positive_int("patience", patience, allow_none=False) or 1
+        self.dead_alert_fraction = fraction(
             "dead_alert_fraction", dead_alert_fraction, low_open=True
         )
-        self.max_filters = _positive_int("max_filters", max_filters, allow_none=False) or 64
-        self.dormant_threshold = _fraction("dormant_threshold", dormant_threshold, low_open=False)
+        self.max_filters = positive_int("max_filters", max_filters, allow_none=False) or 64
+        self.dormant_threshold = fraction("dormant_threshold", dormant_threshold, low_open=False)
         self.preprocess = preprocess
-        self.images = _flag("images", images)
-        self.log_per_layer = _flag("log_per_layer", log_per_layer)
+        self.images = flag("images", images)
+        self.log_per_layer = flag("log_per_layer", log_per_layer)
         if self.every_n_batches is not None:
             # Defined only on request: overriding it turns off Keras' async batch dispatch.
             self.on_train_batch_end = self._on_train_batch_end  # type: ignore[method-assign]
