@@ -112,6 +112,9 @@ def test_reused_monitor_on_another_model_never_goes_back(tmp_path: Path) -> None
     assert _steps(tmp_path) == [0, STEPS, STEPS + 1, 2 * STEPS + 1]
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="PyTorch needs steps_per_execution=1"
+)
 def test_steps_per_execution_counts_batches(tmp_path: Path) -> None:
     """steps_per_execution=3 over 10 batches (a short last group): epoch checks at 10, 20."""
     model = tiny_cnn()
