@@ -188,7 +188,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._start_iterations = 0
         self._ran = 0  # batches this fit ran before the current epoch
         self._ran_in_epoch = 0  # batches run in the current epoch, counted on the host
-        self._counted = False  # the trainer called the batch hooks in the current epoch
+        self._counted = False  # the trainer calls the batch hooks (not a custom epoch loop)
         self._per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
         self._stopping = False
         self._check_failed.reset()
@@ -238,7 +238,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
         self._ran_in_epoch = 0
-        self._counted = False
         if self._start_step is None:
             self._begin_fit(epoch)
 
@@ -251,7 +250,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._ran_in_epoch = min(ran, steps) if steps else ran
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if not self._counted:  # a custom loop that calls only the epoch hooks
+        if not self._counted:  # no batch hook called in this fit: a custom epoch loop
             self._ran_in_epoch = self._uncounted_batches()
         self._ran += self._ran_in_epoch
         self._ran_in_epoch = 0
