@@ -61,6 +61,18 @@ def alerted(decisions: Sequence[Decision]) -> list[tuple[int, tuple[int, ...]]]:
 
 
 class TestPatience:
+    def test_message_says_when_filters_held_back_by_patience_died(self) -> None:
+        """patience=2: the alert tells dead-before-training from died-at-an-earlier-check."""
+        decisions = feed(AlertTracker(patience=2), [[0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+        first = decisions[1].alerts[0]  # filters 0-2, dead since the check before training
+        assert first.filters == (0, 1, 2) and first.died_since_last_check == ()
+        assert "dead at the first check: before training" in first.message
+        assert "learning rate that is too high" not in first.message
+        second = decisions[2].alerts[0]  # filters 3-4 died at step 10, confirmed at step 20
+        assert second.filters == (3, 4) and second.died_since_last_check == ()
+        assert "2 had been dead since an earlier check (step 10)" in second.message
+        assert "learning rate that is too high (current learning rate: 0.1)" in second.message
+
     def test_one_dead_check_is_not_enough(self) -> None:
         """patience=2: filters dead at one check only raise no alert."""
         decisions = feed(AlertTracker(patience=2), [[0, 1, 2], [], [0, 1, 2]])

@@ -12,8 +12,10 @@ until they disappear.
 
 One tracker lives as long as the model and layers it watches: across several `fit()` calls
 it goes on remembering, so filters alerted in one fit are not alerted again in the next.
-An alert says what is known of when filters died: since the previous check, already at the
-check before training, or unknown (the first check of a run resumed with `initial_epoch`).
+An alert says what is known of when filters died: since the previous check, since an earlier
+check (when `patience` held the alert back, or the layer was below `dead_alert_fraction`),
+already at the check before training, or unknown (the first check of a run resumed with
+`initial_epoch`).
 """
 
 from __future__ import annotations
@@ -119,7 +121,10 @@ class AlertTracker:
         """Forget everything (another model or other layers)."""
         self._streak: dict[str, np.ndarray] = {}
         self._alerted: dict[str, set[int]] = {}
-        self._previous_dead: dict[str, np.ndarray] = {}
+        # Per layer: the step each filter's current dead streak began at (-1: alive), and the
+        # layer's first check (step, epoch, initial_epoch of its fit), to say when filters died.
+        self._dead_since: dict[str, np.ndarray] = {}
+        self._first: dict[str, tuple[int, int | None, int]] = {}
         self._nonfinite_alerted = False
         self._initial_epoch = 0
 
@@ -146,10 +151,13 @@ class AlertTracker:
         for path, s in stats.items():
             if path in self.pooling:
                 continue
-            previous = self._previous_dead.get(path)
-            if previous is not None and previous.shape != s.dead.shape:
-                previous = None
-            self._previous_dead[path] = s.dead  # for every layer: "died since" stays true
+            # For every layer, ReLU-like at this check or not: "died since" stays true.
+            since = self._dead_since.get(path)
+            if since is None or since.shape != s.dead.shape:
+                since = np.full(s.dead.shape, -1, dtype=np.int64)
+            since = np.where(s.dead, np.where(since >= 0, since, step), -1)
+            self._dead_since[path] = since
+            self._first.setdefault(path, (step, epoch, self._initial_epoch))
             if not s.nonnegative:
                 continue
             streak = self._streak.get(path)
@@ -167,9 +175,8 @@ class AlertTracker:
             new = tuple(i for i in _indices(confirmed) if i not in alerted)
             if new and confirmed_fraction >= self.dead_alert_fraction:
                 alerted.update(new)
-                died = None if previous is None else tuple(i for i in new if not previous[i])
                 alerts.append(
-                    self._dead_alert(path, s, confirmed, new, died, step, epoch, learning_rate)
+                    self._dead_alert(path, s, confirmed, new, since, step, epoch, learning_rate)
                 )
             limit = self.stop_on_dead_fraction
             if limit is not None and stop_reason is None and confirmed_fraction >= limit:
@@ -186,7 +193,7 @@ class AlertTracker:
         s: LayerStats,
         confirmed: np.ndarray,
         new: tuple[int, ...],
-        died: tuple[int, ...] | None,
+        since: np.ndarray,
         step: int,
         epoch: int | None,
         learning_rate: float | None,
@@ -194,17 +201,8 @@ class AlertTracker:
         dead = _indices(confirmed)
         count = len(dead)
         fraction = count / max(s.filters, 1)
-        lr = f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
-        if died is None:
-            history = self._first_seen(epoch)
-        else:
-            before = len(new) - len(died)
-            history = (
-                f"{len(died)} of them died since the last check"
-                + (f", {before} had been dead before" if before else "")
-                + ". The usual cause is a learning rate that is too high"
-                + f"{lr}."
-            )
+        history = self._history(path, new, since, step, learning_rate)
+        died = tuple(i for i in new if since[i] == step and step != self._first[path][0])
         message = (
             f"{_when(step, epoch)}: {len(new)} filter(s) of layer '{path}' are dead: "
             f"{_short(new)}. The layer now has {count} of {s.filters} filters dead "
@@ -218,7 +216,7 @@ class AlertTracker:
             epoch=epoch,
             filters=new,
             dead_filters=dead,
-            died_since_last_check=() if died is None else died,
+            died_since_last_check=died,
             count=count,
             total=s.filters,
             fraction=fraction,
@@ -226,22 +224,67 @@ class AlertTracker:
             message=message,
         )
 
-    def _first_seen(self, epoch: int | None) -> str:
-        """What is known of when the filters of a layer seen for the first time died."""
+    def _history(
+        self,
+        path: str,
+        new: tuple[int, ...],
+        since: np.ndarray,
+        step: int,
+        learning_rate: float | None,
+    ) -> str:
+        """When the newly alerted filters died, as far as the checks tell, and the likely cause.
+
+        Each filter is dead since the check its current streak began at: the layer's first
+        check (nothing is known before it), this check (it died since the last one), or a check
+        in between (dead for `patience` checks in a row, or dead while the layer was below
+        `dead_alert_fraction`).
+        """
+        first_step, first_epoch, initial_epoch = self._first[path]
+        at_first = [i for i in new if since[i] == first_step]
+        now = [i for i in new if since[i] == step and step != first_step]
+        earlier = [i for i in new if i not in at_first and i not in now]
+        parts = []
+        if now:
+            parts.append(f"{len(now)} of them died since the last check")
+        if earlier:
+            steps = sorted({int(since[i]) for i in earlier})
+            parts.append(
+                f"{len(earlier)} had been dead since an earlier check (step "
+                f"{', '.join(str(x) for x in steps[:4])}{', ...' if len(steps) > 4 else ''})"
+            )
+        sentences = []
+        if parts:
+            lr = (
+                f" (current learning rate: {learning_rate:.4g})"
+                if learning_rate is not None
+                else ""
+            )
+            sentences.append(
+                ", ".join(parts) + f". The usual cause is a learning rate that is too high{lr}."
+            )
+        if at_first:
+            lead = "They" if not parts else f"The other {len(at_first)}"
+            sentences.append(self._first_seen(first_epoch, initial_epoch, lead))
+        text = " ".join(sentences)
+        return text[0].upper() + text[1:]
+
+    @staticmethod
+    def _first_seen(epoch: int | None, initial_epoch: int, lead: str = "They") -> str:
+        """What is known of when filters dead since a layer's first check died."""
         if epoch is None:
             return (
-                "They were dead at the first check: before training, that points at the "
+                f"{lead} were dead at the first check: before training, that points at the "
                 "initialization or the scaling of the inputs rather than the learning rate."
             )
-        if self._initial_epoch > 0:
+        if initial_epoch > 0:
             return (
-                "They were already dead at the first check of this run, which resumed at "
-                f"epoch {self._initial_epoch + 1} (initial_epoch={self._initial_epoch}) without "
+                f"{lead} were already dead at the first check of this run, which resumed at "
+                f"epoch {initial_epoch + 1} (initial_epoch={initial_epoch}) without "
                 "a check before its first batch: when and why they died is not known from "
                 "this run; the alerts of the run before it may tell."
             )
         return (
-            "They were already dead at the first check of this layer that succeeded (the "
+            f"{lead} were already dead at the first check of this layer that succeeded (the "
             "earlier ones failed): when they died is not known."
         )
 
