@@ -146,6 +146,13 @@ class TestReading:
         assert "failed its data CRC check" in caplog.text
         assert copy.name in caplog.text
 
+    def test_reading_api_is_still_reachable_from_report(self) -> None:
+        """`actwatch.report` re-exports what moved to `actwatch.runs` (public API unchanged)."""
+        assert report.RunLog is runs.RunLog
+        assert report.find_runs is runs.find_runs
+        assert report.read_run is runs.read_run
+        assert report.__all__ == ["RunLog", "find_runs", "read_run", "write_report"]
+
     def test_runs_are_found_recursively_and_sorted(self, logs: Path) -> None:
         assert report.find_runs(logs) == [logs / "dying", logs / "healthy", logs / "nested/script"]
 

@@ -291,7 +291,9 @@ def test_stop_on_dead_fraction_keeps_the_last_checks_images(tmp_path: Path) -> N
     """A fit stopped by stop_on_dead_fraction, with a writer far behind: its last check has
     images."""
     x, y = data(64)
-    monitor = actwatch.ActivationMonitor(x, tmp_path, every_n_batches=1, stop_on_dead_fraction=0.5)
+    monitor = actwatch.ActivationMonitor(
+        x, tmp_path, every_n_batches=1, stop_on_dead_fraction=0.5, patience=4
+    )  # confirmed dead at step 3: after the train step compiled, with checks close together
     monitor._sink_options = {"max_pending_bytes": 1}
     history = dying_cnn(3).fit(
         x[:32], y[:32], batch_size=8, epochs=6, callbacks=[monitor], verbose=0

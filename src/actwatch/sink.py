@@ -132,7 +132,8 @@ class Sink:
         log_dir: directory of the events file (created).
         max_pending_bytes: bytes of images that may wait to be written; a check whose images
             would pass it has them skipped (but for the first and the last check). A waiting
-            check counts as the pixel bytes of the last check rendered. Defaults to 64 MiB.
+            check counts as the pixel bytes of the last check rendered (4 MiB until one
+            was). Defaults to 64 MiB.
         png_compress_level: zlib level of the PNG encoder (0-9). Defaults to 1.
         layout: optional custom-scalars layout, written first in every events file.
         priority: the thread's CPU priority on Linux, one of `PRIORITIES`. Defaults to
@@ -182,10 +183,12 @@ class Sink:
         render: ImageRender | None = None,
         keep_images: bool = False,
     ) -> bool:
-        """Queue one check. Returns False when its images were skipped (backlog).
+        """Queue one check. Returns False when its images were skipped (backlog); they are
+        still written at `close` when no check is submitted after this one.
 
         `keep_images=True` queues the images whatever the backlog. A check with images also
-        gets the scalar `network/images_skipped`.
+        gets the scalar `network/images_skipped`: the checks before it whose images were
+        skipped.
         """
         if self._closed:
             raise RuntimeError("this Sink is closed")
