@@ -60,6 +60,35 @@ def alerted(decisions: Sequence[Decision]) -> list[tuple[int, tuple[int, ...]]]:
     return [(a.step, a.filters) for d in decisions for a in d.alerts if a.kind == "dead"]
 
 
+class TestFlicker:
+    def test_flicker_is_not_an_event_but_a_jump_is(self) -> None:
+        """After a layer's first alert, a few filters flickering in and out of "dead" raise no
+        alert; 10% of its filters newly dead at once do."""
+        tracker = AlertTracker()
+        start = list(range(20))  # 20 of 64 dead (31%): the first alert
+        checks = [start]
+        for k in range(1, 9):  # each check, 3 of them revive and 3 others die
+            checks.append([i for i in start if i not in range(3 * k, 3 * k + 3)] + [40 + k])
+        checks.append([*range(20), *range(48, 55)])  # 7 of 64 (11%) die at once: a jump
+        decisions = [
+            tracker.update({"conv": layer(d, filters=64)}, step=10 * i, epoch=i, learning_rate=1.0)
+            for i, d in enumerate(checks)
+        ]
+        steps = [a.step for d in decisions for a in d.alerts]
+        assert steps == [0, 90]
+        assert decisions[-1].alerts[0].filters[-7:] == tuple(range(48, 55))
+
+    def test_a_low_dead_alert_fraction_is_the_share(self) -> None:
+        """With dead_alert_fraction=0.05, 4 of 64 filters dead (6%) alert: that fraction, not
+        the 10% re-alert share, decides."""
+        decisions = feed(AlertTracker(dead_alert_fraction=0.05), [[]])
+        tracker = AlertTracker(dead_alert_fraction=0.05)
+        decision = tracker.update(
+            {"conv": layer([0, 1, 2, 3], filters=64)}, step=0, epoch=None, learning_rate=None
+        )
+        assert decisions[0].alerts == () and [a.filters for a in decision.alerts] == [(0, 1, 2, 3)]
+
+
 class TestPatience:
     def test_message_says_when_filters_held_back_by_patience_died(self) -> None:
         """patience=2: the alert tells dead-before-training from died-at-an-earlier-check."""

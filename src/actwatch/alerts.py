@@ -5,10 +5,11 @@ statistics sample) at `patience` consecutive checks. A layer raises a dead-filte
 it has confirmed-dead filters not alerted before and its fraction of confirmed-dead filters
 is at least `dead_alert_fraction`: a few dead filters are normal in a ReLU network, a large
 share is the symptom. The alert names the newly dead filters; no later check repeats them
-unless they revive and die again. Only layers whose outputs are non-negative (ReLU-like)
-raise dead-filter alerts, and pooling layers raise none (they repeat their input's dead
-filters). Non-finite activations raise one alert, for the first watched layer that has them,
-until they disappear.
+unless they revive and die again, and a later alert needs the layer's count of dead filters to
+have grown by `REALERT_SHARE` (10%) of its filters since its last alert: flicker is not an
+event, a jump is. Only layers whose outputs are non-negative (ReLU-like) raise dead-filter
+alerts, and pooling layers raise none (they repeat their input's dead filters). Non-finite
+activations raise one alert, for the first watched layer that has them, until they disappear.
 
 One tracker lives as long as the model and layers it watches: across several `fit()` calls
 it goes on remembering, so filters alerted in one fit are not alerted again in the next.
@@ -20,6 +21,7 @@ already at the check before training, or unknown (the first check of a run resum
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +33,14 @@ from .stats import LayerStats
 __all__ = ["Alert", "AlertTracker", "Decision"]
 
 AlertKind = Literal["dead", "nonfinite"]
+
+#: After its first alert, a layer alerts again only when its count of confirmed-dead filters
+#: has grown by at least this share of its filters (one filter at least) since its last alert
+#: (a count that falls, as filters revive, lowers that mark): a few filters flickering in and
+#: out of "dead" around the threshold, as they do in the big layers of a healthy network judged
+#: on a few probes, are not an event; a jump in the layer's dead filters is. With a
+#: `dead_alert_fraction` below it, that fraction is the share.
+REALERT_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ class AlertTracker:
         # layer's first check (step, epoch, initial_epoch of its fit), to say when filters died.
         self._dead_since: dict[str, np.ndarray] = {}
         self._first: dict[str, tuple[int, int | None, int]] = {}
+        self._alert_mark: dict[str, int] = {}  # confirmed-dead count at the layer's last alert
         self._nonfinite_alerted = False
         self._initial_epoch = 0
 
@@ -173,8 +184,14 @@ class AlertTracker:
             confirmed = streak >= self.patience
             confirmed_fraction = float(confirmed.sum()) / max(s.filters, 1)
             new = tuple(i for i in _indices(confirmed) if i not in alerted)
-            if new and confirmed_fraction >= self.dead_alert_fraction:
+            count = int(confirmed.sum())
+            mark = min(self._alert_mark.get(path, 0), count)  # revivals lower the mark
+            self._alert_mark[path] = mark
+            share = min(REALERT_SHARE, self.dead_alert_fraction)
+            enough = count - mark >= max(1, math.ceil(share * s.filters - 1e-9))
+            if new and enough and confirmed_fraction >= self.dead_alert_fraction:
                 alerted.update(new)
+                self._alert_mark[path] = count
                 alerts.append(
                     self._dead_alert(path, s, confirmed, new, since, step, epoch, learning_rate)
                 )
