@@ -266,6 +266,16 @@ CASES = [
          _number_msg("patience", "a positive integer", "0")),
     Case("max_filters True", lambda f: {"max_filters": True}, "init", ValueError,
          _number_msg("max_filters", "a positive integer", "True")),
+    Case("draw_layers None", lambda f: {"draw_layers": None}, "init", ValueError,
+         "Invalid value for argument `draw_layers`: received None. Pass 'auto' (the default), "
+         "'all', or the layers to draw; images=False draws none."),
+    Case("draw_layers int", lambda f: {"draw_layers": 3}, "init", TypeError,
+         "Invalid value for argument `draw_layers`: expected None, a name, a regex, a Layer or "
+         "a list of them. Received: draw_layers=3."),
+    Case("draw_layers not watched", lambda f: {"layers": "conv1", "draw_layers": "conv2"}, "fit",
+         ValueError,
+         "Invalid value for argument `draw_layers`: ['conv2'] are not watched, so they cannot "
+         "be drawn. Add them to `layers=`, or draw some of the watched layers: ['conv1']."),
     Case("images str", lambda f: {"images": "no"}, "init", TypeError,
          _number_msg("images", "True or False", "'no'")),
     Case("log_per_layer int", lambda f: {"log_per_layer": 1}, "init", TypeError,
@@ -300,7 +310,7 @@ def _named(case: Case) -> set[str]:
 
 
 #: Arguments that can only be checked against the model, in `on_train_begin`.
-NEEDS_THE_MODEL = {"probes", "stats_data", "layers"}
+NEEDS_THE_MODEL = {"probes", "stats_data", "layers", "draw_layers"}
 
 
 def test_every_argument_has_a_rejection_case(files: Files) -> None:

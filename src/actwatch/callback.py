@@ -16,8 +16,8 @@ from ._args import flag, fraction, positive_int
 from ._distribute import is_chief
 from ._logging import WarnOnce, logger
 from .alerts import Alert, AlertTracker, Decision
-from .extract import check_layer_specs, resolve_layers
-from .grids import render_images
+from .extract import check_layer_specs, resolve_drawn, resolve_layers
+from .grids import default_drawn, render_images
 from .pipeline import CheckPipeline
 from .probes import (
     ProbeBatch,
@@ -88,6 +88,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             `lambda x: x / 255.0` or `keras.applications.resnet50.preprocess_input`.
             Defaults to None (raw pixels).
         images: write filter grids and heatmaps. Defaults to True.
+        draw_layers: which watched layers get pictures (statistics cover every watched
+            layer): `"auto"` (every layer when there are at most 16, as in a small CNN; else
+            the first one and the last one of each spatial resolution, the output of each
+            stage: 6 of ResNet50's 103), `"all"`, or layer names, paths, regular expressions
+            or Layers, as `layers`. Defaults to `"auto"`.
         log_per_layer: also put every layer's figures in `logs` (keys
             `actwatch_<metric>/<layer>`). Defaults to False: the progress bar prints them all.
 
@@ -117,6 +122,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         dormant_threshold: float = 0.025,
         preprocess: Callable[[np.ndarray], Any] | None = None,
         images: bool = True,
+        draw_layers: Any = "auto",
         log_per_layer: bool = False,
     ) -> None:
         super().__init__()
@@ -159,6 +165,14 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.preprocess = preprocess
         self.images = flag("images", images)
         self.log_per_layer = flag("log_per_layer", log_per_layer)
+        if draw_layers is None:
+            raise ValueError(
+                "Invalid value for argument `draw_layers`: received None. Pass 'auto' (the "
+                "default), 'all', or the layers to draw; images=False draws none."
+            )
+        if not (isinstance(draw_layers, str) and draw_layers in ("auto", "all")):
+            check_layer_specs(draw_layers, argument="draw_layers")
+        self.draw_layers = draw_layers
         if self.every_n_batches is not None:
             # Defined only on request: overriding it turns off Keras' async batch dispatch.
             self.on_train_batch_end = self._on_train_batch_end  # type: ignore[method-assign]
@@ -213,6 +227,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             max_filters=self.max_filters,
             dormant_threshold=self.dormant_threshold,
             draw=self.images,
+            drawn=self._drawn(model, watched),
         )
         paths = tuple(w.path for w in watched)
         self._remembered = (
@@ -312,6 +327,14 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._start_step = start
         if first:
             self._check(start, epoch=None)
+
+    def _drawn(self, model: keras.Model, watched: list[Any]) -> Any:
+        """What `draw_layers` says, for the pipeline: a rule, or the paths to draw."""
+        if self.draw_layers == "auto":
+            return default_drawn
+        if self.draw_layers == "all":
+            return None
+        return resolve_drawn(model, watched, self.draw_layers)
 
     def _current_step(self) -> int:
         """The step now: batches run before this fit, plus the batches it ran so far."""

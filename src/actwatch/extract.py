@@ -166,7 +166,7 @@ def _subclassed_error(model: Any) -> ValueError:
     )
 
 
-def check_layer_specs(layers: Any) -> list[LayerSpec] | None:
+def check_layer_specs(layers: Any, argument: str = "layers") -> list[LayerSpec] | None:
     """Validate the `layers` argument without a model: None, or a non-empty list of specs.
 
     The one place that checks the argument's form; `resolve_layers` matches the specs against
@@ -178,19 +178,20 @@ def check_layer_specs(layers: Any) -> list[LayerSpec] | None:
         return [layers]
     if not isinstance(layers, Sequence) or isinstance(layers, (bytes, bytearray)):
         raise TypeError(
-            "Invalid value for argument `layers`: expected None, a name, a regex, a Layer or a "
-            f"list of them. Received: layers={layers!r}."
+            f"Invalid value for argument `{argument}`: expected None, a name, a regex, a Layer "
+            f"or a list of them. Received: {argument}={layers!r}."
         )
     if len(layers) == 0:
         raise ValueError(
-            "Invalid value for argument `layers`: the list is empty. Pass None to watch the "
+            f"Invalid value for argument `{argument}`: the list is empty. Pass "
+            f"{'None to watch' if argument == 'layers' else repr('auto') + ' to draw'} the "
             "default layers, or at least one layer name."
         )
     for item in layers:
         if not isinstance(item, (str, re.Pattern, keras.layers.Layer)):
             raise TypeError(
-                "Invalid value for argument `layers`: expected layer names, regex patterns or "
-                f"Layer objects. Received an item of type {type(item).__name__}: {item!r}."
+                f"Invalid value for argument `{argument}`: expected layer names, regex patterns "
+                f"or Layer objects. Received an item of type {type(item).__name__}: {item!r}."
             )
     return list(layers)
 
@@ -414,3 +415,21 @@ class Extractor:
             return keras.tree.map_structure(keras.ops.convert_to_numpy, result)  # type: ignore[no-any-return]
 
         return run
+
+
+def resolve_drawn(model: keras.Model, watched: Sequence[WatchedLayer], spec: Any) -> list[str]:
+    """The paths of the watched layers that `spec` (a `draw_layers` value other than "auto"
+    and "all": names, paths, regular expressions, Layers) names, in network order.
+
+    Raises ValueError when it names a layer that is not watched.
+    """
+    named = [w.path for w in resolve_layers(model, spec)]
+    paths = [w.path for w in watched]
+    missing = [p for p in named if p not in paths]
+    if missing:
+        raise ValueError(
+            f"Invalid value for argument `draw_layers`: {missing} are not watched, so they "
+            "cannot be drawn. Add them to `layers=`, or draw some of the watched layers: "
+            f"{paths[:30]}{' ...' if len(paths) > 30 else ''}."
+        )
+    return [p for p in paths if p in named]

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -127,14 +129,28 @@ def heatmaps_figure(
 # Runs read back from events files (`actwatch report`) --------------------------------------
 
 
+#: Beyond this many layers, curves are coloured by depth (a colour bar, no legend).
+LEGEND_LAYERS = 20
+
+
 def colours(layers: Sequence[str]) -> dict[str, tuple[float, ...]]:
-    """One colour per layer, the same in every run."""
+    """One colour per layer, the same in every run: distinct colours for a few layers, a
+    colour by depth (viridis, first to last) for many."""
+    if len(layers) > LEGEND_LAYERS:
+        depth = colormaps["viridis"]
+        last = max(len(layers) - 1, 1)
+        return {layer: tuple(depth(i / last)) for i, layer in enumerate(layers)}
     cmap = colormaps["tab10" if len(layers) <= 10 else "tab20"]
     return {layer: tuple(cmap(i % cmap.N)) for i, layer in enumerate(layers)}
 
 
 def curves_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> Figure:
-    """`CURVES` over the steps: one line per layer, and the network's mean dashed."""
+    """`CURVES` over the steps: one line per layer, and the network's mean dashed.
+
+    With more than `LEGEND_LAYERS` layers the lines are thin and coloured by depth, and a
+    colour bar replaces the legend.
+    """
+    many = len(log.layers) > LEGEND_LAYERS
     figure = Figure(figsize=(11, 3.8), layout="constrained")
     for i, (metric, label) in enumerate(CURVES.items()):
         axes = figure.add_subplot(1, len(CURVES), i + 1)
@@ -144,10 +160,11 @@ def curves_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> F
                 axes.plot(
                     steps,
                     values,
-                    marker="." if len(steps) < 40 else None,
+                    marker="." if len(steps) < 40 and not many else None,
                     color=layer_colours[layer],
                     label=plain(layer),
-                    linewidth=1.4,
+                    linewidth=0.7 if many else 1.4,
+                    alpha=0.8 if many else 1.0,
                 )
         network = sorted(log.scalars.get(tags.network_tag(metric), {}).items())
         if network:
@@ -163,6 +180,11 @@ def curves_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> F
         axes.set_xlabel("step (training batches)")
         axes.set_title(label)
         axes.grid(alpha=0.3)
+    if many:
+        scale = ScalarMappable(cmap=colormaps["viridis"], norm=Normalize(1, len(log.layers)))
+        bar = figure.colorbar(scale, ax=figure.axes, fraction=0.03)
+        bar.set_label("layer, in network order (dashed: network mean)", fontsize=8)
+        return figure
     handles, labels = figure.axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside right upper", fontsize=8)
@@ -170,14 +192,21 @@ def curves_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> F
 
 
 def dead_figure(log: RunLog) -> Figure:
-    """The dead fraction as a layer x step heatmap (grey where a layer was not recorded)."""
+    """The dead fraction as a layer x step heatmap.
+
+    Grey where a layer has no dead figure at a check: not recorded, or its outputs were not
+    ReLU-like there (a linear convolution, GELU, swish), where "dead" means nothing. Rows get
+    thinner, and only every k-th is labelled, so 250 layers stay one readable figure.
+    """
     steps = log.steps
     index = {s: i for i, s in enumerate(steps)}
     matrix = np.full((len(log.layers), max(len(steps), 1)), np.nan)
     for row, layer in enumerate(log.layers):
         for step, value in zip(*log.series("dead_fraction", layer), strict=True):
             matrix[row, index[step]] = value
-    height = 1.2 + 0.28 * len(log.layers)
+    rows = len(log.layers)
+    row_height = 0.28 if rows <= 40 else max(0.06, 11.0 / rows)
+    height = 1.2 + row_height * rows
     figure = Figure(figsize=(11, height), layout="constrained")
     axes = figure.add_subplot(1, 1, 1)
     cmap = colormaps["Reds"].with_extremes(bad="#dddddd")
@@ -189,11 +218,17 @@ def dead_figure(log: RunLog) -> Figure:
         vmax=1.0,
         interpolation="nearest",
     )
-    axes.set_yticks(range(len(log.layers)), [plain(layer) for layer in log.layers])
+    every = max(1, math.ceil(rows / 60))  # at most 60 labels
+    labelled = range(0, rows, every)
+    axes.set_yticks(
+        list(labelled),
+        [plain(log.layers[i]) for i in labelled],
+        fontsize=10 if rows <= 40 else 6,
+    )
     ticks = np.unique(np.linspace(0, max(len(steps) - 1, 0), min(len(steps), 8)).round())
     axes.set_xticks(ticks, [str(steps[int(t)]) for t in ticks] if steps else [])
     axes.set_xlabel("step of the check")
-    axes.set_title("dead fraction per layer (grey: not recorded)")
+    axes.set_title("dead fraction per layer (grey: not recorded, or not ReLU-like there)")
     figure.colorbar(image, ax=axes, label="dead filters / filters", fraction=0.03)
     return figure
 

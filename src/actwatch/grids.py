@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,10 @@ from . import tags
 from .png import PaletteImage
 
 __all__ = [
+    "DRAW_ALL_UP_TO",
     "NONFINITE",
     "PALETTE",
+    "default_drawn",
     "filter_grid",
     "filter_grid_indices",
     "grid_layout",
@@ -43,6 +45,30 @@ NONFINITE_RGB = (255, 0, 255)
 MIN_TILE = 24  # small maps are upscaled (nearest) to at least this many pixels
 STRIP_CELL = 8  # pixels per unit in Dense strips
 STRIP_ROW = 32  # units per row in Dense strips
+
+
+#: A model with at most this many watched layers has every one of them drawn by default.
+DRAW_ALL_UP_TO = 16
+
+
+def default_drawn(shapes: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[str]:
+    """The watched layers drawn by default, from `(path, channels-last output shape)` in
+    network order (shapes without the batch axis).
+
+    Every layer when there are at most `DRAW_ALL_UP_TO` (the demo's 10 layers, as the seed
+    article shows conv1 to conv5). Beyond, the first watched layer and the last one of each
+    spatial resolution: the picture of each stage of the network as it leaves that stage.
+    A ResNet50 at 224 px (103 watched layers) draws 6: `conv1_conv`, `conv1_relu` (112 px),
+    then the output of each of its four stages (56, 28, 14 and 7 px). Dense outputs count as
+    one resolution.
+    """
+    if len(shapes) <= DRAW_ALL_UP_TO:
+        return [path for path, _ in shapes]
+    last: dict[tuple[int | None, ...], str] = {}
+    for path, shape in shapes:
+        last[tuple(shape[:-1])] = path
+    chosen = {shapes[0][0], *last.values()}
+    return [path for path, _ in shapes if path in chosen]
 
 
 def normalize_maps(x: Any) -> Any:

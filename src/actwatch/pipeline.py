@@ -6,7 +6,7 @@ Shared by the callback and the notebook functions, so both read activations the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from .extract import Extractor, WatchedLayer
 from .grids import heat_maps, normalize_maps
 from .stats import LayerStats, reduce_layer, summarize
 
-__all__ = ["CheckPipeline", "CheckResult"]
+__all__ = ["CheckPipeline", "CheckResult", "DrawRule"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,21 @@ def _channels_last(a: Any, layer: WatchedLayer) -> Any:
     if layer.rank > 2 and layer.channel_axis == 1:
         a = ops.moveaxis(a, 1, -1)
     return a
+
+
+#: Picks the layers to draw from `(path, channels-last output shape)` of every watched layer.
+DrawRule = Callable[[Sequence[tuple[str, tuple[int | None, ...]]]], Collection[str]]
+
+
+def _chosen(
+    drawn: Collection[str] | DrawRule | None,
+    shapes: Sequence[tuple[str, tuple[int | None, ...]]],
+) -> set[str]:
+    if drawn is None:
+        return {path for path, _ in shapes}
+    if callable(drawn):
+        return set(drawn(shapes))
+    return set(drawn)
 
 
 def _as_maps(a: Any, rank: int, max_side: int) -> Any:
@@ -69,6 +84,9 @@ class CheckPipeline:
         max_side: maps larger than this many pixels a side are resized down for drawing.
         dormant_threshold: tau of the tau-dormant test.
         draw: also bring back uint8 maps and heatmaps for drawing.
+        drawn: which layers to draw: their paths, or a rule called with `(path, channels-last
+            output shape)` of every watched layer (shapes without the batch axis, known when
+            the compiled call is traced) returning paths. Defaults to every watched layer.
     """
 
     def __init__(
@@ -81,6 +99,7 @@ class CheckPipeline:
         max_side: int = 64,
         dormant_threshold: float = 0.025,
         draw: bool = True,
+        drawn: Collection[str] | DrawRule | None = None,
     ) -> None:
         self.watched = list(watched)
         self.dormant_threshold = dormant_threshold
@@ -89,12 +108,17 @@ class CheckPipeline:
         def reduce(outputs: list[Any]) -> list[dict[str, Any]]:
             """Per watched layer: `{"stats": {...}, "maps": ..., "heat": ...}` (device)."""
             out: list[dict[str, Any]] = []
-            for layer, raw in zip(layers, outputs, strict=True):
-                a = _channels_last(raw, layer)
+            outputs = [
+                _channels_last(raw, layer) for layer, raw in zip(layers, outputs, strict=True)
+            ]
+            chosen = _chosen(
+                drawn, [(w.path, tuple(a.shape[1:])) for w, a in zip(layers, outputs, strict=True)]
+            )
+            for layer, a in zip(layers, outputs, strict=True):
                 sample = a[:stats_samples] if stats_samples else a
                 flat = ops.reshape(sample, (sample.shape[0], -1, layer.channels))
                 item: dict[str, Any] = {"stats": reduce_layer(flat)}
-                if draw:
+                if draw and layer.path in chosen:
                     probes = a[stats_samples:] if stats_samples else a
                     maps = _as_maps(probes, layer.rank, max_side)
                     item["maps"] = normalize_maps(maps[..., :max_filters])

@@ -130,11 +130,21 @@ class LayerStats:
         return int(self.dormant.sum()) / max(self.filters, 1)
 
     def scalars(self) -> dict[str, float]:
-        """The per-layer figures written as scalars, keyed by metric name."""
+        """The per-layer figures written as scalars, keyed by metric name.
+
+        `dead_filters` and `dead_fraction` only where "dead" means something: at a check where
+        the layer's outputs are non-negative (ReLU-like). A linear convolution (before its
+        BatchNormalization and activation) or a GELU/swish output is about half negative, so
+        "<= 0 everywhere" says nothing there; `dormant_fraction` is its signal.
+        """
+        dead = (
+            {"dead_filters": float(self.dead_count), "dead_fraction": self.dead_fraction}
+            if self.nonnegative
+            else {}
+        )
         return {
             "zero_fraction": self.zero_fraction,
-            "dead_filters": float(self.dead_count),
-            "dead_fraction": self.dead_fraction,
+            **dead,
             "dormant_fraction": self.dormant_fraction,
             "hoyer": self.hoyer,
             "mean": self.mean,
@@ -176,7 +186,9 @@ class NetworkStats:
     """Whole-network figures over all watched layers.
 
     Fractions of filters are counted over all watched filters (a pooling layer counts its
-    filters again); `zero_fraction`, `hoyer` and `mean` are plain means over layers.
+    filters again), the dead ones over the filters of the layers that are ReLU-like at this
+    check (0 when there is none); `zero_fraction`, `hoyer` and `mean` are plain means over
+    layers.
     """
 
     zero_fraction: float
@@ -191,11 +203,13 @@ class NetworkStats:
     def of(cls, layers: Mapping[str, LayerStats]) -> NetworkStats:
         items = list(layers.values())
         filters = max(sum(s.filters for s in items), 1)
+        relu_like = [s for s in items if s.nonnegative]
+        dead = sum(s.dead_count for s in relu_like)
         n = max(len(items), 1)
         return cls(
             zero_fraction=sum(s.zero_fraction for s in items) / n,
-            dead_filters=sum(s.dead_count for s in items),
-            dead_fraction=sum(s.dead_count for s in items) / filters,
+            dead_filters=dead,
+            dead_fraction=dead / max(sum(s.filters for s in relu_like), 1),
             dormant_fraction=sum(int(s.dormant.sum()) for s in items) / filters,
             hoyer=sum(s.hoyer for s in items) / n,
             mean=sum(s.mean for s in items) / n,

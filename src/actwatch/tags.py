@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERTS",
+    "CHART_LINES",
     "HEADLINE_METRICS",
     "IMAGES_SKIPPED",
     "LEARNING_RATE",
@@ -87,29 +88,52 @@ def heatmap_tag(layer: str, probe: int) -> str:
     return f"heatmap/{layer}/probe_{probe}"
 
 
+#: At most this many layers share one custom-scalars chart: more lines are unreadable.
+CHART_LINES = 12
+
+
 def layout(layers: Sequence[str]) -> layout_pb2.Layout:
-    """A custom-scalars layout: one chart per metric with every watched layer in it."""
-    charts = []
-    for metric in METRICS:
-        tags = [layer_tag(metric, layer) for layer in layers]
-        charts.append(
-            layout_pb2.Chart(
-                title=metric,
-                multiline=layout_pb2.MultilineChartContent(tag=[_exact(t) for t in tags]),
-            )
+    """A custom-scalars layout: per metric, the watched layers' curves in network order.
+
+    Up to `CHART_LINES` layers, one chart per metric with every layer in it, all in one
+    category. Beyond, each metric has a category of its own, with one chart per run of at most
+    `CHART_LINES` consecutive layers (a ResNet50's 103 layers: 9 charts of 11-12 lines), titled
+    by the first and last layer of the run. The network's headline figures get a chart too.
+    """
+    runs = [list(layers[i : i + CHART_LINES]) for i in range(0, len(layers), CHART_LINES)]
+
+    def chart(metric: str, run: Sequence[str], title: str) -> layout_pb2.Chart:
+        return layout_pb2.Chart(
+            title=title,
+            multiline=layout_pb2.MultilineChartContent(
+                tag=[_exact(layer_tag(metric, layer)) for layer in run]
+            ),
         )
+
     network = layout_pb2.Chart(
         title="network",
         multiline=layout_pb2.MultilineChartContent(
             tag=[_exact(network_tag(m)) for m in HEADLINE_METRICS]
         ),
     )
-    return layout_pb2.Layout(
-        category=[
-            layout_pb2.Category(title="actwatch: layers per metric", chart=charts),
-            layout_pb2.Category(title="actwatch: network", chart=[network]),
+    if len(runs) <= 1:
+        categories = [
+            layout_pb2.Category(
+                title="actwatch: layers per metric",
+                chart=[chart(metric, layers, metric) for metric in METRICS],
+            )
         ]
-    )
+    else:
+        categories = [
+            layout_pb2.Category(
+                title=f"actwatch: {metric}",
+                chart=[chart(metric, run, f"{metric}: {run[0]} ... {run[-1]}") for run in runs],
+                closed=metric not in HEADLINE_METRICS,
+            )
+            for metric in METRICS
+        ]
+    categories.append(layout_pb2.Category(title="actwatch: network", chart=[network]))
+    return layout_pb2.Layout(category=categories)
 
 
 def scalar_values(
