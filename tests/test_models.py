@@ -146,8 +146,8 @@ def test_multi_input_probes(tmp_path: Path, form: str) -> None:
     assert monitor.last_stats["merge"].filters == 6
 
 
-def test_subclassed_model_is_a_clear_error(tmp_path: Path) -> None:
-    """A subclassed model has no graph to read: the error says how to make it watchable."""
+def test_subclassed_model_is_watched_by_attribute_path(tmp_path: Path) -> None:
+    """A subclassed model is watched: its conv found by attribute name, stats equal numpy."""
 
     class Net(keras.Model):
         def __init__(self) -> None:
@@ -161,12 +161,10 @@ def test_subclassed_model_is_a_clear_error(tmp_path: Path) -> None:
     model = Net()
     x = images()
     model(x[:1])
-    model.compile("sgd", "mse")
     monitor = actwatch.ActivationMonitor(x[:2], tmp_path)
-    with pytest.raises(
-        ValueError, match=r"subclassed model \(Net\).*Functional API.*keras.Sequential"
-    ):
-        model.fit(x, np.zeros((16, 1)), epochs=1, callbacks=[monitor], verbose=0)
+    fit(model, x, monitor, np.zeros((16, 1)))
+    assert list(monitor.last_stats) == ["conv"]
+    assert_matches(monitor.last_stats["conv"], keras.ops.convert_to_numpy(model.conv(x[:2])))
 
 
 def test_shared_layer_is_watched_at_its_first_call(tmp_path: Path) -> None:

@@ -207,9 +207,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._stopping = False
         self._check_failed.reset()
         self._hook_failed.reset()
-        watched = resolve_layers(model, self.layers)
         inputs = model_inputs(model)
         probes = prepare_probes(self._probe_source, inputs, self.preprocess)
+        watched = resolve_layers(model, self.layers, probes.feed())
         self._display = probes.display
         stats_samples = 0
         if self._stats_source is not None:  # one batch: statistics samples, then the probes

@@ -56,8 +56,8 @@ def get_activations(
     Returns:
         `{layer path: numpy array}` in model order, with the layers' own shapes and dtypes.
     """
-    watched = resolve_layers(model, layers)
     batch = _batch(model, x, preprocess)
+    watched = resolve_layers(model, layers, batch.feed())
     run = Extractor(model, watched).make_runner(lambda outputs: list(outputs))
     arrays = run(batch.feed())
     return {w.path: array for w, array in zip(watched, arrays, strict=True)}
@@ -72,8 +72,8 @@ def activation_stats(
     preprocess: Preprocess = None,
 ) -> dict[str, LayerStats]:
     """Per-layer statistics (zero fraction, dead and dormant filters, Hoyer, mean) for `x`."""
-    watched = resolve_layers(model, layers)
     batch = _batch(model, x, preprocess)
+    watched = resolve_layers(model, layers, batch.feed())
     pipeline = CheckPipeline(model, watched, dormant_threshold=dormant_threshold, draw=False)
     return pipeline.run(batch.feed()).stats
 

@@ -44,7 +44,11 @@ Preprocess = Callable[[Any], Any]
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """What a model expects as input, read once from `model.inputs`."""
+    """What a model expects as input, read once from `model.inputs`.
+
+    Empty for a subclassed model whose input shape Keras did not record (its `call` could
+    not be traced symbolically): arrays are then used as given, and images refused.
+    """
 
     shapes: tuple[tuple[int | None, ...], ...]
     names: tuple[str, ...]
@@ -52,19 +56,50 @@ class ModelInputs:
 
 
 def model_inputs(model: Any) -> ModelInputs:
-    """The shapes, names and dtypes of `model`'s inputs; a clear error if it has none."""
+    """The shapes, names and dtypes of `model`'s inputs; a clear error if it has none.
+
+    A subclassed model has no `inputs`: its input shape is the one Keras built it with
+    (`get_build_config()`, set by its first call, `build()` or `fit`), one input per tensor
+    of its first `call` argument; empty when Keras did not record one.
+    """
     inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
-    if not inputs:
+    if inputs:
+        return ModelInputs(
+            shapes=tuple(tuple(t.shape) for t in inputs),
+            names=tuple(t.name for t in inputs),
+            dtypes=tuple(str(t.dtype) for t in inputs),
+        )
+    if not getattr(model, "built", False):
         raise ValueError(
             f"ActivationMonitor needs a built model with known inputs; model {model.name!r} "
             "has none. Build it with an `keras.Input(...)` first layer (Sequential) or the "
-            "Functional API."
+            "Functional API, or, for a subclassed model, call it once on a batch or call "
+            "`model.build(input_shape)` first."
         )
-    return ModelInputs(
-        shapes=tuple(tuple(t.shape) for t in inputs),
-        names=tuple(t.name for t in inputs),
-        dtypes=tuple(str(t.dtype) for t in inputs),
-    )
+    shapes = _build_shapes(model)
+    if shapes is None:  # built by an eager call Keras could not trace: shape unknown
+        return ModelInputs(shapes=(), names=(), dtypes=())
+    dtype = str(getattr(model, "input_dtype", None) or "float32")
+    names = ("input",) if len(shapes) == 1 else tuple(f"input_{i}" for i in range(len(shapes)))
+    return ModelInputs(shapes=shapes, names=names, dtypes=(dtype,) * len(shapes))
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _build_shapes(model: Any) -> tuple[tuple[int | None, ...], ...] | None:
+    """The input shapes a subclassed model was built with; None if Keras does not say."""
+    try:
+        config = model.get_build_config()
+    except Exception:  # a user's get_build_config may fail: then the shape is unknown
+        return None
+    shape = config.get("input_shape") if isinstance(config, dict) else None
+    if _is_shape(shape) and shape:
+        return (tuple(shape),)
+    if isinstance(shape, (list, tuple)) and shape and all(_is_shape(s) and s for s in shape):
+        return tuple(tuple(s) for s in shape)
+    return None
 
 
 @dataclass(frozen=True)
@@ -293,6 +328,24 @@ def check_preprocess(preprocess: Any, sources: Sequence[ProbeSource | None]) -> 
         )
 
 
+def _as_given(source: ProbeSource) -> ProbeBatch:
+    """Arrays for a model whose input shape is unknown: used as given, floats as float32."""
+    if source.arrays is None:
+        raise ValueError(
+            f"Invalid value for argument `{source.argument}`: images were given, but the "
+            "model's input size is unknown (a subclassed model whose input shape Keras did "
+            "not record), so they cannot be resized to it. Pass a numpy array of the model's "
+            "input, or call `model.build(input_shape)` first."
+        )
+    arrays = source.arrays
+    _check_same_batch(arrays, source.argument)
+    checked = tuple(
+        np.ascontiguousarray(a, dtype=np.float32 if a.dtype.kind == "f" else a.dtype)
+        for a in arrays
+    )
+    return ProbeBatch(inputs=checked, display=_display_from_array(checked[0]))
+
+
 def prepare_probes(
     source: ProbeSource,
     inputs: ModelInputs,
@@ -304,6 +357,8 @@ def prepare_probes(
     """
     input_shapes, input_names, input_dtypes = inputs.shapes, inputs.names, inputs.dtypes
     argument = source.argument
+    if not input_shapes:
+        return _as_given(source)
     if source.images is not None:
         raw = _resize_images(source.images, input_shapes[0], argument)
         arrays: tuple[np.ndarray, ...] = (raw,)
