@@ -245,3 +245,37 @@ def test_untraceable_call_falls_back_to_eager_with_one_warning(tmp_path: Path) -
     assert monitor._check_failed.count == 0
     assert_matches(monitor.last_stats["conv"], numpy(model.conv(x[:4])))
     no_wrapper_left(model)
+
+
+class Stack(keras.Model):
+    """Blocks held in a list, applied in turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = L.Conv2D(4, 1)
+        self.blocks = [ResBlock(4), ResBlock(4)]
+
+    def call(self, x: Any) -> Any:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_layers_held_in_a_list_are_named_by_index() -> None:
+    """Sublayers held in a list are named by attribute and index (`blocks/1/res_conv_a`),
+    each block's own output is watched, and the plots take such paths."""
+    keras.utils.set_random_seed(0)
+    model = Stack()
+    x = images(2)
+    model(x[:1])
+    stats = actwatch.activation_stats(model, x)
+    assert list(stats) == [
+        "stem",
+        *(f"blocks/{i}/{name}" for i in (0, 1) for name in ("res_conv_a", "res_conv_b", "relu")),
+    ]
+    first = model.blocks[0](model.stem(x))
+    assert_matches(stats["blocks/1/res_conv_a"], numpy(model.blocks[1].res_conv_a(first)))
+    figure = actwatch.plot_filters(model, x, "blocks/1/relu")
+    assert len(figure.axes) >= 1
+    no_wrapper_left(model)

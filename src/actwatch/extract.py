@@ -442,7 +442,18 @@ def resolve_layers(
     for path in paths:  # model order is topological (attribute order in custom layers)
         last = getattr(by_path[path], "data_format", None) or last
         formats[path] = last
-    return [_watchable(p, by_path[p], formats[p], out) for p, out in outputs.items()]
+    position = {p: i for i, p in enumerate(paths)}
+    called = {key: i for i, key in enumerate(traced)}
+
+    def order(path: str) -> tuple[int, int]:
+        """Graph layers in model order; captured ones where their custom layer (or the
+        subclassed model) is, in the order their calls returned."""
+        anchor = anchors[path]
+        if anchor is None:
+            return (position[path], -1)
+        return (position[anchor] if anchor else -1, called[id(by_path[path])])
+
+    return [_watchable(p, by_path[p], formats[p], outputs[p]) for p in sorted(outputs, key=order)]
 
 
 def _never_called(
