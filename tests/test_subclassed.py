@@ -289,3 +289,41 @@ def test_layers_held_in_a_list_are_named_by_index() -> None:
     figure = actwatch.plot_filters(model, x, "blocks/1/relu")
     assert len(figure.axes) >= 1
     no_wrapper_left(model)
+
+
+class Classifier(keras.Model):
+    """A subclassed model around a Functional backbone (transfer learning, by hand)."""
+
+    def __init__(self, base: keras.Model) -> None:
+        super().__init__()
+        self.base = base
+        self.head = L.Dense(1)
+
+    def call(self, x: Any) -> Any:
+        return self.head(L.Flatten()(self.base(x)))
+
+
+def test_custom_block_in_a_nested_backbone_and_a_backbone_in_a_subclassed_model() -> None:
+    """A custom block inside a nested Functional backbone is watched at
+    `backbone/block/...`; the same backbone held by a subclassed model at `base/block/...`."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    block = ResBlock(3, name="block")
+    stem = L.Conv2D(3, 1, name="stem")
+    backbone = keras.Model(inputs, block(stem(inputs)), name="backbone")
+    outer = keras.Input((12, 12, 3))
+    functional = keras.Model(outer, L.Dense(1)(L.Flatten()(backbone(outer))))
+    subclassed = Classifier(backbone)
+    x = images(2)
+    subclassed(x[:1])
+    expected = numpy(block.res_conv_a(stem(x)))
+    for model, prefix in ((functional, "backbone"), (subclassed, "base")):
+        got = actwatch.get_activations(model, x)
+        assert list(got) == [
+            f"{prefix}/{name}"
+            for name in ("stem", "block/res_conv_a", "block/res_conv_b", "block/relu")
+        ]
+        np.testing.assert_allclose(
+            got[f"{prefix}/block/res_conv_a"], expected, rtol=1e-5, atol=1e-5
+        )
+        no_wrapper_left(model)
