@@ -722,7 +722,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _watched(model: keras.Model) -> list[Any]:
-    from actwatch.extract import resolve_layers
+    from actwatch.layers import resolve_layers
 
     return list(resolve_layers(model, None))
 

@@ -16,8 +16,8 @@ from ._args import flag, fraction, positive_int
 from ._distribute import is_chief
 from ._logging import WarnOnce, logger
 from .alerts import Alert, AlertTracker, Decision
-from .extract import check_layer_specs, resolve_drawn, resolve_layers
 from .grids import default_drawn, render_images
+from .layers import check_layer_specs, resolve_drawn, resolve_layers
 from .pipeline import CheckPipeline
 from .probes import (
     ProbeBatch,

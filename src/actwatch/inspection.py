@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _html, figures
-from .extract import resolve_layers
+from .layers import resolve_layers
 from .notebook import look
 from .stats import LayerStats
 

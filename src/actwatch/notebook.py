@@ -17,8 +17,9 @@ import keras
 import numpy as np
 from matplotlib.figure import Figure
 
-from .extract import Extractor, WatchedLayer, resolve_layers
+from .extract import Extractor
 from .figures import filters_figure, heatmaps_figure
+from .layers import WatchedLayer, resolve_layers
 from .pipeline import CheckPipeline, CheckResult
 from .probes import (
     ProbeBatch,

@@ -14,8 +14,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from .extract import Extractor, WatchedLayer
+from .extract import Extractor
 from .grids import heat_maps, normalize_maps
+from .layers import WatchedLayer
 from .stats import LayerStats, reduce_layer, summarize
 
 __all__ = ["CheckPipeline", "CheckResult", "DrawRule"]
