@@ -212,7 +212,7 @@ def test_channels_first(tmp_path: Path) -> None:
     pooled = L.MaxPooling2D(data_format="channels_first", name="pool")(relu)
     model = keras.Model(inputs, L.Dense(1)(L.Flatten()(pooled)))
     x = np.moveaxis(images(), -1, 1)
-    monitor = actwatch.ActivationMonitor(x[:2], tmp_path)
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, layers=["conv", "relu", "pool"])
     fit(model, x, monitor, np.zeros((16, 1)))
     assert {k: s.filters for k, s in monitor.last_stats.items()} == {
         "conv": 4,

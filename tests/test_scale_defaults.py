@@ -116,7 +116,7 @@ def test_dead_figures_only_where_outputs_are_relu_like(tmp_path: Path) -> None:
     relu = L.ReLU(name="relu")(linear)
     model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(relu)))
     model.compile(keras.optimizers.SGD(1e-3), "mse")
-    monitor = _fit(model, tmp_path)
+    monitor = _fit(model, tmp_path, layers=["linear", "relu"])
     scalars = read_events(tmp_path).scalars
     assert "dead_fraction/linear" not in scalars and "dead_filters/linear" not in scalars
     assert "dormant_fraction/linear" in scalars and "dead_fraction/relu" in scalars
@@ -147,3 +147,21 @@ def test_report_heatmap_stays_readable_at_250_layers(tmp_path: Path) -> None:
     assert len(figures) == 1
     height = Image.open(io.BytesIO(figures[0].read_bytes())).size[1]
     assert 500 < height < 2000
+
+
+def test_default_leaves_out_linear_convs_that_feed_an_activation() -> None:
+    """conv -> BN -> ReLU and conv -> ReLU: only the ReLU is watched by default; a linear conv
+    feeding an addition, and a conv with its own activation, stay watched."""
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a_conv")(inputs)
+    a = L.ReLU(name="a_relu")(L.BatchNormalization(name="a_bn")(a))
+    b = L.Conv2D(4, 3, padding="same", name="b_conv")(a)
+    b = L.Activation("relu", name="b_relu")(b)
+    c = L.Conv2D(4, 1, name="c_conv")(b)  # linear, into an addition: kept
+    d = L.Conv2D(4, 1, activation="relu", name="d_conv")(b)
+    out = L.Add(name="add")([c, d])
+    model = keras.Model(inputs, out)
+    watched = [w.path for w in actwatch.layers.resolve_layers(model, None)]
+    assert watched == ["a_relu", "b_relu", "c_conv", "d_conv"]
+    named = actwatch.layers.resolve_layers(model, ["a_conv", "a_relu"])
+    assert [w.path for w in named] == ["a_conv", "a_relu"]

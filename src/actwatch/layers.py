@@ -278,10 +278,13 @@ def resolve_layers(
     by_path = {p: layer for p, layer, _ in table}
     anchors = {p: anchor for p, _, anchor in table}
     if layers is None:
+        skipped = _linear_before_activation([(p, by_path[p]) for p in paths if anchors[p] is None])
         candidates = [
             p
             for p in paths
-            if isinstance(by_path[p], _DEFAULT_TYPES) and not isinstance(by_path[p], keras.Model)
+            if isinstance(by_path[p], _DEFAULT_TYPES)
+            and not isinstance(by_path[p], keras.Model)
+            and p not in skipped
         ]
     else:
         pairs = [(p, by_path[p]) for p in paths]
@@ -333,6 +336,59 @@ def resolve_layers(
         return (position[anchor] if anchor else -1, called[id(by_path[path])])
 
     return [_watchable(p, by_path[p], formats[p], outputs[p]) for p in sorted(outputs, key=order)]
+
+
+_ACTIVATION_TYPES: tuple[type[Any], ...] = (
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.PReLU,
+    keras.layers.ELU,
+)
+_NORMALIZATION_TYPES: tuple[type[Any], ...] = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+def _linear_before_activation(table: Sequence[tuple[str, Any]]) -> set[str]:
+    """Paths of linear convolutions (no activation of their own) of a graph whose output goes
+    into an activation layer, directly or through one normalization layer: conv -> BN -> ReLU.
+
+    The default selection leaves them out: the activation after them carries the signal, and
+    watching both doubles the cost of a check on a ResNet-style network for figures that say
+    little ("dead" means nothing on a linear output). A linear convolution that feeds anything
+    else (an addition, a linear bottleneck) stays watched; named explicitly, any is watched.
+    Only public tensors are compared (`layer.output` of one layer is `layer.input` of the next).
+    """
+
+    def tensor(layer: Any, attribute: str) -> Any:
+        try:
+            return getattr(layer, attribute)
+        except (AttributeError, ValueError, RuntimeError):  # not called, or called twice
+            return None
+
+    fed_into_activation: set[int] = set()
+    normalizations: list[Any] = []
+    for _, layer in table:
+        if isinstance(layer, _ACTIVATION_TYPES):
+            fed_into_activation.add(id(tensor(layer, "input")))
+        elif isinstance(layer, _NORMALIZATION_TYPES):
+            normalizations.append(layer)
+    for layer in normalizations:
+        if id(tensor(layer, "output")) in fed_into_activation:
+            fed_into_activation.add(id(tensor(layer, "input")))
+    fed_into_activation.discard(id(None))
+    skipped = set()
+    for path, layer in table:
+        linear = getattr(getattr(layer, "activation", None), "__name__", None) == "linear"
+        convolution = isinstance(layer, _DEFAULT_TYPES) and not isinstance(
+            layer, (*_POOLING_TYPES, *_ACTIVATION_TYPES)
+        )
+        if convolution and linear and id(tensor(layer, "output")) in fed_into_activation:
+            skipped.add(path)
+    return skipped
 
 
 def _never_called(
