@@ -20,7 +20,8 @@ import keras
 
 from ._warnings import ActwatchWarning
 from .capture import Capture, inference, takes_training
-from .layers import WatchedLayer, is_graph_model, iter_layers, walk
+from .layers import WatchedLayer
+from .tree import is_graph_model, iter_layers, walk
 
 __all__ = ["Extractor"]
 
