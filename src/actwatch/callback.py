@@ -15,6 +15,7 @@ from . import tags
 from ._args import flag, fraction, positive_int
 from ._distribute import is_chief
 from ._logging import WarnOnce, logger
+from ._steps import StepCounter
 from .alerts import Alert, AlertTracker, Decision
 from .grids import default_drawn, render_images
 from .layers import check_layer_specs, resolve_drawn, resolve_layers
@@ -198,12 +199,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.alerts = []
         self._figures: dict[str, float] = {}
         self._epoch = 0
-        self._start_step: int | None = None  # the step before this fit's first batch
-        self._start_iterations = 0
-        self._ran = 0  # batches this fit ran before the current epoch
-        self._ran_in_epoch = 0  # batches run in the current epoch, counted on the host
-        self._counted = False  # the trainer calls the batch hooks (not a custom epoch loop)
-        self._per_execution = int(getattr(model, "steps_per_execution", 1) or 1)
+        self._steps = StepCounter(int(getattr(model, "steps_per_execution", 1) or 1))
         self._stopping = False
         self._check_failed.reset()
         self._hook_failed.reset()
@@ -252,31 +248,23 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._epoch = epoch
-        self._ran_in_epoch = 0
-        if self._start_step is None:
+        self._steps.epoch_begin()
+        if not self._steps.started:
             self._begin_fit(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        # Counts the batches as they run, on the host (no device read). A begin hook, unlike
-        # an end hook, leaves Keras' asynchronous batch dispatch on.
-        self._counted = True
-        ran = batch + self._per_execution
-        steps = self._steps_per_epoch()
-        self._ran_in_epoch = min(ran, steps) if steps else ran
+        self._steps.batch_begin(batch, self._steps_per_epoch())
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if not self._counted:  # no batch hook called in this fit: a custom epoch loop
-            self._ran_in_epoch = self._uncounted_batches()
-        self._ran += self._ran_in_epoch
-        self._ran_in_epoch = 0
+        self._steps.epoch_end(self._iterations, self._steps_per_epoch())
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
-            self._check(self._current_step(), epoch=epoch)
+            self._check(self._steps.current, epoch=epoch)
         if logs is not None:
             logs.update(self._figures)
 
     def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.every_n_batches is not None
-        step = self._current_step()
+        step = self._steps.current
         if step % self.every_n_batches == 0:
             if hasattr(self.model, "jax_state_sync"):
                 self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
@@ -287,8 +275,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         # Keras calls on_epoch_end after a stop in the middle of an epoch too, so the batches
         # counted are the ones that ran; a fit that ran no epoch has nothing to check.
-        if self._start_step is not None:
-            self._check(self._current_step(), epoch=self._epoch)
+        if self._steps.started:
+            self._check(self._steps.current, epoch=self._epoch)
         self._close_sink()
 
     # Public helpers -----------------------------------------------------------------------
@@ -319,12 +307,12 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         """
         assert self._tracker is not None
         self._tracker.begin_fit(initial_epoch=epoch)
-        self._start_iterations = self._iterations()
-        start = max(self._start_iterations, epoch * self._steps_per_epoch(), self._last_step)
+        iterations = self._iterations()
+        start = max(iterations, epoch * self._steps_per_epoch(), self._last_step)
         first = epoch == 0 and (start > self._last_step or not self._remembered)
         if first and start == self._last_step:
             start += 1  # another model's first state, after this monitor's last check
-        self._start_step = start
+        self._steps.begin(start, iterations)
         if first:
             self._check(start, epoch=None)
 
@@ -335,17 +323,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         if self.draw_layers == "all":
             return None
         return resolve_drawn(model, watched, self.draw_layers)
-
-    def _current_step(self) -> int:
-        """The step now: batches run before this fit, plus the batches it ran so far."""
-        assert self._start_step is not None
-        return self._start_step + self._ran + self._ran_in_epoch
-
-    def _uncounted_batches(self) -> int:
-        """The batches of an epoch run without batch hooks: what the optimizer's counter moved
-        by, or else a whole epoch."""
-        moved = self._iterations() - self._start_iterations - self._ran
-        return moved if moved > 0 else self._steps_per_epoch()
 
     def _steps_per_epoch(self) -> int:
         steps = (self.params or {}).get("steps")
