@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.extract import resolve_layers
+from actwatch.layers import resolve_layers
 
 from .helpers import read_events
 from .test_models import assert_matches
