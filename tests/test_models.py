@@ -120,6 +120,28 @@ def test_nested_models_run_once_per_check(tmp_path: Path) -> None:
     assert_matches(monitor.last_stats["outer/o2"], np.maximum(d2_out, 0.0))
 
 
+def test_monitoring_leaves_the_users_graph_as_it_was(tmp_path: Path) -> None:
+    """Fits and notebook calls that tap a nested model add no node to the user's layers:
+    Keras records one on each call of a model on graph tensors, which would pile up."""
+    inner_in = keras.Input((8, 8, 3))
+    backbone = keras.Model(inner_in, L.Conv2D(4, 3, activation="relu", name="c")(inner_in))
+    inputs = keras.Input((8, 8, 3))
+    pre = L.Rescaling(1.0, name="pre")
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(backbone(pre(inputs)))))
+
+    def nodes() -> list[int]:
+        layers = [pre, backbone, *backbone.layers, *model.layers]
+        return [len(layer._outbound_nodes) + len(layer._inbound_nodes) for layer in layers]
+
+    before = nodes()
+    x = images(size=8)
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, images=False)
+    for _ in range(2):
+        fit(model, x, monitor, np.zeros((16, 2)))
+    actwatch.activation_stats(model, x[:4])
+    assert nodes() == before
+
+
 @pytest.mark.parametrize("form", ["dict", "list", "tuple"])
 def test_multi_input_probes(tmp_path: Path, form: str) -> None:
     """Multi-input models take probes as a dict by input name, or a list/tuple in order."""

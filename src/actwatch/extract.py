@@ -12,8 +12,9 @@ is checked eagerly, with one `ActwatchWarning`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import keras
@@ -28,12 +29,14 @@ __all__ = ["Extractor"]
 T = TypeVar("T")
 
 
-def _feeding_tensors(container: Any, path: str) -> list[Any]:
-    """The tensors of the enclosing graph that feed the nested model `container`.
+# Keras internals. Keras has no public API for the two things below; these two functions
+# are the only place actwatch touches private Keras attributes (`_inbound_nodes`,
+# `_keras_history`, `_outbound_nodes`).
 
-    Read from the nested model's first inbound node: Keras has no public API for it, and this
-    is the only place actwatch touches a private Keras attribute.
-    """
+
+def _feeding_tensors(container: Any, path: str) -> list[Any]:
+    """The tensors of the enclosing graph that feed the nested model `container`, read from
+    the nested model's first inbound node."""
     nodes = getattr(container, "_inbound_nodes", None)
     if not nodes:
         raise ValueError(
@@ -41,6 +44,29 @@ def _feeding_tensors(container: Any, path: str) -> list[Any]:
             "called in the model's graph, so its layers cannot be watched."
         )
     return list(nodes[0].input_tensors)
+
+
+@contextlib.contextmanager
+def _graph_left_as_is(tensors: Sequence[Any]) -> Iterator[None]:
+    """Undo what calling a tap model on `tensors` records in the user's graph.
+
+    Calling a model on symbolic tensors makes Keras append a node to the `_outbound_nodes` of
+    the layers that produced them. Left there, each extractor built (every `fit`, every
+    notebook call) would add one to the user's model for good: memory that grows, and a model
+    that is not as it was. The nodes appended inside the block are removed on exit; the
+    extractor keeps its own references to them.
+    """
+    lists = []
+    for tensor in tensors:
+        producer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+        nodes = getattr(producer, "_outbound_nodes", None)
+        if isinstance(nodes, list):
+            lists.append((nodes, len(nodes)))
+    try:
+        yield
+    finally:
+        for nodes, length in lists:
+            del nodes[length:]
 
 
 def _container(model: keras.Model, path: str) -> Any:
@@ -82,7 +108,8 @@ def _root_outputs(model: keras.Model, watched: Sequence[tuple[str, Any]]) -> lis
         mine = own.get(path, [])
         wanted = [watched[i][1].output for i in mine] + [t for f in feeds for t in f]
         name = f"actwatch_tap_{path.replace('/', '_')}"
-        got = _call(keras.Model(container.inputs, wanted, name=name), feed)
+        with _graph_left_as_is(feed):
+            got = _call(keras.Model(container.inputs, wanted, name=name), feed)
         for k, index in enumerate(mine):
             outputs[index] = got[k]
         start = len(mine)
