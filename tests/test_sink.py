@@ -212,6 +212,34 @@ def test_last_check_images_are_written_at_close(
     assert last.step == 2 and [v.tag for v in last.summary.value] == [TAG]
 
 
+def test_close_timing_out_leaves_the_file_to_the_writer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A close that times out says so and leaves the file open to the writer thread, which
+    writes every queued check whole and then closes it."""
+    gate = threading.Event()
+    sink = Sink(str(tmp_path))
+    assert _submit(sink, 0, _render(gate))
+    assert _submit(sink, 1, _render())
+    with caplog.at_level(logging.WARNING, logger="actwatch"):
+        sink.close(timeout=0.2)
+    (line,) = _sink_messages(caplog, logging.WARNING, "still writing")
+    assert "goes on in the background" in line
+    gate.set()
+    sink._thread.join(30)
+    assert not sink._thread.is_alive()
+    (path,) = events_files(tmp_path)
+    assert [e.step for e in read_records_events(path)] == [0, 1]
+    assert [s for s, _ in read_events(tmp_path).images[TAG]] == [0, 1]
+    assert sink.stats.errors == 0
+
+
+def read_records_events(path: Path) -> list[event_pb2.Event]:
+    """The events of a file that hold summaries, every record CRC-checked."""
+    events = [event_pb2.Event.FromString(r.payload) for r in read_records(path)]
+    return [e for e in events if e.HasField("summary")]
+
+
 def test_keep_images_bypasses_the_backlog(tmp_path: Path) -> None:
     """`keep_images=True` queues the images whatever is waiting."""
     gate = threading.Event()

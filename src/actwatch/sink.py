@@ -254,11 +254,15 @@ class Sink:
             self._queue.put(held)  # an event with the images only, at the check's step
         self._queue.put(_STOP)
         self._thread.join(timeout)
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except OSError as exc:
-                self._report(exc)
+        if self._thread.is_alive():
+            # The thread closes the file when it reaches the end of the queue: closing it
+            # under its feet would cut a record in half and lose the checks still queued.
+            logger.warning(
+                "actwatch: the background writer is still writing to %r after %s s; it goes "
+                "on in the background and closes the file when done.",
+                self.log_dir,
+                timeout,
+            )
         if self.stats.images_skipped:
             logger.warning(
                 "actwatch: images of %d of %d checks were skipped because the background "
@@ -276,6 +280,7 @@ class Sink:
         while True:
             item = self._queue.get()
             if item is _STOP:
+                self._close_writer()
                 return
             if isinstance(item, threading.Event):
                 item.set()
@@ -288,6 +293,13 @@ class Sink:
                 if item.render is not None:
                     with self._lock:
                         self._pending -= 1
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError as exc:
+                self._report(exc)
 
     def _report(self, exc: BaseException) -> None:
         self.stats.errors += 1
