@@ -127,6 +127,20 @@ def test_steps_per_execution_counts_batches(tmp_path: Path) -> None:
     assert _steps(tmp_path) == [0, STEPS, 2 * STEPS]
 
 
+def test_batch_checks_with_steps_per_execution(tmp_path: Path) -> None:
+    """every_n_batches=4 with steps_per_execution=3 (the hook sees steps 3, 6, 9, 10, ...):
+    a check at the first step at or past each multiple of 4, not every 12 batches."""
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras refuses steps_per_execution > 1 on PyTorch")
+    model = tiny_cnn()
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", steps_per_execution=3
+    )
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), images=False, every_n_batches=4)
+    model.fit(X, Y, epochs=1, batch_size=4, verbose=0, callbacks=[monitor])
+    assert _steps(tmp_path) == [0, 6, 9, 10]
+
+
 def test_custom_loop_with_epoch_hooks_only(tmp_path: Path) -> None:
     """A loop that calls only the epoch hooks: steps follow the optimizer's counter."""
     model = tiny_cnn()

@@ -200,6 +200,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._figures: dict[str, float] = {}
         self._epoch = 0
         self._steps = StepCounter(int(getattr(model, "steps_per_execution", 1) or 1))
+        self._next_batch_check = 0  # the step at or after which the next batch check runs
+        self.last_stats = {}
+        self.timings = {}
         self._stopping = False
         self._check_failed.reset()
         self._hook_failed.reset()
@@ -265,7 +268,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         assert self.every_n_batches is not None
         step = self._steps.current
-        if step % self.every_n_batches == 0:
+        # `>=`, not `%`: with steps_per_execution the hook sees every k-th step only.
+        if step >= self._next_batch_check:
+            self._next_batch_check = (step // self.every_n_batches + 1) * self.every_n_batches
             if hasattr(self.model, "jax_state_sync"):
                 self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
             self._check(step, epoch=self._epoch)
@@ -313,6 +318,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         if first and start == self._last_step:
             start += 1  # another model's first state, after this monitor's last check
         self._steps.begin(start, iterations)
+        n = self.every_n_batches or 1
+        self._next_batch_check = (start // n + 1) * n
         if first:
             self._check(start, epoch=None)
 

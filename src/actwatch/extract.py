@@ -238,7 +238,12 @@ class Extractor:
                     else:
                         try:
                             result = compiled(x)
-                        except Exception as exc:  # retried eagerly below
+                        # What a trace raises on a tensor turned into a Python value:
+                        # jax's Tracer*ConversionError / ConcretizationTypeError and
+                        # tf.function's OperatorNotAllowedInGraphError are TypeErrors,
+                        # np.asarray of a graph tensor a NotImplementedError. Anything else
+                        # (out of memory, say) is a failed check, not a reason to go eager.
+                        except (TypeError, NotImplementedError) as exc:
                             result = eager(x)  # a real error raises here again
                             compiled = None
                             warnings.warn(
