@@ -57,10 +57,12 @@ class TestDrawnLayers:
         assert default_drawn(shapes) == [p for p, _ in shapes]
 
     def test_rule_big_network_draws_first_and_each_stage_output(self) -> None:
-        """Beyond, the first layer and the last one of each spatial resolution are drawn."""
+        """Beyond, the first layer and the last one of each spatial resolution are drawn;
+        1x1 maps (squeeze-and-excitation gates) are not a stage."""
         shapes = [(f"a{i}", (32, 32, 8)) for i in range(10)]
-        shapes += [(f"b{i}", (16, 16, 8)) for i in range(10)] + [("dense", (10,))]
-        assert default_drawn(shapes) == ["a0", "a9", "b9", "dense"]
+        shapes += [(f"b{i}", (16, 16, 8)) for i in range(10)] + [("se", (1, 1, 8))]
+        shapes += [("b10", (16, 16, 8)), ("dense", (10,))]
+        assert default_drawn(shapes) == ["a0", "a9", "b10", "dense"]
 
     def test_big_model_draws_the_stage_outputs_and_keeps_every_statistic(
         self, tmp_path: Path
@@ -68,8 +70,8 @@ class TestDrawnLayers:
         """A 20-layer CNN: statistics for all 20, pictures for the first and each stage's last."""
         monitor = _fit(deep_cnn(blocks=4, convs=4), tmp_path)
         assert len(monitor.last_stats) == 20
-        # Resolutions 16, 8, 4, 2 and 1 px: a pooling layer opens the next one.
-        assert _drawn(tmp_path) == {"b0_c0", "b0_c3", "b1_c3", "b2_c3", "b3_c3", "b3_pool"}
+        # Resolutions 16, 8, 4 and 2 px (a pooling layer opens the next one); 1x1 is no stage.
+        assert _drawn(tmp_path) == {"b0_c0", "b0_c3", "b1_c3", "b2_c3", "b3_c3"}
         scalars = read_events(tmp_path).scalars
         assert all(f"zero_fraction/{path}" in scalars for path in monitor.last_stats)
 

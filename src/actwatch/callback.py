@@ -65,9 +65,12 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             `tensorboard --logdir LOG_DIR --samples_per_plugin=images=1000` to keep every
             check's images.
         layers: what to watch. Defaults to every convolution, pooling and activation layer
-            with a channel axis, in nested models too. Also a layer path (`"conv1"`,
-            `"backbone/conv1"`), a regular expression matched in full against paths, a
-            `keras.layers.Layer`, or a list of these. Dense layers can be named explicitly.
+            with a channel axis, in nested models, subclassed models and custom layers too,
+            except a linear convolution whose output goes into an activation (conv -> BN ->
+            ReLU: the activation carries its signal). Also a layer path (`"conv1"`,
+            `"backbone/conv1"`, `"block/res_conv_a"` by attribute in a subclassed model), a
+            regular expression matched in full against paths, a `keras.layers.Layer`, or a
+            list of these. Dense layers can be named explicitly.
         every_n_epochs: check every N epochs. Defaults to 1 when `every_n_batches` is None.
         every_n_batches: check every N training batches instead of per epoch.
         stats_data: optional larger batch (a few hundred samples) on which the statistics
@@ -92,7 +95,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         draw_layers: which watched layers get pictures (statistics cover every watched
             layer): `"auto"` (every layer when there are at most 16, as in a small CNN; else
             the first one and the last one of each spatial resolution, the output of each
-            stage: 6 of ResNet50's 103), `"all"`, or layer names, paths, regular expressions
+            stage: 5 of ResNet50's 70), `"all"`, or layer names, paths, regular expressions
             or Layers, as `layers`. Defaults to `"auto"`.
         log_per_layer: also put every layer's figures in `logs` (keys
             `actwatch_<metric>/<layer>`). Defaults to False: the progress bar prints them all.

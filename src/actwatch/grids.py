@@ -58,15 +58,18 @@ def default_drawn(shapes: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[
     Every layer when there are at most `DRAW_ALL_UP_TO` (the demo's 10 layers, as the seed
     article shows conv1 to conv5). Beyond, the first watched layer and the last one of each
     spatial resolution: the picture of each stage of the network as it leaves that stage.
-    A ResNet50 at 224 px (103 watched layers) draws 6: `conv1_conv`, `conv1_relu` (112 px),
-    then the output of each of its four stages (56, 28, 14 and 7 px). Dense outputs count as
-    one resolution.
+    Maps of 1x1 (squeeze-and-excitation gates) are not a stage; Dense outputs count as one.
+    ResNet50 at 224 px (70 watched layers) draws 5: `conv1_relu` (112 px), then the output
+    of each of its four stages (56, 28, 14 and 7 px).
     """
     if len(shapes) <= DRAW_ALL_UP_TO:
         return [path for path, _ in shapes]
     last: dict[tuple[int | None, ...], str] = {}
     for path, shape in shapes:
-        last[tuple(shape[:-1])] = path
+        spatial = tuple(shape[:-1])
+        if spatial and all(d == 1 for d in spatial):
+            continue
+        last[spatial] = path
     chosen = {shapes[0][0], *last.values()}
     return [path for path, _ in shapes if path in chosen]
 

@@ -48,6 +48,13 @@ _POOLING_TYPES: tuple[type[Any], ...] = (
     keras.layers.AveragePooling2D,
     keras.layers.AveragePooling3D,
 )
+_ACTIVATION_TYPES: tuple[type[Any], ...] = (
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.PReLU,
+    keras.layers.ELU,
+)
 _DEFAULT_TYPES: tuple[type[Any], ...] = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
@@ -60,11 +67,7 @@ _DEFAULT_TYPES: tuple[type[Any], ...] = (
     keras.layers.SeparableConv1D,
     keras.layers.SeparableConv2D,
     *_POOLING_TYPES,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.PReLU,
-    keras.layers.ELU,
+    *_ACTIVATION_TYPES,
 )
 
 
@@ -260,13 +263,6 @@ def resolve_layers(
     return [_watchable(p, by_path[p], formats[p], outputs[p]) for p in sorted(outputs, key=order)]
 
 
-_ACTIVATION_TYPES: tuple[type[Any], ...] = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.PReLU,
-    keras.layers.ELU,
-)
 _NORMALIZATION_TYPES: tuple[type[Any], ...] = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
@@ -280,8 +276,9 @@ def _linear_before_activation(table: Sequence[tuple[str, Any]]) -> set[str]:
 
     The default selection leaves them out: the activation after them carries the signal, and
     watching both doubles the cost of a check on a ResNet-style network for figures that say
-    little ("dead" means nothing on a linear output). A linear convolution that feeds anything
-    else (an addition, a linear bottleneck) stays watched; named explicitly, any is watched.
+    little ("dead" means nothing on a linear output). A linear convolution that feeds no
+    activation (only an addition, a linear bottleneck) stays watched; one that feeds an
+    activation and something else is left out too. Named explicitly, any is watched.
     Only public tensors are compared (`layer.output` of one layer is `layer.input` of the next).
     """
 

@@ -16,13 +16,10 @@ __all__ = ["is_graph_model", "iter_layers", "walk"]
 
 
 def _children(layer: Any) -> Iterator[tuple[str, Any]]:
-    """`(name, child)` for the direct sublayers of `layer`.
-
-    A graph model (Functional, Sequential) names its layers by their `name`; any other layer
-    (a subclassed model, a custom layer) by the attribute that holds them, with the index or
-    key for layers held in a list or dict (`blocks/0`). Private attributes are skipped, and
-    Keras' own layers (`TimeDistributed`, `Bidirectional`, ...) are leaves: what they wrap is
-    not a layer of the model's forward pass of its own.
+    """`(name, child)` for the direct sublayers of `layer`, named as the module docstring
+    says. Private attributes are skipped, and Keras' own layers (`TimeDistributed`,
+    `Bidirectional`, ...) are leaves: what they wrap is not a layer of the model's forward
+    pass of its own.
     """
     if is_graph_model(layer):
         for child in layer.layers:
