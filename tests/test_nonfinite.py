@@ -97,7 +97,8 @@ def _fit_recording_warnings(
 
 
 def test_all_nonfinite_linear_layer_raises_only_the_nonfinite_alert(tmp_path: Path) -> None:
-    """conv1 all +Inf: 0 dead filters at every check, one nonfinite alert, no dead alert."""
+    """conv1 all +Inf: no dead filter and no dead figure at any check (no finite output is
+    not ReLU-like), one nonfinite alert, no dead alert."""
     model = _linear_model(3e38)  # 27 products of >= 3e38 * 0.x overflow: every output is Inf
     alerts: list[actwatch.Alert] = []
     monitor = actwatch.ActivationMonitor(
@@ -107,8 +108,10 @@ def test_all_nonfinite_linear_layer_raises_only_the_nonfinite_alert(tmp_path: Pa
     events = read_events(tmp_path)
     values = 32 * 8 * 8 * 4
     assert [v for _, v in events.scalars["nonfinite/conv1"]] == [values] * 3
-    assert [v for _, v in events.scalars["dead_filters/conv1"]] == [0.0] * 3
-    assert [v for _, v in events.scalars["dead_fraction/conv1"]] == [0.0] * 3
+    assert "dead_filters/conv1" not in events.scalars
+    assert "dead_fraction/conv1" not in events.scalars
+    assert [v for _, v in events.scalars["network/dead_filters"]] == [0.0] * 3
+    assert monitor.last_stats["conv1"].dead_count == 0
     assert [(a.kind, a.layer, a.step) for a in alerts] == [("nonfinite", "conv1", 0)]
     assert monitor.last_stats["conv1"].nonnegative is False
 
