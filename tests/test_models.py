@@ -126,7 +126,7 @@ def test_monitoring_leaves_the_users_graph_as_it_was(tmp_path: Path) -> None:
     inner_in = keras.Input((8, 8, 3))
     backbone = keras.Model(inner_in, L.Conv2D(4, 3, activation="relu", name="c")(inner_in))
     inputs = keras.Input((8, 8, 3))
-    pre = L.Rescaling(1.0, name="pre")
+    pre = L.Conv2D(3, 1, name="pre")
     model = keras.Model(inputs, L.Dense(2)(L.Flatten()(backbone(pre(inputs)))))
 
     def nodes() -> list[int]:
