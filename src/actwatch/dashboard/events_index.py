@@ -1,0 +1,380 @@
+"""An index of actwatch's events files under a log directory, for the dashboard.
+
+Every directory under the log directory holding `events.out.tfevents.*` files is a run, named
+as TensorBoard names it (its path relative to the log directory, `.` for the log directory
+itself). For each run the index keeps what is small (every per-layer scalar, the alerts'
+texts, the layers in network order) and, for every image tag and step, only where the image
+is: `(file, byte offset of its record)`. An image's PNG is read on demand with
+`records.read_record_at`, the reader the report uses too; the last few records read are kept
+in a small cache bounded in bytes, so the grids of one step (one record holds a whole check)
+are parsed once. Nothing else of the images is held in memory.
+
+The index grows incrementally: each file's size and the offset after its last whole record are
+remembered, and a refresh reads only what was appended. A file cut short (a run still being
+written, a killed run) is read up to its last whole record; the bytes after it are counted
+(`RunIndex.tail_bytes`) and read once the record is whole. A file that shrank, was replaced or
+removed makes its run be read again from the start. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorboard import data_compat
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.plugins.text import metadata as text_metadata
+from tensorboard.util import tensor_util
+
+from .. import tags
+from ..records import EVENT_FILE_PREFIX, RecordError, read_record_at, read_records
+
+__all__ = ["Alert", "ImageCache", "LogdirIndex", "RunIndex", "parse_alerts"]
+
+_HEADER_FOOTER = 16  # a record's framing around its payload
+_IMAGE_TAG = re.compile(r"^(?P<kind>filters|heatmap)/(?P<layer>.+)/probe_(?P<probe>\d+)$")
+_ALERT_ITEM = re.compile(r"^- \*\*(?P<kind>[^*\n]+)\*\*: (?P<message>.*)$", re.DOTALL)
+#: Per-layer scalar kinds of a tag, decided when the tag is first seen.
+_LAYER_SCALAR, _IMAGE, _ALERTS, _OTHER = "layer_scalar", "image", "alerts", "other"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert as the dashboard lists it: the check's step, the layer, the kind, the text."""
+
+    step: int
+    layer: str
+    kind: str
+    message: str
+
+
+def parse_alerts(step: int, text: str, layers: list[str]) -> list[Alert]:
+    """The alerts of one check's `alerts` text (see `tags.alert_texts`).
+
+    Each alert is one Markdown item `- **{kind}**: {message}`, items apart by a blank line, the
+    layer quoted in backticks in the message. The layer is the longest known layer quoted so;
+    the message is given back in its plain form (the layer in single quotes, as logged).
+    """
+    out = []
+    for item in text.split("\n\n"):
+        match = _ALERT_ITEM.match(item.strip())
+        if match is None:
+            if item.strip():
+                out.append(Alert(step, "", "", item.strip()))
+            continue
+        message = match.group("message")
+        quoted = [layer for layer in layers if f"`{layer}`" in message]
+        if quoted:
+            layer = max(quoted, key=len)
+        else:
+            first = re.search(r"`([^`]+)`", message)
+            layer = first.group(1) if first else ""
+        if layer:
+            message = message.replace(f"`{layer}`", f"'{layer}'")
+        out.append(Alert(step, layer, match.group("kind"), message))
+    return out
+
+
+@dataclass
+class _FileState:
+    inode: int
+    size: int = 0  # the file's size at the last reading
+    offset: int = 0  # where the next record starts: everything before it was read
+
+
+@dataclass
+class RunIndex:
+    """What one run's events files hold, images as places only.
+
+    Attributes:
+        name: the run's name (its directory relative to the log directory, `.` for itself).
+        path: the run's directory.
+        layers: every layer the logs name (per-layer scalars, then images), in the order the
+            logs first name them: network order.
+        scalars: `{metric: {layer: {step: value}}}` of every per-layer scalar metric.
+        images: `{tag: {step: (file, offset)}}` of every `filters/...` and `heatmap/...` tag.
+        alerts: `(step, Markdown text)` of every check that raised alerts, in step order.
+        bytes_read: bytes of whole records indexed so far.
+        tail_bytes: bytes after the last whole record of each file (a record being written, or
+            a damaged end), not indexed.
+    """
+
+    name: str
+    path: Path
+    layers: list[str] = field(default_factory=list)
+    scalars: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    images: dict[str, dict[int, tuple[Path, int]]] = field(default_factory=dict)
+    alerts: list[tuple[int, str]] = field(default_factory=list)
+    bytes_read: int = 0
+    tail_bytes: int = 0
+    _files: dict[Path, _FileState] = field(default_factory=dict, repr=False)
+    _kinds: dict[str, str] = field(default_factory=dict, repr=False)
+    _seen: set[str] = field(default_factory=set, repr=False)
+    _steps: set[int] = field(default_factory=set, repr=False)
+
+    # What the API serves ----------------------------------------------------------------
+
+    @property
+    def has_data(self) -> bool:
+        """True when the run holds actwatch data (a per-layer scalar or a grid)."""
+        return bool(self.layers)
+
+    @property
+    def steps(self) -> list[int]:
+        """Every check's step (a step with any per-layer scalar), sorted."""
+        return sorted(self._steps)
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every per-layer scalar metric found, sorted."""
+        return sorted(self.scalars)
+
+    @property
+    def probes(self) -> int:
+        """How many probes have images (1 + the highest probe index of an image tag)."""
+        found = [int(m.group("probe")) for t in self.images if (m := _IMAGE_TAG.match(t))]
+        return max(found) + 1 if found else 0
+
+    @property
+    def drawn(self) -> list[str]:
+        """The layers that have a filter grid, in network order."""
+        layers = {m.group("layer") for t in self.images if (m := _IMAGE_TAG.match(t))}
+        return [layer for layer in self.layers if layer in layers]
+
+    def series(self, metric: str) -> dict[str, dict[int, float]]:
+        return self.scalars.get(metric, {})
+
+    def alert_list(self) -> list[Alert]:
+        out: list[Alert] = []
+        for step, text in self.alerts:
+            out.extend(parse_alerts(step, text, self.layers))
+        return out
+
+    # Reading ------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Read what was appended to the run's files since the last refresh."""
+        files = _event_files(self.path)
+        stats: dict[Path, os.stat_result] = {}
+        for file in files:
+            try:
+                stats[file] = file.stat()
+            except OSError:
+                continue
+        if any(
+            file not in stats
+            or stats[file].st_ino != state.inode
+            or stats[file].st_size < state.size
+            for file, state in self._files.items()
+        ):
+            self._clear()  # a file shrank, was replaced or removed: read the run again
+        tail = 0
+        for file, stat in stats.items():
+            state = self._files.get(file)
+            if state is None:
+                state = self._files[file] = _FileState(inode=stat.st_ino)
+            if stat.st_size != state.size:
+                state.size = stat.st_size
+                for record in read_records(file, state.offset):
+                    self._take(file, record.offset, record.payload)
+                    state.offset = record.offset + len(record.payload) + _HEADER_FOOTER
+                    self.bytes_read += len(record.payload) + _HEADER_FOOTER
+            tail += state.size - state.offset
+        self.tail_bytes = tail
+        self.alerts.sort(key=lambda item: item[0])
+
+    def _clear(self) -> None:
+        self.layers.clear()
+        self.scalars.clear()
+        self.images.clear()
+        self.alerts.clear()
+        self.bytes_read = self.tail_bytes = 0
+        self._files.clear()
+        self._kinds.clear()
+        self._seen.clear()
+        self._steps.clear()
+
+    def _see(self, layer: str) -> None:
+        if layer not in self._seen:
+            self._seen.add(layer)
+            self.layers.append(layer)
+
+    def _take(self, file: Path, offset: int, payload: bytes) -> None:
+        event = event_pb2.Event.FromString(payload)
+        if not event.HasField("summary"):
+            return
+        step = int(event.step)
+        for value in event.summary.value:
+            if value.WhichOneof("value") != "tensor":
+                value = data_compat.migrate_value(value)  # TF1-style values
+            kind = self._kinds.get(value.tag)
+            if kind is None:
+                kind = self._kinds[value.tag] = _kind(value)
+            if kind == _LAYER_SCALAR:
+                number = _scalar(value)
+                if number is None:
+                    continue
+                metric, _, layer = value.tag.partition("/")
+                self._see(layer)
+                self._steps.add(step)
+                self.scalars.setdefault(metric, {}).setdefault(layer, {})[step] = number
+            elif kind == _IMAGE:
+                if len(value.tensor.string_val) < 3:
+                    continue
+                match = _IMAGE_TAG.match(value.tag)
+                if match:
+                    self._see(match.group("layer"))
+                self.images.setdefault(value.tag, {})[step] = (file, offset)
+            elif kind == _ALERTS:
+                text = value.tensor.string_val[0] if value.tensor.string_val else b""
+                self.alerts.append((step, text.decode("utf-8", errors="replace")))
+
+
+def _kind(value: summary_pb2.Summary.Value) -> str:
+    """What a tag is to the dashboard, from its first value (its metadata, else its form)."""
+    tag = value.tag
+    plugin = value.metadata.plugin_data.plugin_name
+    if tag == tags.ALERTS and plugin in ("", text_metadata.PLUGIN_NAME):
+        return _ALERTS
+    if _IMAGE_TAG.match(tag) and plugin in ("", image_metadata.PLUGIN_NAME):
+        return _IMAGE
+    metric, _, layer = tag.partition("/")
+    if not layer or metric == tags.NETWORK or plugin not in ("", scalar_metadata.PLUGIN_NAME):
+        return _OTHER
+    description = value.metadata.summary_description
+    # actwatch describes every per-layer scalar as "... Layer `{layer}`." (tags.scalar_values);
+    # a metric of its own is one of tags.METRICS or so described.
+    if metric in tags.METRICS or description.endswith(f"Layer `{layer}`."):
+        return _LAYER_SCALAR
+    return _OTHER
+
+
+def _scalar(value: summary_pb2.Summary.Value) -> float | None:
+    try:
+        array = tensor_util.make_ndarray(value.tensor)
+    except (TypeError, ValueError):
+        return None
+    if array.size != 1 or array.dtype.kind not in "fiub":
+        return None
+    return float(array.reshape(-1)[0])
+
+
+def _event_files(run: Path) -> list[Path]:
+    """The run's events files in write order (names start with the creation time)."""
+    try:
+        names = os.listdir(run)
+    except OSError:
+        return []
+    return sorted(run / n for n in names if n.startswith(EVENT_FILE_PREFIX))
+
+
+class LogdirIndex:
+    """The runs under `logdir`, refreshed at most every `max_age` seconds; thread-safe.
+
+    Hold `lock` while reading a `RunIndex` that `refresh` may change.
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str], *, max_age: float = 2.0) -> None:
+        self.logdir = Path(logdir)
+        self.max_age = max_age
+        self.lock = threading.RLock()
+        self._runs: dict[str, RunIndex] = {}
+        self._refreshed = -math.inf
+
+    def run_dirs(self) -> Iterator[tuple[str, Path]]:
+        """`(name, directory)` of every directory holding events files, without reading them."""
+        for directory, subdirs, files in os.walk(self.logdir):
+            subdirs.sort()
+            if any(f.startswith(EVENT_FILE_PREFIX) for f in files):
+                name = Path(directory).relative_to(self.logdir).as_posix()
+                yield name, Path(directory)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Find new runs and read what was appended, unless done less than `max_age` ago."""
+        with self.lock:
+            if not force and time.monotonic() - self._refreshed < self.max_age:
+                return
+            found = dict(self.run_dirs()) if self.logdir.is_dir() else {}
+            for name in list(self._runs):
+                if name not in found:
+                    del self._runs[name]
+            for name, path in found.items():
+                run = self._runs.get(name)
+                if run is None:
+                    run = self._runs[name] = RunIndex(name=name, path=path)
+                run.refresh()
+            self._refreshed = time.monotonic()
+
+    def runs(self) -> dict[str, RunIndex]:
+        """The runs with actwatch data, by name (sorted). Hold `lock` while using them."""
+        with self.lock:
+            return {n: r for n, r in sorted(self._runs.items()) if r.has_data}
+
+    def run(self, name: str) -> RunIndex | None:
+        """The run named `name` when it has actwatch data; only names found under the log
+        directory are known, so no name leads outside it."""
+        with self.lock:
+            run = self._runs.get(name)
+            return run if run is not None and run.has_data else None
+
+
+class ImageCache:
+    """The PNGs of the last records read, up to `max_bytes` of them.
+
+    One record holds a whole check, so the grids of every layer at one step come from one
+    reading. Concurrent requests for the same record wait for one reading of it.
+    """
+
+    def __init__(self, max_bytes: int = 32 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[Path, int], threading.Lock] = {}
+        self._cache: OrderedDict[tuple[Path, int], dict[str, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def png(self, file: Path, offset: int, tag: str) -> bytes | None:
+        """The PNG of image `tag` in the record at `offset` of `file`; None when it is not
+        there (the file was replaced since it was indexed)."""
+        key = (file, offset)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key].get(tag)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key].get(tag)
+            images = _record_images(file, offset)
+            with self._lock:
+                self._loading.pop(key, None)
+                size = sum(len(p) for p in images.values())
+                if size <= self.max_bytes:
+                    self._cache[key] = images
+                    self._bytes += size
+                    while self._bytes > self.max_bytes:
+                        _, dropped = self._cache.popitem(last=False)
+                        self._bytes -= sum(len(p) for p in dropped.values())
+        return images.get(tag)
+
+
+def _record_images(file: Path, offset: int) -> dict[str, bytes]:
+    try:
+        payload = read_record_at(file, offset)
+    except (OSError, RecordError):
+        return {}
+    event = event_pb2.Event.FromString(payload)
+    return {
+        value.tag: value.tensor.string_val[2]
+        for value in event.summary.value
+        if _IMAGE_TAG.match(value.tag) and len(value.tensor.string_val) >= 3
+    }
