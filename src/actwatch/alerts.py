@@ -32,7 +32,7 @@ from .stats import LayerStats
 
 __all__ = ["Alert", "AlertTracker", "Decision"]
 
-AlertKind = Literal["dead", "nonfinite"]
+AlertKind = Literal["dead", "nonfinite", "outlier"]
 
 #: After its first alert, a layer alerts again only when its count of confirmed-dead filters
 #: has grown by at least this share of its filters (one filter at least) since its last alert
@@ -111,6 +111,9 @@ class AlertTracker:
         stop_on_dead_fraction: stop training once a layer's fraction of confirmed dead filters
             reaches this value; None never stops.
         pooling: paths of pooling layers (no dead-filter alerts of their own).
+        outlier_ratio: a layer whose `max |a| / median |a|` passes this raises an `"outlier"`
+            alert (`count` is the ratio rounded, `total` 1), once until it falls back to or
+            below it; None never does.
     """
 
     def __init__(
@@ -120,11 +123,13 @@ class AlertTracker:
         dead_alert_fraction: float = 0.25,
         stop_on_dead_fraction: float | None = None,
         pooling: Sequence[str] = (),
+        outlier_ratio: float | None = None,
     ) -> None:
         self.patience = patience
         self.dead_alert_fraction = dead_alert_fraction
         self.stop_on_dead_fraction = stop_on_dead_fraction
         self.pooling = frozenset(pooling)
+        self.outlier_ratio = outlier_ratio
         self.reset()
 
     def reset(self) -> None:
@@ -137,6 +142,7 @@ class AlertTracker:
         self._first: dict[str, tuple[int, int | None, int]] = {}
         self._alert_mark: dict[str, int] = {}  # confirmed-dead count at the layer's last alert
         self._nonfinite_alerted = False
+        self._outlying: set[str] = set()
         self._initial_epoch = 0
 
     def begin_fit(self, *, initial_epoch: int) -> None:
@@ -202,6 +208,7 @@ class AlertTracker:
                     f"above stop_on_dead_fraction={limit}"
                 )
         alerts.extend(self._nonfinite(stats, step, epoch, learning_rate))
+        alerts.extend(self._outliers(stats, step, epoch, learning_rate))
         return Decision(alerts=tuple(alerts), stop_reason=stop_reason, revived=revived)
 
     def _dead_alert(
@@ -304,6 +311,50 @@ class AlertTracker:
             f"{lead} were already dead at the first check of this layer that succeeded (the "
             "earlier ones failed): when they died is not known."
         )
+
+    def _outliers(
+        self,
+        stats: Mapping[str, LayerStats],
+        step: int,
+        epoch: int | None,
+        learning_rate: float | None,
+    ) -> list[Alert]:
+        """Layers whose outlier ratio newly passed `outlier_ratio` (Sun et al. 2024)."""
+        limit = self.outlier_ratio
+        if limit is None:
+            return []
+        out = []
+        for path, s in stats.items():
+            ratio = s.outlier_ratio
+            if ratio is None or ratio <= limit:
+                self._outlying.discard(path)
+                continue
+            if path in self._outlying:
+                continue
+            self._outlying.add(path)
+            message = (
+                f"{_when(step, epoch)}: layer '{path}' has a massive activation: max |a| = "
+                f"{s.max_abs:.4g} is {ratio:.0f}x its median |a| (outlier_ratio={limit:g}). "
+                "Massive activations (Sun et al. 2024) act as fixed biases and can destabilise "
+                "training; look for a learning rate that is too high or unnormalised inputs."
+            )
+            out.append(
+                Alert(
+                    kind="outlier",
+                    layer=path,
+                    step=step,
+                    epoch=epoch,
+                    filters=(),
+                    dead_filters=_indices(s.dead),
+                    died_since_last_check=(),
+                    count=round(ratio),
+                    total=1,
+                    fraction=0.0,
+                    learning_rate=learning_rate,
+                    message=message,
+                )
+            )
+        return out
 
     def _nonfinite(
         self,

@@ -28,6 +28,7 @@ from .probes import (
     read_probe_source,
 )
 from .sink import Sink, SinkStats, check_log_dir
+from .signals import HistogramHistory, check_outlier_ratio, histogram_values
 from .stats import LayerStats, NetworkStats
 
 __all__ = ["ActivationMonitor"]
@@ -99,6 +100,18 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             or Layers, as `layers`. Defaults to `"auto"`.
         log_per_layer: also put every layer's figures in `logs` (keys
             `actwatch_<metric>/<layer>`). Defaults to False: the progress bar prints them all.
+        histograms: write every layer's activation histogram (`histogram/<layer>`, fixed
+            symmetric log bins: see `actwatch.signals`) and, for drawn layers, the colorful
+            dimension image (`distribution/<layer>`). Defaults to True.
+        feature_rank: write every layer's effective rank and srank of its spatially averaged
+            features (`erank/<layer>`, `srank/<layer>`). Defaults to True.
+        topk: for each drawn filter of each drawn layer, the `topk` statistics samples whose
+            activation peaks highest, drawn as thumbnails with the peak marked
+            (`topk/<layer>`); most telling with a few hundred `stats_data`. Defaults to 0
+            (none: it costs PNG bytes and rendering time at every check).
+        outlier_ratio: raise an `"outlier"` alert when a layer's `max |a| / median |a|` (scalar
+            `outlier_ratio/<layer>`) exceeds this, e.g. 1000 (Sun et al. 2024 report about
+            1000x in LLMs). Defaults to None (no outlier alerts; the scalar is always written).
 
     Example:
 
@@ -128,6 +141,10 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         images: bool = True,
         draw_layers: Any = "auto",
         log_per_layer: bool = False,
+        histograms: bool = True,
+        feature_rank: bool = True,
+        topk: int = 0,
+        outlier_ratio: float | None = None,
     ) -> None:
         super().__init__()
         self._probe_source = read_probe_source(probes, "probes")
@@ -169,6 +186,10 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.preprocess = preprocess
         self.images = flag("images", images)
         self.log_per_layer = flag("log_per_layer", log_per_layer)
+        self.histograms = flag("histograms", histograms)
+        self.feature_rank = flag("feature_rank", feature_rank)
+        self.topk = 0 if topk == 0 and not isinstance(topk, bool) else positive_int("topk", topk)
+        self.outlier_ratio = check_outlier_ratio(outlier_ratio)
         if draw_layers is None:
             raise ValueError(
                 "Invalid value for argument `draw_layers`: received None. Pass 'auto' (the "
@@ -213,10 +234,13 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         probes = prepare_probes(self._probe_source, inputs, self.preprocess)
         watched = resolve_layers(model, self.layers, probes.feed())
         self._display = probes.display
+        self._samples = probes.display  # pictures of the statistics samples (top-k)
+        self._histories = HistogramHistory()
         stats_samples = 0
         if self._stats_source is not None:  # one batch: statistics samples, then the probes
             stats = prepare_probes(self._stats_source, inputs, self.preprocess)
             stats_samples = stats.size
+            self._samples = stats.display
             batch = tuple(
                 np.concatenate([s, p]) for s, p in zip(stats.inputs, probes.inputs, strict=True)
             )
@@ -230,6 +254,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             dormant_threshold=self.dormant_threshold,
             draw=self.images,
             drawn=self._drawn(model, watched),
+            histograms=self.histograms,
+            feature_rank=self.feature_rank,
+            topk=self.topk,
         )
         paths = tuple(w.path for w in watched)
         self._remembered = (
@@ -244,6 +271,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 dead_alert_fraction=self.dead_alert_fraction,
                 stop_on_dead_fraction=self.stop_on_dead_fraction,
                 pooling=[w.path for w in watched if w.pooling],
+                outlier_ratio=self.outlier_ratio,
             )
             self._tracked = (weakref.ref(model), paths)
         self._chief = is_chief(model)
@@ -379,12 +407,16 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     heat=result.heat,
                     dead={path: s.dead for path, s in result.stats.items()},
                     display=self._display,
+                    distributions=self._histories.snapshot(set(result.maps)),
+                    topk=result.topk,
+                    samples=self._samples,
                 )
                 self._sink.submit(
                     step,
                     scalars=tags.scalar_values(layers, network, learning_rate),
                     texts=tags.alert_texts(decision.alerts),
                     render=render if self.images else None,
+                    histograms=histogram_values(result.stats, self._histories),
                 )
             self._act(decision)
             self.timings = {"device": device, "blocking": time.perf_counter() - start}

@@ -23,6 +23,7 @@ from PIL import Image
 
 from . import tags
 from .png import PaletteImage
+from .signals import TopK, distribution_image, topk_image
 
 __all__ = [
     "DRAW_ALL_UP_TO",
@@ -261,6 +262,9 @@ def render_images(
     heat: Mapping[str, np.ndarray],
     dead: Mapping[str, np.ndarray],
     display: np.ndarray | None,
+    distributions: Mapping[str, Sequence[np.ndarray]] | None = None,
+    topk: Mapping[str, TopK] | None = None,
+    samples: np.ndarray | None = None,
 ) -> dict[str, tuple[np.ndarray | PaletteImage, str]]:
     """Every image of one check as `{tag: (image, description)}`, tagged as `tags` says.
 
@@ -271,6 +275,11 @@ def render_images(
         dead: per layer path, the boolean dead vector over all the layer's filters.
         display: the probes as uint8 RGB `(probes, H, W, 3)` under the heatmaps, or None
             (the heatmaps are drawn alone).
+        distributions: per layer path, its histogram counts of every check so far, drawn as
+            the colorful dimension (`signals.distribution_image`).
+        topk: per layer path, its top-k statistics samples per drawn filter, drawn with
+            `samples` (the statistics samples as uint8 RGB) by `signals.topk_image`; none
+            without `samples`.
 
     Filter grids are `PaletteImage`s (one byte a pixel); heatmaps are RGB arrays.
     """
@@ -293,5 +302,20 @@ def render_images(
             images[tags.heatmap_tag(path, i)] = (
                 heatmap_overlay(layer_heat[i], background),
                 f"Mean activation over the channels of `{path}` over probe {i}.",
+            )
+    for path, history in (distributions or {}).items():
+        images[tags.distribution_tag(path)] = (
+            distribution_image(history, _LUT),
+            f"Colorful dimension of `{path}` (fastai): columns are the checks so far, rows the "
+            "histogram bins (symmetric log bins, largest values at the top), brightness "
+            "log(1 + count). Collapse, saturation and dying show as shapes.",
+        )
+    if samples is not None:
+        for path, chosen in (topk or {}).items():
+            images[tags.topk_tag(path)] = (
+                topk_image(chosen, samples),
+                f"What each drawn filter of `{path}` responds to: per filter (left to right, "
+                f"top to bottom), the {chosen.indices.shape[1]} statistics samples whose "
+                "activation peaks highest, highest first, the peak outlined in green.",
             )
     return images

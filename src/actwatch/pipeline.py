@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -17,6 +17,7 @@ from keras import ops
 from .extract import Extractor
 from .grids import heat_maps, normalize_maps
 from .layers import WatchedLayer
+from .signals import TopK, reduce_signals, reduce_topk, topk_from_device
 from .stats import LayerStats, reduce_layer, summarize
 
 __all__ = ["CheckPipeline", "CheckResult", "DrawRule"]
@@ -27,12 +28,14 @@ class CheckResult:
     """What one check brings back to the host, per watched layer path.
 
     `maps` holds uint8 codes `(probes, H, W, F)` or `(probes, F)` for Dense outputs, at most
-    `max_filters` filters; `heat` holds uint8 `(probes, H, W)` (absent for Dense outputs).
+    `max_filters` filters; `heat` holds uint8 `(probes, H, W)` (absent for Dense outputs);
+    `topk` the top-k statistics samples of each drawn filter (when asked for).
     """
 
     stats: dict[str, LayerStats]
     maps: dict[str, np.ndarray]
     heat: dict[str, np.ndarray]
+    topk: dict[str, TopK] = field(default_factory=dict)
 
 
 def _channels_last(a: Any, layer: WatchedLayer) -> Any:
@@ -88,6 +91,13 @@ class CheckPipeline:
         drawn: which layers to draw: their paths, or a rule called with `(path, channels-last
             output shape)` of every watched layer (shapes without the batch axis, known when
             the compiled call is traced) returning paths. Defaults to every watched layer.
+        signals: compute the signals of `signals` (signal propagation, outliers). Defaults
+            to True.
+        histograms: with `signals`, the activation histogram of every layer. Defaults to True.
+        feature_rank: with `signals`, effective rank and srank. Defaults to True.
+        topk: for each drawn filter of each drawn layer (with `draw`), bring back the `topk`
+            statistics samples whose activation peaks highest, and where. 0 (the default)
+            brings back none.
     """
 
     def __init__(
@@ -101,10 +111,15 @@ class CheckPipeline:
         dormant_threshold: float = 0.025,
         draw: bool = True,
         drawn: Collection[str] | DrawRule | None = None,
+        signals: bool = True,
+        histograms: bool = True,
+        feature_rank: bool = True,
+        topk: int = 0,
     ) -> None:
         self.watched = list(watched)
         self.dormant_threshold = dormant_threshold
         layers = self.watched
+        self._spatial: dict[str, tuple[int, ...]] = {}  # channels-last, set when traced
 
         def reduce(outputs: list[Any]) -> list[dict[str, Any]]:
             """Per watched layer: `{"stats": {...}, "maps": ..., "heat": ...}` (device)."""
@@ -116,9 +131,16 @@ class CheckPipeline:
                 drawn, [(w.path, tuple(a.shape[1:])) for w, a in zip(layers, outputs, strict=True)]
             )
             for layer, a in zip(layers, outputs, strict=True):
+                self._spatial[layer.path] = tuple(int(d) for d in a.shape[1:-1])
                 sample = a[:stats_samples] if stats_samples else a
                 flat = ops.reshape(sample, (sample.shape[0], -1, layer.channels))
                 item: dict[str, Any] = {"stats": reduce_layer(flat)}
+                if signals:
+                    item["signals"] = reduce_signals(
+                        flat, histogram=histograms, feature_rank=feature_rank
+                    )
+                if draw and topk > 0 and layer.path in chosen:
+                    item["topk"] = reduce_topk(flat, topk, max_filters)
                 if draw and layer.path in chosen:
                     probes = a[stats_samples:] if stats_samples else a
                     maps = _as_maps(probes, layer.rank, max_side)
@@ -135,10 +157,15 @@ class CheckPipeline:
         stats: dict[str, LayerStats] = {}
         maps: dict[str, np.ndarray] = {}
         heat: dict[str, np.ndarray] = {}
+        topk: dict[str, TopK] = {}
         for layer, item in zip(self.watched, self._run(inputs), strict=True):
-            stats[layer.path] = summarize(item["stats"], self.dormant_threshold)
+            if "topk" in item:
+                topk[layer.path] = topk_from_device(item["topk"], self._spatial[layer.path])
+            stats[layer.path] = summarize(
+                item["stats"], self.dormant_threshold, item.get("signals")
+            )
             if "maps" in item:
                 maps[layer.path] = item["maps"]
             if "heat" in item:
                 heat[layer.path] = item["heat"]
-        return CheckResult(stats=stats, maps=maps, heat=heat)
+        return CheckResult(stats=stats, maps=maps, heat=heat, topk=topk)

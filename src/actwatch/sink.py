@@ -120,6 +120,7 @@ class _Job:
     scalars: Mapping[str, tuple[float, str]]
     texts: Mapping[str, tuple[str, str]]
     render: ImageRender | None
+    histograms: Mapping[str, tuple[np.ndarray, str]] = field(default_factory=dict)
 
 
 _STOP = object()
@@ -182,13 +183,14 @@ class Sink:
         texts: Mapping[str, tuple[str, str]] | None = None,
         render: ImageRender | None = None,
         keep_images: bool = False,
+        histograms: Mapping[str, tuple[np.ndarray, str]] | None = None,
     ) -> bool:
         """Queue one check. Returns False when its images were skipped (backlog); they are
         still written at `close` when no check is submitted after this one.
 
         `keep_images=True` queues the images whatever the backlog. A check with images also
         gets the scalar `network/images_skipped`: the checks before it whose images were
-        skipped.
+        skipped. `histograms` (`{tag: ([k, 3] buckets, description)}`) are never dropped.
         """
         if self._closed:
             raise RuntimeError("this Sink is closed")
@@ -214,7 +216,14 @@ class Sink:
                 )
                 if kept:
                     self._pending += 1
-            job = _Job(step, time.time(), scalars, dict(texts or {}), render if kept else None)
+            job = _Job(
+                step,
+                time.time(),
+                scalars,
+                dict(texts or {}),
+                render if kept else None,
+                dict(histograms or {}),
+            )
             if not kept:
                 self._held = _Job(step, job.wall_time, {}, {}, render)
         if not kept:
@@ -345,6 +354,10 @@ class Sink:
         values += [
             summaries.text(tag, text, self._description(tag, description))
             for tag, (text, description) in job.texts.items()
+        ]
+        values += [
+            summaries.histogram(tag, buckets, self._description(tag, description))
+            for tag, (buckets, description) in job.histograms.items()
         ]
         if job.render is not None:
             start = time.perf_counter()

@@ -17,6 +17,8 @@ positions, flattened; 1 for Dense outputs) and C channels (filters). With `a[n, 
   channels of one sample instead. 0 is flat and blobby, 1 is a single hot pixel.
 - **mean**: mean of the finite values.
 - **non-finite**: how many values are NaN or +-Inf. All other statistics ignore them.
+- The deeper signals (histogram, signal propagation, outliers, feature rank) are defined in
+  `signals`, and ignore non-finite values too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-__all__ = ["LayerStats", "NetworkStats", "reduce_layer", "summarize"]
+__all__ = ["SIGNAL_SCALARS", "LayerStats", "NetworkStats", "reduce_layer", "summarize"]
 
 
 def reduce_layer(a: Any) -> dict[str, Any]:
@@ -112,6 +114,17 @@ class LayerStats:
     nonnegative: bool
     dead: np.ndarray
     dormant: np.ndarray
+    #: Signals (see `signals`); None when not computed.
+    rms: float | None = None
+    channel_mean_sq: float | None = None
+    channel_var: float | None = None
+    max_abs: float | None = None
+    outlier_ratio: float | None = None
+    erank: float | None = None
+    srank: float | None = None
+    #: Counts over `signals.HISTOGRAM_EDGES`' bins (int64), and the finite values' range.
+    histogram: np.ndarray | None = None
+    value_range: tuple[float, float] | None = None
 
     @property
     def filters(self) -> int:
@@ -149,11 +162,59 @@ class LayerStats:
             "hoyer": self.hoyer,
             "mean": self.mean,
             "nonfinite": float(self.nonfinite),
+            **self.signal_scalars(),
         }
 
+    def signal_scalars(self) -> dict[str, float]:
+        """The signals' scalars (see `signals`) that were computed, keyed by metric name."""
+        values = {name: getattr(self, name) for name in SIGNAL_SCALARS}
+        return {name: float(v) for name, v in values.items() if v is not None}
 
-def summarize(reduced: Mapping[str, Any], dormant_threshold: float) -> LayerStats:
-    """Turn one layer's reduced arrays (numpy) from `reduce_layer` into `LayerStats`.
+
+#: The `LayerStats` attributes written as per-layer signal scalars, in this order.
+SIGNAL_SCALARS = (
+    "rms",
+    "channel_mean_sq",
+    "channel_var",
+    "max_abs",
+    "outlier_ratio",
+    "erank",
+    "srank",
+)
+
+
+def _signals(signals: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`LayerStats`' signal fields from `signals.reduce_signals`' arrays (None: none)."""
+    if signals is None:
+        return {}
+    peak = float(signals["max_abs"])
+    scale = peak if peak > 0.0 else 1.0
+    median = float(signals["median_abs"]) * scale
+    out: dict[str, Any] = {
+        "rms": float(signals["rms"]) * scale,
+        "channel_mean_sq": float(signals["channel_mean_sq"]) * scale**2,
+        "channel_var": float(signals["channel_var"]) * scale**2,
+        "max_abs": peak,
+        "outlier_ratio": peak / median if median > 0.0 else 0.0,
+    }
+    if "erank" in signals:
+        out["erank"] = float(signals["erank"])
+        out["srank"] = float(signals["srank"])
+    if "histogram" in signals:
+        out["histogram"] = np.asarray(signals["histogram"], dtype=np.int64)
+        low, high = float(signals["low"]), float(signals["high"])
+        if low <= high:
+            out["value_range"] = (low, high)
+    return out
+
+
+def summarize(
+    reduced: Mapping[str, Any],
+    dormant_threshold: float,
+    signals: Mapping[str, Any] | None = None,
+) -> LayerStats:
+    """Turn one layer's reduced arrays (numpy) from `reduce_layer` into `LayerStats`, with
+    the signals from `signals.reduce_signals` when given.
 
     A filter without a single finite value is neither dead nor dormant (it is non-finite,
     which the `nonfinite` count and alert report); a layer without a finite value is not
@@ -178,6 +239,7 @@ def summarize(reduced: Mapping[str, Any], dormant_threshold: float) -> LayerStat
         nonnegative=bool(has_finite.any() and float(reduced["min"]) >= 0.0),
         dead=has_finite & (filter_max <= 0.0),
         dormant=np.asarray(dormant, dtype=bool),
+        **_signals(signals),
     )
 
 

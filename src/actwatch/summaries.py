@@ -14,12 +14,13 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
+from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
-__all__ = ["custom_scalars", "event", "image", "scalar", "text"]
+__all__ = ["custom_scalars", "event", "histogram", "image", "scalar", "text"]
 
 
 def _metadata(plugin: Any, tag: str, description: str | None) -> summary_pb2.SummaryMetadata | None:
@@ -55,6 +56,20 @@ def image(
     tensor = tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(), png])
     return summary_pb2.Summary.Value(
         tag=tag, tensor=tensor, metadata=_metadata(image_metadata, tag, description)
+    )
+
+
+def histogram(
+    tag: str, buckets: np.ndarray, description: str | None = None
+) -> summary_pb2.Summary.Value:
+    """A histogram: a float64 tensor of shape `[k, 3]`, each row (left edge, right edge,
+    count), plugin `histograms`, as TensorBoard's `histogram` summary_v2 writes it (its
+    Histograms and Distributions tabs read it)."""
+    array = np.asarray(buckets, dtype=np.float64).reshape(-1, 3)
+    return summary_pb2.Summary.Value(
+        tag=tag,
+        tensor=tensor_util.make_tensor_proto(array, dtype=np.float64),
+        metadata=_metadata(histogram_metadata, tag, description),
     )
 
 

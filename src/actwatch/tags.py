@@ -8,6 +8,10 @@
 | checks whose images were skipped so far | `network/images_skipped` |
 | filter grid | `filters/{layer}/probe_{i}` |
 | heatmap over the probe | `heatmap/{layer}/probe_{i}` |
+| per-layer signal scalar | `{signal}/{layer}`, e.g. `rms/conv1` (`{signal}` in `SIGNAL_METRICS`) |
+| activation histogram (Histograms and Distributions tabs) | `histogram/{layer}` |
+| colorful dimension: histogram bins x checks (drawn layers) | `distribution/{layer}` |
+| top-k samples of each drawn filter (drawn layers, `topk` > 0) | `topk/{layer}` |
 | alerts (Markdown text) | `alerts` |
 | custom-scalars layout | `custom_scalars__config__` (TensorBoard's own tag) |
 
@@ -31,19 +35,23 @@ __all__ = [
     "ALERTS",
     "CHART_LINES",
     "HEADLINE_METRICS",
+    "SIGNAL_METRICS",
     "IMAGES_SKIPPED",
     "LEARNING_RATE",
     "LOGS_PREFIX",
     "METRICS",
     "NETWORK",
     "alert_texts",
+    "distribution_tag",
     "filters_tag",
     "heatmap_tag",
+    "histogram_tag",
     "layer_tag",
     "layout",
     "logs_figures",
     "network_tag",
     "scalar_values",
+    "topk_tag",
 ]
 
 #: Metric name -> description (Markdown), for per-layer and whole-network scalars.
@@ -61,6 +69,35 @@ METRICS: dict[str, str] = {
     ),
     "mean": "Mean activation.",
     "nonfinite": "Number of NaN or Inf activations.",
+}
+#: Per-layer signal metrics (see `actwatch.signals`) -> description (Markdown). Written per
+#: layer only (no `network/` figure), and left out of the custom-scalars layout.
+SIGNAL_METRICS: dict[str, str] = {
+    "rms": (
+        "RMS of the activations, sqrt(mean a^2) (signal propagation, Brock et al. 2021): "
+        "exploding or vanishing signal."
+    ),
+    "channel_mean_sq": (
+        "Average squared channel mean, mean_c (mean a_c)^2 (signal propagation, Brock et al. "
+        "2021)."
+    ),
+    "channel_var": (
+        "Average channel variance, mean_c var a_c (signal propagation, Brock et al. 2021)."
+    ),
+    "max_abs": "Largest |a| (massive activations, Sun et al. 2024).",
+    "outlier_ratio": (
+        "max |a| / median |a| over the nonzero values of a sample of at most 4096 (massive "
+        "activations, Sun et al. 2024: about 1000x in LLMs); 0 when all are zero."
+    ),
+    "erank": (
+        "Effective rank (Roy & Vetterli 2007) of the spatially averaged features, samples x "
+        "channels: exp of the entropy of the normalised singular values; at most "
+        "min(samples, channels)."
+    ),
+    "srank": (
+        "srank (Kumar et al. 2021), delta = 0.01: the fewest singular values of the spatially "
+        "averaged features holding 99% of their sum; at most min(samples, channels)."
+    ),
 }
 #: Whole-network figures put in Keras' `logs` dict and charted together in the layout.
 HEADLINE_METRICS = ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
@@ -86,6 +123,18 @@ def filters_tag(layer: str, probe: int) -> str:
 
 def heatmap_tag(layer: str, probe: int) -> str:
     return f"heatmap/{layer}/probe_{probe}"
+
+
+def histogram_tag(layer: str) -> str:
+    return f"histogram/{layer}"
+
+
+def distribution_tag(layer: str) -> str:
+    return f"distribution/{layer}"
+
+
+def topk_tag(layer: str) -> str:
+    return f"topk/{layer}"
 
 
 #: At most this many layers share one custom-scalars chart: more lines are unreadable.
@@ -152,7 +201,8 @@ def scalar_values(
     out: dict[str, tuple[float, str]] = {}
     for path, figures in layers.items():
         for metric, value in figures.items():
-            out[layer_tag(metric, path)] = (value, f"{METRICS[metric]} Layer `{path}`.")
+            about = METRICS.get(metric) or SIGNAL_METRICS[metric]
+            out[layer_tag(metric, path)] = (value, f"{about} Layer `{path}`.")
     for metric, value in network.items():
         out[network_tag(metric)] = (value, f"{METRICS[metric]} Over all watched layers.")
     if learning_rate is not None:

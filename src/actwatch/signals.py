@@ -1,0 +1,403 @@
+"""Deeper signals of a layer's activations, reduced on the device with `keras.ops`.
+
+Computed on the statistics data (`stats_data`, or the probes), from the layer output as
+`(N, P, C)` (N samples, P positions, C channels; see `stats`). Non-finite values are left
+out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
+
+- **histogram**: counts of the finite values in `HISTOGRAM_EDGES`, equal to
+  `numpy.histogram(finite values, HISTOGRAM_EDGES)`. The edges are fixed and the same for
+  every layer and every check (symmetric log bins, so histograms stay comparable from check
+  to check and layer to layer without any state): a bin `[-1e-6, 1e-6)` around zero (the
+  exact zeros of a ReLU), 4 bins per decade from 1e-6 to 1e6 on each side, and two outer
+  bins out to the largest float32, so every finite value is counted.
+- **signal propagation** (Brock, De, Smith, ICLR 2021): `rms = sqrt(mean a^2)`, the average
+  squared channel mean `mean_c (mean_{n,p} a[n, p, c])^2` and the average channel variance
+  `mean_c var_{n,p} a[n, p, c]` (population variance), over the channels with finite values.
+- **outliers** (Sun, Chen, Kolter, Liu, "Massive Activations in Large Language Models",
+  2024): `max_abs = max |a|` and `outlier_ratio = max |a| / median |a|`. The median is taken
+  over the values that are not exactly zero (a ReLU layer is mostly exact zeros: its plain
+  median |a| is 0; where no value is zero, as in the hidden states Sun et al. measure, this is
+  their median) in a fixed strided sample of at most `MEDIAN_SAMPLE` values of the flattened
+  `(N, P, C)` data: every `ceil(N P C / MEDIAN_SAMPLE)`-th value, starting at the first, so a
+  big layer costs one small sort. `outlier_ratio` is 0 when that sample has no nonzero value.
+- **feature rank** of the features `f[n, c] = mean_p a[n, p, c]` (spatially averaged
+  channels, samples x channels): with `s_i` the singular values of `f`, from the eigenvalues
+  of the `C x C` Gram matrix `f^T f` (or the `N x N` one `f f^T` when N < C: the same nonzero
+  spectrum at a smaller cost), eigenvalues below `max * size * eps(float32)` counted as 0 (as
+  `numpy.linalg.matrix_rank` does), `q_i = s_i / sum s`: the **effective rank** (Roy &
+  Vetterli 2007) `exp(-sum q_i log q_i)` and **srank** (Kumar, Agarwal, Ghosh, Levine, ICLR
+  2021) with delta = 0.01, the fewest largest singular values whose sum reaches
+  `(1 - delta) sum s`. Both are at most `min(N, C)`: with fewer samples than channels they
+  describe the samples, not the layer (give `stats_data` with at least C samples). Both are 0
+  when every feature is 0.
+- **top-k** (what each filter responds to): for each drawn filter, the `k` samples whose
+  peak `max_p a[n, p, c]` is highest (ties: the lower sample index first), and the position
+  `argmax_p` of each peak (the first one on ties). Only these indices and positions cross to
+  the host, where `topk_image` draws the samples as thumbnails with the peak marked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from keras import ops
+from PIL import Image
+
+__all__ = [
+    "FLOAT32_MAX",
+    "HISTOGRAM_EDGES",
+    "HistogramHistory",
+    "MEDIAN_SAMPLE",
+    "SRANK_DELTA",
+    "TopK",
+    "bin_counts",
+    "bin_label",
+    "colorful_dimension",
+    "distribution_image",
+    "histogram_buckets",
+    "reduce_signals",
+    "reduce_topk",
+    "topk_from_device",
+    "topk_image",
+]
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Bins per decade of |a| and the decades covered on each side of zero.
+BINS_PER_DECADE = 4
+_LOW, _HIGH = -6, 6
+_POSITIVE = 10.0 ** (np.arange(_LOW * BINS_PER_DECADE, _HIGH * BINS_PER_DECADE + 1) / 4)
+#: Fixed histogram edges (float32, increasing): -max, -1e6 ... -1e-6, 1e-6 ... 1e6, +max.
+HISTOGRAM_EDGES: np.ndarray = np.concatenate(
+    [[-FLOAT32_MAX], -_POSITIVE[::-1], _POSITIVE, [FLOAT32_MAX]]
+).astype(np.float32)
+HISTOGRAM_EDGES.setflags(write=False)
+#: At most this many values of a layer go into the median of |a|.
+MEDIAN_SAMPLE = 4096
+#: delta of srank (Kumar et al. 2021).
+SRANK_DELTA = 0.01
+_EPS32 = float(np.finfo(np.float32).eps)
+
+
+def reduce_signals(a: Any, *, histogram: bool = True, feature_rank: bool = True) -> dict[str, Any]:
+    """Signals of one layer's `(N, P, C)` float32 activations `a` on the device.
+
+    Values are divided by the largest finite |a| (`max_abs`, the scale; 1 when it is 0) and
+    come back in units of it (`channel_mean_sq` and `channel_var` in units of its square),
+    for `stats.summarize` to multiply back on the host in float64, so nothing overflows
+    float32. Returns scalars, with `histogram` the counts (`len(HISTOGRAM_EDGES) - 1` int32)
+    and the finite range (`low`, `high`; `low > high` when nothing is finite), nothing larger.
+    """
+    n, p, c = (int(d) for d in a.shape)
+    finite = ops.isfinite(a)
+    az = ops.where(finite, a, ops.zeros_like(a))
+    peak = ops.max(ops.abs(az))
+    scale = ops.where(peak > 0.0, peak, ops.ones_like(peak))
+    x = az / scale
+    fin = ops.cast(finite, "float32")
+    filter_count = ops.sum(fin, axis=(0, 1))
+    count = ops.maximum(ops.sum(filter_count), 1.0)
+    out: dict[str, Any] = {"max_abs": peak, "rms": ops.sqrt(ops.sum(ops.square(x)) / count)}
+
+    # Signal propagation: per channel mean, then the variance around it (two passes).
+    has = ops.cast(filter_count > 0.0, "float32")
+    channels = ops.maximum(ops.sum(has), 1.0)
+    per = ops.maximum(filter_count, 1.0)
+    channel_mean = ops.sum(x, axis=(0, 1)) / per
+    centred = (x - channel_mean) * fin
+    channel_var = ops.sum(ops.square(centred), axis=(0, 1)) / per
+    out["channel_mean_sq"] = ops.sum(ops.square(channel_mean) * has) / channels
+    out["channel_var"] = ops.sum(channel_var * has) / channels
+
+    # Outliers: median of the nonzero |a| in a strided sample.
+    size = n * p * c
+    stride = max(1, math.ceil(size / MEDIAN_SAMPLE))
+    sample = ops.abs(ops.reshape(x, (-1,))[::stride])
+    valid = ops.logical_and(ops.reshape(finite, (-1,))[::stride], sample > 0.0)
+    k = ops.sum(ops.cast(valid, "int32"))
+    ordered = ops.sort(ops.where(valid, sample, ops.full_like(sample, np.inf)))
+    lo = ops.maximum((k - 1) // 2, 0)
+    hi = ops.maximum(k // 2, 0)
+    middle = (ops.take(ordered, lo) + ops.take(ordered, hi)) / 2.0
+    out["median_abs"] = ops.where(k > 0, middle, ops.zeros_like(middle))
+
+    if histogram:
+        edges = ops.convert_to_tensor(HISTOGRAM_EDGES)
+        bins = int(HISTOGRAM_EDGES.size - 1)
+        flat = ops.reshape(az, (-1,))
+        out["low"] = ops.min(ops.where(finite, a, ops.full_like(a, np.inf)))
+        out["high"] = ops.max(ops.where(finite, a, ops.full_like(a, -np.inf)))
+        index = ops.cast(ops.searchsorted(edges, flat, side="right"), "int32") - 1
+        index = ops.clip(index, 0, bins - 1)  # the largest float32 goes in the last bin
+        index = ops.where(ops.reshape(finite, (-1,)), index, ops.full_like(index, bins))
+        ones = ops.ones_like(index)
+        counts = ops.segment_sum(ones, index, num_segments=bins + 1)
+        out["histogram"] = ops.cast(counts[:bins], "int32")
+
+    if feature_rank:
+        positions = ops.maximum(ops.sum(fin, axis=1), 1.0)  # (N, C)
+        features = ops.sum(x, axis=1) / positions
+        if n < c:
+            gram = ops.matmul(features, ops.transpose(features))
+        else:
+            gram = ops.matmul(ops.transpose(features), features)
+        values = ops.maximum(ops.eigh(gram)[0], 0.0)
+        size_g = min(n, c)
+        floor = ops.max(values) * (size_g * _EPS32)
+        singular = ops.where(values > floor, ops.sqrt(values), ops.zeros_like(values))
+        singular = ops.flip(ops.sort(singular), axis=0)  # descending
+        total = ops.sum(singular)
+        safe = ops.where(total > 0.0, total, ops.ones_like(total))
+        q = singular / safe
+        entropy = -ops.sum(ops.where(q > 0.0, q * ops.log(ops.where(q > 0.0, q, 1.0)), 0.0))
+        out["erank"] = ops.where(total > 0.0, ops.exp(entropy), ops.zeros_like(entropy))
+        reached = ops.cumsum(q) >= (1.0 - SRANK_DELTA)
+        short = ops.sum(ops.cast(ops.logical_not(reached), "int32"))
+        srank = ops.minimum(short + 1, size_g)
+        out["srank"] = ops.where(total > 0.0, srank, ops.zeros_like(srank))
+    return out
+
+
+def reduce_topk(a: Any, k: int, filters: int) -> dict[str, Any]:
+    """Top-k samples per filter of `(N, P, C)` activations `a`, for the first `filters` filters.
+
+    Returns `indices` and `positions` int32 `(F, k')` with `k' = min(k, N)` and the peaks
+    `values` float32 `(F, k')` (-inf for a filter with no finite value).
+    """
+    n = int(a.shape[0])
+    kk = min(k, n)
+    a = a[..., :filters]
+    masked = ops.where(ops.isfinite(a), a, ops.full_like(a, -np.inf))
+    peaks = ops.transpose(ops.max(masked, axis=1))  # (F, N)
+    where = ops.transpose(ops.cast(ops.argmax(masked, axis=1), "int32"))  # (F, N)
+    values, indices = ops.top_k(peaks, kk, sorted=True)
+    indices = ops.cast(indices, "int32")
+    positions = ops.take_along_axis(where, indices, axis=1)
+    return {"indices": indices, "positions": positions, "values": values}
+
+
+# Host side -------------------------------------------------------------------------------
+
+
+def histogram_buckets(
+    counts: np.ndarray, low: float | None = None, high: float | None = None
+) -> np.ndarray:
+    """TensorBoard's histogram tensor `[k, 3]` (left edge, right edge, count) of `counts`.
+
+    Only the bins from the first to the last non-empty one are kept; an outer bin's infinite-
+    looking edge (the largest float32) is replaced by the data's `low` / `high` when given,
+    so TensorBoard's axis spans the data. Shape `(0, 3)` when every count is 0.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    nonzero = np.flatnonzero(counts)
+    if nonzero.size == 0:
+        return np.zeros((0, 3), dtype=np.float64)
+    first, last = int(nonzero[0]), int(nonzero[-1])
+    edges = HISTOGRAM_EDGES.astype(np.float64)
+    out = np.stack([edges[first : last + 1], edges[first + 1 : last + 2], counts[first : last + 1]])
+    out = out.T.copy()
+    if low is not None and first == 0:
+        out[0, 0] = min(low, out[0, 1])
+    if high is not None and last == counts.size - 1:
+        out[-1, 1] = max(high, out[-1, 0])
+    return out
+
+
+def bin_counts(buckets: np.ndarray) -> np.ndarray:
+    """Counts over `HISTOGRAM_EDGES`' bins from a `[k, 3]` tensor of `histogram_buckets`."""
+    counts = np.zeros(HISTOGRAM_EDGES.size - 1, dtype=np.float64)
+    buckets = np.asarray(buckets, dtype=np.float64).reshape(-1, 3)
+    if buckets.size:
+        # Each bucket's midpoint lies inside its fixed bin (outer edges may be the data's).
+        mid = np.clip((buckets[:, 0] + buckets[:, 1]) / 2, -FLOAT32_MAX, FLOAT32_MAX)
+        edges = HISTOGRAM_EDGES.astype(np.float64)
+        index = np.clip(np.searchsorted(edges, mid, side="right") - 1, 0, counts.size - 1)
+        np.add.at(counts, index, buckets[:, 2])
+    return counts
+
+
+def bin_label(index: int) -> str:
+    """The range of bin `index`, e.g. `[1e-06, 1.8e-06)`."""
+    lo, hi = HISTOGRAM_EDGES[index], HISTOGRAM_EDGES[index + 1]
+    show = ["-max" if v == -FLOAT32_MAX else "max" if v == FLOAT32_MAX else f"{v:.2g}" for v in (lo, hi)]
+    return f"[{show[0]}, {show[1]})"
+
+
+def colorful_dimension(history: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """fastai's "colorful dimension": brightness `log(1 + count)` of bins (rows) x checks.
+
+    `history` holds one count vector over `HISTOGRAM_EDGES`' bins per check, oldest first.
+    Returns the `(rows, checks)` float image scaled to 0..1 (the largest bin at the top) and
+    the index of the bin of its first row; only the bins non-empty at some check are kept.
+    """
+    matrix = np.stack([np.asarray(h, dtype=np.float64) for h in history], axis=1)
+    used = np.flatnonzero(matrix.sum(axis=1) > 0)
+    if used.size == 0:
+        return np.zeros((1, matrix.shape[1])), 0
+    lo, hi = int(used[0]), int(used[-1])
+    body = np.log1p(matrix[lo : hi + 1])[::-1]
+    top = float(body.max())
+    return (body / top if top > 0 else body), hi
+
+
+def distribution_image(history: Sequence[np.ndarray], lut: np.ndarray) -> np.ndarray:
+    """The colorful dimension as an RGB uint8 image for TensorBoard: `lut` colours, each
+    check a column of at least 1 and at most 8 pixels, each bin a row of 3."""
+    body, _ = colorful_dimension(history)
+    checks = body.shape[1]
+    width = max(1, min(8, 512 // max(checks, 1)))
+    codes = np.round(body * 255).astype(np.uint8)
+    image: np.ndarray = lut.take(codes, axis=0)
+    return image.repeat(3, axis=0).repeat(width, axis=1)
+
+
+class HistogramHistory:
+    """Every check's histogram counts per layer, for the colorful dimension (host memory:
+    `len(HISTOGRAM_EDGES) - 1` int32 per layer and check)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[np.ndarray]] = {}
+
+    def add(self, path: str, counts: np.ndarray) -> None:
+        self._counts.setdefault(path, []).append(np.asarray(counts, dtype=np.int32))
+
+    def snapshot(self, paths: Sequence[str] | set[str]) -> dict[str, tuple[np.ndarray, ...]]:
+        """The histories of `paths` so far (tuples: later checks do not change them)."""
+        return {p: tuple(self._counts[p]) for p in paths if self._counts.get(p)}
+
+
+@dataclass(frozen=True)
+class TopK:
+    """One layer's top-k samples per drawn filter (host), from `reduce_topk`.
+
+    `indices[f, j]` is the sample with the j-th highest peak of filter `f`, `positions[f, j]`
+    the flattened position of that peak in the layer's `spatial` shape (channels last, no
+    batch or channel axis; `()` for Dense outputs), `values[f, j]` the peak.
+    """
+
+    indices: np.ndarray
+    positions: np.ndarray
+    values: np.ndarray
+    spatial: tuple[int, ...]
+
+    def peak_cells(self) -> np.ndarray:
+        """`(F, k, 2)` row and column of each peak in the layer's map (0, 0 for Dense)."""
+        spatial = self.spatial
+        if len(spatial) == 0:
+            return np.zeros((*self.positions.shape, 2), dtype=np.int64)
+        if len(spatial) == 1:
+            rows = np.zeros_like(self.positions)
+            return np.stack([rows, self.positions], axis=-1).astype(np.int64)
+        h_w = spatial[-2:]
+        inner = int(np.prod(spatial[-2:]))
+        flat = self.positions % inner  # 3-D maps: the position within its depth slice
+        return np.stack(np.unravel_index(flat, h_w), axis=-1).astype(np.int64)
+
+
+THUMB = 32  # thumbnail side in pixels
+_MARK_RGB = np.array([0, 255, 0], dtype=np.uint8)
+_GUTTER_RGB = np.array([32, 64, 96], dtype=np.uint8)
+_EMPTY_RGB = np.array([90, 90, 90], dtype=np.uint8)
+
+
+def _thumbnails(display: np.ndarray) -> np.ndarray:
+    """Every sample's picture resized (bilinear) to `THUMB` x `THUMB`."""
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(image).resize((THUMB, THUMB), Image.Resampling.BILINEAR))
+            for image in display
+        ]
+    )
+
+
+def _mark(tile: np.ndarray, row: int, col: int, spatial: tuple[int, ...]) -> None:
+    """Draw a square outline around the input area of map cell `(row, col)` on `tile`."""
+    h, w = (1, spatial[0]) if len(spatial) == 1 else spatial[-2:]
+    cy, cx = (row + 0.5) * THUMB / h, (col + 0.5) * THUMB / w
+    half = max(3.0, THUMB / max(h, w) / 2)
+    y0, y1 = int(max(0, cy - half)), int(min(THUMB - 1, cy + half))
+    x0, x1 = int(max(0, cx - half)), int(min(THUMB - 1, cx + half))
+    tile[y0 : y1 + 1, [x0, x1]] = _MARK_RGB
+    tile[[y0, y1], x0 : x1 + 1] = _MARK_RGB
+
+
+def topk_image(topk: TopK, display: np.ndarray, gutter: int = 4) -> np.ndarray:
+    """One RGB image of a layer's top-k strips: per drawn filter, its k samples side by side
+    (highest peak first), the peak's cell outlined in green (no mark for Dense outputs);
+    filters in a near-square grid, left to right, top to bottom. A filter without a finite
+    value gets grey tiles.
+    """
+    f, k = topk.indices.shape
+    thumbs = _thumbnails(display)
+    cells = topk.peak_cells()
+    cols = max(1, math.ceil(math.sqrt(f * THUMB / max(k * THUMB, 1))))
+    rows = math.ceil(f / cols)
+    cell_w, cell_h = k * (THUMB + 1) - 1 + gutter, THUMB + gutter
+    out = np.empty((rows * cell_h + gutter, cols * cell_w + gutter, 3), dtype=np.uint8)
+    out[:] = _GUTTER_RGB
+    for i in range(f):
+        r, c = divmod(i, cols)
+        y, x = gutter + r * cell_h, gutter + c * cell_w
+        for j in range(k):
+            left = x + j * (THUMB + 1)
+            if not np.isfinite(topk.values[i, j]):
+                out[y : y + THUMB, left : left + THUMB] = _EMPTY_RGB
+                continue
+            tile = thumbs[int(topk.indices[i, j])].copy()
+            if topk.spatial:
+                _mark(tile, int(cells[i, j, 0]), int(cells[i, j, 1]), topk.spatial)
+            out[y : y + THUMB, left : left + THUMB] = tile
+    return out
+
+
+def topk_from_device(item: Mapping[str, np.ndarray], spatial: tuple[int, ...]) -> TopK:
+    return TopK(
+        indices=np.asarray(item["indices"], dtype=np.int64),
+        positions=np.asarray(item["positions"], dtype=np.int64),
+        values=np.asarray(item["values"], dtype=np.float64),
+        spatial=spatial,
+    )
+
+
+def check_outlier_ratio(value: Any) -> float | None:
+    """`outlier_ratio` as a float > 1, or None; an error that says so otherwise."""
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or float(value) <= 1.0:
+        raise ValueError(
+            "Invalid value for argument `outlier_ratio`. Expected a number > 1 (e.g. 1000, "
+            f"Sun et al. 2024) or None. Received: outlier_ratio={value!r}"
+        )
+    return float(value)
+
+
+def histogram_values(
+    stats: Mapping[str, Any], history: HistogramHistory | None = None
+) -> dict[str, tuple[np.ndarray, str]]:
+    """Every layer's histogram of one check as `{tag: ([k, 3] buckets, description)}`.
+
+    `stats` maps layer paths to `LayerStats`; layers without a histogram or without a finite
+    value are left out. Each histogram is also added to `history` when given.
+    """
+    from . import tags
+
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    for path, s in stats.items():
+        if s.histogram is None:
+            continue
+        if history is not None:
+            history.add(path, s.histogram)
+        low, high = s.value_range if s.value_range is not None else (None, None)
+        buckets = histogram_buckets(s.histogram, low, high)
+        if buckets.shape[0]:
+            out[tags.histogram_tag(path)] = (
+                buckets,
+                f"Activations of layer `{path}` on the statistics data: symmetric log bins "
+                "(a bin around 0, 4 a decade from 1e-6 to 1e6 each side), the same at every "
+                "check; non-finite values left out.",
+            )
+    return out
