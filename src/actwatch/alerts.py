@@ -32,7 +32,7 @@ from .stats import LayerStats
 
 __all__ = ["Alert", "AlertTracker", "Decision"]
 
-AlertKind = Literal["dead", "nonfinite", "outlier"]
+AlertKind = Literal["dead", "nonfinite", "learning_rate", "revived", "outlier"]
 
 #: After its first alert, a layer alerts again only when its count of confirmed-dead filters
 #: has grown by at least this share of its filters (one filter at least) since its last alert
@@ -48,7 +48,10 @@ class Alert:
     """One event worth a human's attention.
 
     Attributes:
-        kind: `"dead"` (filters newly confirmed dead) or `"nonfinite"` (NaN/Inf outputs).
+        kind: `"dead"` (filters newly confirmed dead), `"nonfinite"` (NaN/Inf outputs),
+            `"learning_rate"` (update-to-weight ratios out of bounds: `count` layers of
+            `total`, `layer` the worst one) or `"revived"` (`filters` of `layer` re-initialised
+            by `revive="redo"`).
         layer: the layer's path.
         step: the TensorBoard step of the check.
         epoch: the epoch (0-based, as Keras counts) of the check, or None before training.

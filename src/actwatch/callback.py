@@ -17,6 +17,7 @@ from ._distribute import is_chief
 from ._logging import WarnOnce, logger
 from ._steps import StepCounter
 from .alerts import Alert, AlertTracker, Decision
+from .gradients import GradientRunner, GradientStats, gradient_stats, reduce_gradients
 from .grids import default_drawn, render_images
 from .layers import check_layer_specs, resolve_drawn, resolve_layers
 from .pipeline import CheckPipeline
@@ -27,9 +28,11 @@ from .probes import (
     prepare_probes,
     read_probe_source,
 )
+from .revive import Reviver, check_revive, plan
 from .sink import Sink, SinkStats, check_log_dir
 from .signals import HistogramHistory, check_outlier_ratio, histogram_values
 from .stats import LayerStats, NetworkStats
+from .updates import DEFAULT_BOUNDS, RatioTracker, UpdateRatios
 
 __all__ = ["ActivationMonitor"]
 
@@ -76,7 +79,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         every_n_batches: check every N training batches instead of per epoch.
         stats_data: optional larger batch (a few hundred samples) on which the statistics
             are computed, so that "dead" is judged on more than a handful of probes. The
-            probes are still what is drawn. Defaults to the probes.
+            probes are still what is drawn. Defaults to the probes. A tuple `(x, y)` or
+            `(x, y, sample_weight)` (as `fit` takes them; for a multi-input model `x` is a
+            list or dict) adds labels: each check then also computes the compiled loss's
+            gradient with respect to every watched output (one backward pass), logged as
+            `gradient_rms/{layer}` and GraMa's `gradient_dormant_fraction/{layer}`.
         on_alert: called with each `actwatch.Alert` (on the chief only). An exception
             raised by it is logged once, with its traceback, and training goes on.
         stop_on_dead_fraction: stop training (`model.stop_training = True`) once a layer's
@@ -112,6 +119,19 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         outlier_ratio: raise an `"outlier"` alert when a layer's `max |a| / median |a|` (scalar
             `outlier_ratio/<layer>`) exceeds this, e.g. 1000 (Sun et al. 2024 report about
             1000x in LLMs). Defaults to None (no outlier alerts; the scalar is always written).
+        update_ratio_bounds: `(low, high)` for the update-to-weight ratio
+            `||W_after - W_before|| / ||W_before||` of one training step after each check,
+            logged as `update_ratio/{layer}` for every watched layer with trainable weights: a
+            layer above `high` (or below `low`) for `patience` checks raises a
+            `kind="learning_rate"` alert saying which way to move the learning rate.
+            Defaults to `(1e-5, 1e-1)`, two orders of magnitude around the healthy 1e-3
+            (CS231n notes); None measures nothing.
+        revive: `"redo"` re-initialises filters dead (or tau-dormant) for `patience` checks
+            (ReDo, Sokar et al. 2023): fresh incoming weights, zero bias and outgoing weights,
+            so the output is unchanged at that instant; each revival is an alert of
+            `kind="revived"`. Only for Conv/Dense layers feeding Conv/Dense layers through
+            channel-preserving layers in a Functional or Sequential model; anything else is a
+            ValueError at the start of `fit`. Defaults to None.
 
     Example:
 
@@ -145,9 +165,15 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         feature_rank: bool = True,
         topk: int = 0,
         outlier_ratio: float | None = None,
+        update_ratio_bounds: tuple[float, float] | None = DEFAULT_BOUNDS,
+        revive: str | None = None,
     ) -> None:
         super().__init__()
         self._probe_source = read_probe_source(probes, "probes")
+        self._stats_labels: tuple[Any, Any] | None = None
+        if isinstance(stats_data, tuple) and len(stats_data) in (2, 3):  # (x, y[, weight])
+            stats_data, *labels = stats_data
+            self._stats_labels = (labels[0], labels[1] if len(labels) > 1 else None)
         self._stats_source = (
             None if stats_data is None else read_probe_source(stats_data, "stats_data")
         )
@@ -198,11 +224,19 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         if not (isinstance(draw_layers, str) and draw_layers in ("auto", "all")):
             check_layer_specs(draw_layers, argument="draw_layers")
         self.draw_layers = draw_layers
+        self.update_ratio_bounds = _bounds(update_ratio_bounds)
+        self.revive = check_revive(revive)
         if self.every_n_batches is not None:
             # Defined only on request: overriding it turns off Keras' async batch dispatch.
             self.on_train_batch_end = self._on_train_batch_end  # type: ignore[method-assign]
         self.alerts: list[Alert] = []
         self.last_stats: dict[str, LayerStats] = {}
+        #: The gradient figures of the last check (with labels in `stats_data`), by layer.
+        self.last_gradients: dict[str, GradientStats] = {}
+        #: The update-to-weight ratios measured after the last check, by layer.
+        self.last_update_ratios: dict[str, float] = {}
+        self._updates = UpdateRatios([])
+        self._reviver: Reviver | None = None
         self.timings: dict[str, float] = {}
         self._last_sink_stats: SinkStats | None = None
         self._sink: Sink | None = None
@@ -226,6 +260,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._steps = StepCounter(int(getattr(model, "steps_per_execution", 1) or 1))
         self._next_batch_check = 0  # the step at or after which the next batch check runs
         self.last_stats = {}
+        self.last_gradients = {}
+        self.last_update_ratios = {}
         self.timings = {}
         self._stopping = False
         self._check_failed.reset()
@@ -237,10 +273,15 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._samples = probes.display  # pictures of the statistics samples (top-k)
         self._histories = HistogramHistory()
         stats_samples = 0
+        self._gradients: tuple[GradientRunner, tuple[Any, Any, Any]] | None = None
         if self._stats_source is not None:  # one batch: statistics samples, then the probes
             stats = prepare_probes(self._stats_source, inputs, self.preprocess)
             stats_samples = stats.size
             self._samples = stats.display
+            if self._stats_labels is not None:
+                y, weight = _labels(self._stats_labels, stats.size)
+                runner = GradientRunner(model, watched, reduce_gradients(watched))
+                self._gradients = (runner, (stats.feed(), y, weight))
             batch = tuple(
                 np.concatenate([s, p]) for s, p in zip(stats.inputs, probes.inputs, strict=True)
             )
@@ -274,6 +315,14 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 outlier_ratio=self.outlier_ratio,
             )
             self._tracked = (weakref.ref(model), paths)
+        self._reviver = (
+            None
+            if self.revive is None
+            else Reviver(model, plan(model, watched), patience=self.patience)
+        )
+        self._updates = UpdateRatios(watched if self.update_ratio_bounds is not None else [])
+        low, high = self.update_ratio_bounds or DEFAULT_BOUNDS
+        self._ratios = RatioTracker(low=low, high=high, patience=self.patience)
         self._chief = is_chief(model)
         if self._chief:
             self._sink = Sink(
@@ -287,10 +336,12 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self._begin_fit(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._measure_updates()
         self._steps.batch_begin(batch, self._steps_per_epoch())
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._steps.epoch_end(self._iterations, self._steps_per_epoch())
+        self._measure_updates()
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
             self._check(self._steps.current, epoch=epoch)
         if logs is not None:
@@ -313,6 +364,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         # counted are the ones that ran; a fit that ran no epoch has nothing to check.
         if self._steps.started:
             self._check(self._steps.current, epoch=self._epoch)
+        self._updates.cancel()  # no training step after the last check
         self._close_sink()
 
     # Public helpers -----------------------------------------------------------------------
@@ -400,6 +452,20 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             layers = {path: s.scalars() for path, s in result.stats.items()}
             network = NetworkStats.of(result.stats).scalars()
             self._figures = tags.logs_figures(network, layers if self.log_per_layer else None)
+            self.last_gradients = self._gradient_stats()
+            for path, g in self.last_gradients.items():
+                layers[path] = {**layers[path], **g.scalars()}
+            revivals = self._revive(result.stats, step, epoch, learning_rate)
+            if revivals:
+                decision = Decision(
+                    alerts=decision.alerts + revivals,
+                    stop_reason=decision.stop_reason,
+                    revived=decision.revived,
+                )
+            if self._reviver is not None:
+                network = {**network, "revived_filters": float(self._reviver.total)}
+                for alert in revivals:
+                    layers.setdefault(alert.layer, {})["revived_filters"] = float(alert.count)
             if self._sink is not None:
                 render = functools.partial(
                     render_images,
@@ -419,11 +485,94 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     histograms=histogram_values(result.stats, self._histories),
                 )
             self._act(decision)
+            self._updates.snapshot(step)  # after any revival: the ratio is one training step
             self.timings = {"device": device, "blocking": time.perf_counter() - start}
         except Exception as exc:
             self._check_failed(
                 "actwatch: the check at step %d failed (%s: %s); training goes on. Later "
                 "failures are logged at DEBUG.",
+                step,
+                type(exc).__name__,
+                exc,
+                exc=exc,
+            )
+
+    def _gradient_stats(self) -> dict[str, GradientStats]:
+        """The gradient figures of this check, with labels given; else none."""
+        if self._gradients is None:
+            return {}
+        runner, data = self._gradients
+        return gradient_stats(runner.run(*data), runner.watched, self.dormant_threshold)
+
+    def _revive(
+        self, stats: Mapping[str, LayerStats], step: int, epoch: int | None, lr: float | None
+    ) -> tuple[Alert, ...]:
+        """ReDo on the filters dead (or tau-dormant) for `patience` checks: one alert each."""
+        if self._reviver is None:
+            return ()
+        masks = {p: s.dead if s.nonnegative else s.dormant for p, s in stats.items()}
+        when = f"Epoch {epoch + 1} (step {step})" if epoch is not None else f"Step {step}"
+        alerts = []
+        for path, filters in self._reviver.update(masks).items():
+            total = int(stats[self._reviver.source(path)].filters)
+            alerts.append(
+                Alert(
+                    kind="revived",
+                    layer=path,
+                    step=step,
+                    epoch=epoch,
+                    filters=filters,
+                    dead_filters=filters,
+                    died_since_last_check=(),
+                    count=len(filters),
+                    total=total,
+                    fraction=len(filters) / max(total, 1),
+                    learning_rate=lr,
+                    message=(
+                        f"{when}: revive='redo' re-initialised {len(filters)} filter(s) of "
+                        f"layer '{path}' that stayed dead for {self.patience} check(s): "
+                        f"{list(filters)[:16]}{' ...' if len(filters) > 16 else ''}. Their "
+                        "incoming weights are fresh, their bias and outgoing weights zero, so "
+                        "the network's output is unchanged now."
+                    ),
+                )
+            )
+        return tuple(alerts)
+
+    def _measure_updates(self) -> None:
+        """The update-to-weight ratios, once a training step has run since the last check."""
+        if not (self._updates.pending and self._steps.started):
+            return
+        assert self._updates.step is not None
+        step = self._steps.current
+        if step <= self._updates.step:
+            return
+        try:
+            if hasattr(self.model, "jax_state_sync"):
+                self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
+            ratios = self._updates.measure()
+            self.last_update_ratios = ratios
+            learning_rate = self._learning_rate()
+            alerts = self._ratios.update(
+                ratios, step=step, epoch=self._epoch, learning_rate=learning_rate
+            )
+            if self._sink is not None and ratios:
+                scalars = {
+                    tags.layer_tag("update_ratio", p): (
+                        r,
+                        f"{tags.LEARNING_METRICS['update_ratio']} Layer `{p}`.",
+                    )
+                    for p, r in ratios.items()
+                }
+                scalars[tags.network_tag("update_ratio")] = (
+                    float(np.median(list(ratios.values()))),
+                    f"{tags.LEARNING_METRICS['update_ratio']} Median over the watched layers.",
+                )
+                self._sink.submit(step, scalars=scalars, texts=tags.alert_texts(alerts))
+            self._act(Decision(alerts=tuple(alerts), stop_reason=None))
+        except Exception as exc:
+            self._check_failed(
+                "actwatch: the update ratio at step %d failed (%s: %s); training goes on.",
                 step,
                 type(exc).__name__,
                 exc,
@@ -459,3 +608,35 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self._sink.close()
             self._last_sink_stats = self._sink.stats
             self._sink = None
+
+
+def _bounds(value: Any) -> tuple[float, float] | None:
+    """`update_ratio_bounds`: None, or `(low, high)` with `0 <= low < high`."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not (0 <= low < high < float("inf")):
+        raise ValueError(
+            "Invalid value for argument `update_ratio_bounds`. Expected None or (low, high) "
+            f"with 0 <= low < high, e.g. (1e-5, 1e-1). Received: update_ratio_bounds={value!r}"
+        )
+    return (low, high)
+
+
+def _labels(labels: tuple[Any, Any], size: int) -> tuple[Any, Any]:
+    """`(y, sample_weight)` of `stats_data=(x, y[, sample_weight])`, checked against x."""
+    y, weight = labels
+    y = keras.tree.map_structure(np.asarray, y)
+    for name, value in (("y", y), ("sample_weight", weight)):
+        for leaf in keras.tree.flatten(value) if value is not None else []:
+            length = np.shape(leaf)[0] if np.ndim(leaf) else None
+            if length != size:
+                raise ValueError(
+                    f"Invalid value for argument `stats_data`: {name} has {length} samples "
+                    f"but x has {size}. Pass `stats_data=(x, y)` or `(x, y, sample_weight)` "
+                    "with one label (and weight) per sample of x."
+                )
+    return y, None if weight is None else np.asarray(weight)

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["Capture", "inference", "takes_training", "trace"]
+__all__ = ["Capture", "Perturb", "inference", "takes_training", "trace"]
 
 _MISSING = object()
 
@@ -63,6 +63,36 @@ class Capture:
             out = original(*args, **kwargs)
             if key not in outputs:  # a layer called twice is watched at its first call
                 outputs[key] = out
+            return out
+
+        return call
+
+
+class Perturb(Capture):
+    """Like `Capture`, and adds a given tensor to each layer's output at its first call.
+
+    With `deltas` (`{id(layer): tensor}` of the outputs' shapes, zeros), the layers' outputs
+    become `output + delta` for the rest of the forward pass: the loss's gradient with
+    respect to a delta is its gradient with respect to that layer's output, on every backend
+    and inside every compiler's trace, in graph and subclassed models alike (the gradients of
+    activations). `outputs` keeps the outputs as the layers returned them.
+    """
+
+    def __init__(self, layers: Sequence[Any]) -> None:
+        super().__init__(layers)
+        self.deltas: dict[int, Any] = {}
+
+    def _wrapper(self, key: int, original: Callable[..., Any]) -> Callable[..., Any]:
+        outputs = self.outputs
+        deltas = self.deltas
+
+        @functools.wraps(original)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            if key not in outputs:  # a layer called twice is perturbed at its first call
+                outputs[key] = out
+                if key in deltas:
+                    out = out + deltas[key]
             return out
 
         return call

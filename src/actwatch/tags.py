@@ -37,6 +37,7 @@ __all__ = [
     "HEADLINE_METRICS",
     "SIGNAL_METRICS",
     "IMAGES_SKIPPED",
+    "LEARNING_METRICS",
     "LEARNING_RATE",
     "LOGS_PREFIX",
     "METRICS",
@@ -98,6 +99,24 @@ SIGNAL_METRICS: dict[str, str] = {
         "srank (Kumar et al. 2021), delta = 0.01: the fewest singular values of the spatially "
         "averaged features holding 99% of their sum; at most min(samples, channels)."
     ),
+}
+#: Learning-rate metrics (see `actwatch.updates`, `actwatch.gradients`, `actwatch.revive`) ->
+#: description (Markdown), per layer and (`update_ratio`, `revived_filters`) for the network.
+LEARNING_METRICS: dict[str, str] = {
+    "update_ratio": (
+        "Update-to-weight ratio ||W_after - W_before|| / ||W_before|| of the layer's trainable "
+        "weights over the one training step after a check (CS231n notes: about 1e-3 is "
+        "healthy). Written at the step after the check."
+    ),
+    "gradient_rms": (
+        "RMS of the compiled loss's gradient with respect to the layer's output, on "
+        "`stats_data=(x, y)`: vanishing or exploding gradients."
+    ),
+    "gradient_dormant_fraction": (
+        "Fraction of gradient-dormant filters (GraMa, Liu et al. 2025): mean |dL/da| of the "
+        "filter divided by the layer's mean of those is <= tau."
+    ),
+    "revived_filters": "Filters re-initialised by revive='redo' (ReDo, Sokar et al. 2023).",
 }
 #: Whole-network figures put in Keras' `logs` dict and charted together in the layout.
 HEADLINE_METRICS = ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
@@ -201,10 +220,11 @@ def scalar_values(
     out: dict[str, tuple[float, str]] = {}
     for path, figures in layers.items():
         for metric, value in figures.items():
-            about = METRICS.get(metric) or SIGNAL_METRICS[metric]
+            about = METRICS.get(metric) or SIGNAL_METRICS.get(metric) or LEARNING_METRICS[metric]
             out[layer_tag(metric, path)] = (value, f"{about} Layer `{path}`.")
     for metric, value in network.items():
-        out[network_tag(metric)] = (value, f"{METRICS[metric]} Over all watched layers.")
+        about = METRICS.get(metric) or LEARNING_METRICS[metric]
+        out[network_tag(metric)] = (value, f"{about} Over all watched layers.")
     if learning_rate is not None:
         out[LEARNING_RATE] = (learning_rate, "The optimizer's learning rate.")
     return out

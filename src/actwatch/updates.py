@@ -1,0 +1,202 @@
+"""Update-to-weight ratios: how far one optimizer step moves each watched layer's weights.
+
+For a layer with trainable weights W (kernel and bias taken as one vector), the ratio is
+`||W_after - W_before|| / ||W_before||` over one real training step: the weights are copied
+on the device at a check (`UpdateRatios.snapshot`) and compared with the weights once the
+next training batch has run (`UpdateRatios.measure`, called from a batch-begin hook, which
+keeps Keras' asynchronous batch dispatch on). With `steps_per_execution=k` one "step" is the
+k optimizer steps of one execution. A ratio near 1e-3 is healthy (CS231n notes, "Ratio of
+weights:updates"); `RatioTracker` alerts when a layer stays above `high` (the learning rate
+is too high) or below `low` while trainable (too low, or the layer is stuck) for
+`patience` measurements in a row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from .alerts import Alert
+from .layers import WatchedLayer
+
+__all__ = ["HEALTHY_RATIO", "RatioTracker", "UpdateRatios"]
+
+#: The healthy update-to-weight ratio (CS231n notes).
+HEALTHY_RATIO = 1e-3
+#: Default bounds: two orders of magnitude either side of `HEALTHY_RATIO`.
+DEFAULT_BOUNDS = (1e-5, 1e-1)
+
+
+def _weights(layer: Any) -> list[Any]:
+    return list(layer.trainable_weights) if layer.trainable else []
+
+
+class UpdateRatios:
+    """Device copies of the watched layers' weights at a check, compared after one step.
+
+    Args:
+        watched: the watched layers; those with trainable weights are measured (a layer
+            reachable twice, as a pooling layer's input is not, is measured once per path).
+    """
+
+    def __init__(self, watched: Sequence[WatchedLayer]) -> None:
+        self.layers = {w.path: w.layer for w in watched if _weights(w.layer)}
+        self._before: dict[str, list[Any]] | None = None
+        self.step: int | None = None  # the step of the snapshot
+
+    @property
+    def pending(self) -> bool:
+        return self._before is not None
+
+    def snapshot(self, step: int) -> None:
+        """Copy the weights now (on the device), before the batch after step `step` runs."""
+        if not self.layers:
+            return
+        self._before = {
+            path: [ops.copy(v.value) for v in _weights(layer)]
+            for path, layer in self.layers.items()
+        }
+        self.step = step
+
+    def cancel(self) -> None:
+        self._before = None
+        self.step = None
+
+    def measure(self) -> dict[str, float]:
+        """`{path: ratio}` of the weights now against the snapshot; clears the snapshot."""
+        before, self._before = self._before, None
+        if before is None:
+            return {}
+        ratios = {}
+        for path, layer in self.layers.items():
+            delta = ops.zeros(())
+            norm = ops.zeros(())
+            for old, v in zip(before[path], _weights(layer), strict=True):
+                old = ops.cast(old, "float32")
+                delta = delta + ops.sum(ops.square(ops.cast(v.value, "float32") - old))
+                norm = norm + ops.sum(ops.square(old))
+            d = float(keras.ops.convert_to_numpy(delta))
+            n = float(keras.ops.convert_to_numpy(norm))
+            ratios[path] = math.sqrt(d) / math.sqrt(n) if n > 0 else (0.0 if d == 0 else math.inf)
+        return ratios
+
+
+def _power_of_ten(value: float) -> str:
+    return f"{10 ** round(math.log10(value)):g}" if value > 0 else "0"
+
+
+class RatioTracker:
+    """Per layer, how many measurements in a row the ratio was above `high` or below `low`;
+    one `learning_rate` alert per direction once layers have stayed there `patience` times.
+
+    An alert is not repeated while the same layers stay out of bounds; a layer that comes
+    back within bounds can alert again.
+    """
+
+    def __init__(
+        self, *, low: float = DEFAULT_BOUNDS[0], high: float = DEFAULT_BOUNDS[1], patience: int = 1
+    ) -> None:
+        self.low = low
+        self.high = high
+        self.patience = patience
+        self._streak: dict[tuple[str, str], int] = {}
+        self._alerted: set[tuple[str, str]] = set()
+
+    def update(
+        self,
+        ratios: Mapping[str, float],
+        *,
+        step: int,
+        epoch: int | None,
+        learning_rate: float | None,
+    ) -> list[Alert]:
+        alerts = []
+        for direction in ("high", "low"):
+            out = {
+                path: r
+                for path, r in ratios.items()
+                if (r > self.high if direction == "high" else r < self.low)
+            }
+            for path in ratios:
+                key = (direction, path)
+                if path in out:
+                    self._streak[key] = self._streak.get(key, 0) + 1
+                else:
+                    self._streak.pop(key, None)
+                    self._alerted.discard(key)
+            confirmed = {
+                p: r for p, r in out.items() if self._streak[(direction, p)] >= self.patience
+            }
+            new = [p for p in confirmed if (direction, p) not in self._alerted]
+            if not new:
+                continue
+            self._alerted.update((direction, p) for p in confirmed)
+            alerts.append(
+                self._alert(direction, confirmed, len(ratios), step, epoch, learning_rate)
+            )
+        return alerts
+
+    def _alert(
+        self,
+        direction: str,
+        out: Mapping[str, float],
+        measured: int,
+        step: int,
+        epoch: int | None,
+        learning_rate: float | None,
+    ) -> Alert:
+        worst = (
+            max(out, key=out.__getitem__) if direction == "high" else min(out, key=out.__getitem__)
+        )
+        typical = float(np.median(list(out.values())))
+        names = ", ".join(f"'{p}' {r:.3g}" for p, r in list(out.items())[:8])
+        more = ", ..." if len(out) > 8 else ""
+        lr = f"{learning_rate:.4g}" if learning_rate is not None else "unknown"
+        when = f"Epoch {epoch + 1} (step {step})" if epoch is not None else f"Step {step}"
+        if direction == "high":
+            factor = typical / HEALTHY_RATIO
+            advice = (
+                f"The learning rate is too high (current: {lr}): lower it about "
+                f"{_power_of_ten(factor)}x"
+                + (f", to about {_power_of_ten(learning_rate / factor)}" if learning_rate else "")
+                + "."
+            )
+            bound = f"above {self.high:g}"
+        else:
+            factor = HEALTHY_RATIO / typical if typical > 0 else math.inf
+            advice = (
+                f"The learning rate is too low (current: {lr}) or the layers are stuck "
+                "(frozen by hand, dead filters, vanishing gradients): "
+                + (
+                    f"raise it about {_power_of_ten(factor)}x, to about "
+                    f"{_power_of_ten(learning_rate * factor)}"
+                    if math.isfinite(factor) and learning_rate
+                    else "their weights did not move at all; check that they get a gradient"
+                )
+                + "."
+            )
+            bound = f"below {self.low:g}"
+        message = (
+            f"{when}: the update-to-weight ratio ||dW||/||W|| of one training step is {bound} "
+            f"in {len(out)} of {measured} layers with weights ({names}{more}); about "
+            f"{HEALTHY_RATIO:g} is healthy. {advice}"
+        )
+        return Alert(
+            kind="learning_rate",
+            layer=worst,
+            step=step,
+            epoch=epoch,
+            filters=(),
+            dead_filters=(),
+            died_since_last_check=(),
+            count=len(out),
+            total=measured,
+            fraction=len(out) / max(measured, 1),
+            learning_rate=learning_rate,
+            message=message,
+        )
