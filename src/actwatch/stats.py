@@ -34,14 +34,88 @@ from keras import ops
 __all__ = ["SIGNAL_SCALARS", "LayerStats", "NetworkStats", "reduce_layer", "summarize"]
 
 
+#: A live map whose sum of squares is below this is too small for the fast path's Hoyer
+#: (float32 squares of values under ~1e-19 underflow); the careful path rescales it first.
+_TINY_SQUARES = 1e-30
+
+
 def reduce_layer(a: Any) -> dict[str, Any]:
     """Reduce one layer's activations `a` of shape `(N, P, C)` (float32) on the device.
 
     Returns scalars and three per-filter vectors of length C; nothing larger crosses to the
-    host. Sums are taken over values divided by the layer's largest finite magnitude
-    (`scale`), so huge but finite activations cannot overflow float32 into Inf or NaN;
-    `mean` and `filter_mean_abs` are in units of `scale` (`summarize` multiplies back).
+    host. Two paths give the same figures. The fast one reads the activations in a few
+    passes (per-map sums, sums of squares, max and min over positions) and is taken when
+    every one of those is finite and no live map is too small to square in float32: the
+    usual case. Otherwise (NaN, Inf, or values so large a sum would overflow) the careful
+    one: sums of values divided by the layer's largest finite magnitude (`scale`), so huge
+    but finite activations cannot overflow float32 into Inf or NaN; `mean` and
+    `filter_mean_abs` are in units of `scale` (`summarize` multiplies back). The backend
+    runs only the path it takes (`keras.ops.cond`).
     """
+    n, p, c = a.shape
+    # Per (sample, filter) map, over positions: a few passes over the activations.
+    map_sum = ops.sum(a, axis=1)
+    map_abs = ops.sum(ops.abs(a), axis=1)
+    map_squares = ops.sum(ops.square(a), axis=1)
+    map_max = ops.max(a, axis=1)
+    map_min = ops.min(a, axis=1)
+    map_positive = ops.sum(ops.cast(a > 0.0, "int32"), axis=1)
+    total = ops.sum(map_sum)
+    small = [map_sum, map_abs, map_squares, map_max, map_min]
+    finite = ops.all(ops.stack([ops.all(ops.isfinite(v)) for v in [*small, total]]))
+    if p > 1:
+        tiny = ops.any(ops.logical_and(map_abs > 0.0, map_squares < _TINY_SQUARES))
+        ok = ops.logical_and(finite, ops.logical_not(tiny))
+    else:
+        ok = finite
+
+    def fast() -> dict[str, Any]:
+        values = int(n * p * c)
+        count = float(values)
+        if p > 1:
+            live = map_abs > 0.0
+            root = math.sqrt(p)
+            l2 = ops.sqrt(ops.where(live, map_squares, ops.ones_like(map_squares)))
+            h = (root - map_abs / l2) / (root - 1.0)
+            live_f = ops.cast(live, "float32")
+            hoyer = ops.sum(h * live_f) / ops.maximum(ops.sum(live_f), 1.0)
+        else:
+            hoyer = _hoyer_over_channels(ops.reshape(a, (n, c)))
+        return {
+            "zero_fraction": ops.cast(values - ops.sum(map_positive), "float32") / count,
+            "mean": ops.cast(total / count, "float32"),
+            "hoyer": ops.cast(hoyer, "float32"),
+            "min": ops.min(map_min),
+            "nonfinite": ops.convert_to_tensor(0, "int32"),
+            "values": ops.convert_to_tensor(values, "int32"),
+            "scale": ops.convert_to_tensor(1.0, "float32"),
+            "filter_max": ops.max(map_max, axis=0),
+            "filter_mean_abs": ops.sum(map_abs, axis=0) / float(n * p),
+            "filter_finite": ops.full((c,), n * p, dtype="int32"),
+        }
+
+    return ops.cond(ok, fast, lambda: _reduce_careful(a))  # type: ignore[no-any-return]
+
+
+def _hoyer_over_channels(x: Any) -> Any:
+    """Hoyer of each sample's vector of C channels `(N, C)` (finite), averaged over live ones."""
+    c = x.shape[1]
+    if c <= 1:
+        return ops.zeros(())
+    peak = ops.max(ops.abs(x), axis=1, keepdims=True)
+    live = peak > 0.0
+    x = x / ops.where(live, peak, ops.ones_like(peak))
+    l1 = ops.sum(ops.abs(x), axis=1)
+    l2 = ops.sqrt(ops.sum(ops.square(x), axis=1))
+    live = ops.squeeze(live, axis=1)
+    root = math.sqrt(c)
+    h = (root - l1 / ops.where(live, l2, ops.ones_like(l2))) / (root - 1.0)
+    live_f = ops.cast(live, "float32")
+    return ops.sum(h * live_f) / ops.maximum(ops.sum(live_f), 1.0)
+
+
+def _reduce_careful(a: Any) -> dict[str, Any]:
+    """`reduce_layer` for activations with NaN, Inf or huge values (see there)."""
     _, p, c = a.shape
     finite = ops.isfinite(a)
     # Counts in int32: a float32 sum of ones stops being exact past 2**24 values.
