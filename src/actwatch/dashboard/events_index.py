@@ -130,7 +130,7 @@ class RunIndex:
 
     @property
     def steps(self) -> list[int]:
-        """Every check's step (a step with any per-layer scalar), sorted."""
+        """Every step with a per-layer scalar or an image, sorted: every check."""
         return sorted(self._steps)
 
     @property
@@ -234,6 +234,7 @@ class RunIndex:
                 if match:
                     self._see(match.group("layer"))
                 self.images.setdefault(value.tag, {})[step] = (file, offset)
+                self._steps.add(step)
             elif kind == _ALERTS:
                 text = value.tensor.string_val[0] if value.tensor.string_val else b""
                 self.alerts.append((step, text.decode("utf-8", errors="replace")))

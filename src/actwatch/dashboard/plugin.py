@@ -9,7 +9,8 @@ module) runs in TensorBoard's plugin iframe and reads only the routes below, all
   data; each also has `"metrics"` (every per-layer scalar metric found), `"drawn"` (the layers
   with filter grids) and `"tail_bytes"` (bytes after the last whole record of its files);
 - `scalars?run=R&metric=M`: `{"layers": [...], "steps": [...], "values": [[v per step] per
-  layer]}`, `v` a float or null (no value at that step, or not finite);
+  layer]}` over the steps the metric was written at, `v` a float or null (no value at that
+  step, or not finite);
 - `image?run=R&tag=T&step=S`: the PNG of image tag T (`filters/...`, `heatmap/...`) at step S;
 - `images?run=R`: `{tag: [steps]}` of every image tag of the run;
 - `alerts?run=R`: `[{"step", "layer", "kind", "message"}]` in step order.
@@ -148,7 +149,9 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
             raise _BadRequest(
                 404, f"run {run.name!r} has no per-layer metric {metric!r}; it has {run.metrics}"
             )
-        steps = run.steps
+        # The metric's own steps: a metric may be written at other steps than the activation
+        # checks (after an update, say).
+        steps = sorted({step for values in series.values() for step in values})
         layers = [layer for layer in run.layers if layer in series]
         values = [[_finite(series[layer].get(step)) for step in steps] for layer in layers]
         return {"layers": layers, "steps": steps, "values": values}, "application/json"

@@ -88,7 +88,8 @@ function allMetrics() {
 
 async function loadRunData() {
   const data = {};
-  await Promise.all(state.selected.map(async (run) => {
+  const selected = [...state.selected];
+  await Promise.all(selected.map(async (run) => {
     const has = state.runs[run].metrics.includes(state.metric);
     const [scalars, images, alerts] = await Promise.all([
       has ? api("scalars", { run, metric: state.metric }) : null,
@@ -97,6 +98,7 @@ async function loadRunData() {
     ]);
     data[run] = { scalars, images, alerts };
   }));
+  if (selected.join("\n") !== state.selected.join("\n")) return false; // picked again since
   state.data = data;
   const steps = new Set();
   for (const run of state.selected) for (const s of state.runs[run].steps) steps.add(s);
@@ -106,6 +108,7 @@ async function loadRunData() {
   state.index = kept >= 0 ? kept : Math.max(0, state.steps.length - 1);
   const first = state.selected.length ? state.runs[state.selected[0]] : null;
   if (first && !first.layers.includes(state.layer)) state.layer = first.layers[0] ?? null;
+  return true;
 }
 
 // The check of `run` shown at the slider's step: the last one at or before it.
@@ -244,7 +247,8 @@ function heatmap(run, data) {
     }
   });
   const shown = runStep(run);
-  const col = steps.indexOf(shown);
+  let col = -1; // the metric's last step at or before the one shown
+  steps.forEach((s, c) => { if (s <= shown) col = c; });
   g.strokeStyle = "#ff6d00"; g.lineWidth = 2;
   if (col >= 0) g.strokeRect(col * cell + 1, mark, cell - 2, layers.length * ROW);
   const row = layers.indexOf(state.layer);
@@ -276,7 +280,7 @@ function heatmap(run, data) {
     el("span", { className: "aw-swatch", style: { background: "#ddd" } }), " no value");
   const rowValue = row >= 0 && col >= 0 ? values[row][col] : null;
   const readout = el("div", { className: "aw-readout" },
-    state.layer === null ? "" : `${state.layer} at step ${shown}: ${state.metric} = ${fmt(rowValue)}`);
+    state.layer === null || col < 0 ? "" : `${state.layer} at step ${steps[col]}: ${state.metric} = ${fmt(rowValue)}`);
   box.append(el("div", { className: "aw-heatmap-body" }, labels, canvas), legend, readout);
   return box;
 }
@@ -343,7 +347,7 @@ function layerBrowser(run, data) {
           img.addEventListener("click", (ev) => showHistory(run, layer, tag, img, ev));
         }
         cell.append(img);
-        if (at !== step) cell.append(el("figcaption", { className: "aw-muted" }, `image of step ${at} (this check's images were skipped)`));
+        if (at !== step) cell.append(el("figcaption", { className: "aw-muted" }, `grid of step ${at}: none at step ${step}`));
       }
       row.append(cell);
     }
@@ -435,8 +439,9 @@ async function showHistory(run, layer, tag, img, ev) {
 async function reload() {
   setBusy(1);
   try {
-    await loadRunData();
-    renderAll();
+    if (await loadRunData()) renderAll();
+  } catch (error) {
+    root.replaceChildren(el("p", { className: "aw-error" }, `actwatch: ${error.message}`));
   } finally {
     setBusy(-1);
   }
@@ -471,8 +476,7 @@ export async function render() {
         "No actwatch data under this log directory yet: train with ActivationMonitor(log_dir=...) under it."));
       return;
     }
-    await loadRunData();
-    renderAll();
+    if (await loadRunData()) renderAll();
   } catch (error) {
     root.replaceChildren(el("p", { className: "aw-error" }, `actwatch: ${error.message}`));
   } finally {
@@ -480,8 +484,12 @@ export async function render() {
   }
   document.addEventListener("keydown", onKey);
   setInterval(async () => {
-    if (document.hidden || state.history) return;
-    await loadRuns();
+    if (document.hidden || state.history || pending > 0) return;
+    try {
+      await loadRuns();
+    } catch (error) {
+      return; // TensorBoard restarting, say: try again at the next tick
+    }
     await reload();
   }, REFRESH_MS);
 }
