@@ -107,3 +107,92 @@ def normalize_maps(x: np.ndarray) -> np.ndarray:
     value = np.where(varied, scaled, flat)
     value = np.where(finite, np.clip(np.round(value), 0, 254), 255)
     return value.astype(np.uint8)
+
+
+# Signals (actwatch.signals) -----------------------------------------------------------------
+
+
+def finite_values(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a[np.isfinite(a)]
+
+
+def histogram(a: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """numpy.histogram of the finite values over `edges` (float32 edges, compared in float64)."""
+    counts, _ = np.histogram(finite_values(a), np.asarray(edges, dtype=np.float64))
+    return counts
+
+
+def rms(a: np.ndarray) -> float:
+    values = finite_values(a)
+    return math.sqrt(float((values**2).mean())) if values.size else 0.0
+
+
+def channel_moments(a: np.ndarray) -> tuple[float, float]:
+    """(mean over channels of the squared channel mean, mean over channels of the channel
+    variance), each channel over its finite values; channels without any left out."""
+    means, variances = [], []
+    for k in range(a.shape[-1]):
+        values = finite_values(a[:, :, k])
+        if values.size:
+            means.append(values.mean() ** 2)
+            variances.append(values.var())
+    if not means:
+        return 0.0, 0.0
+    return float(np.mean(means)), float(np.mean(variances))
+
+
+def max_abs(a: np.ndarray) -> float:
+    values = finite_values(a)
+    return float(np.abs(values).max()) if values.size else 0.0
+
+
+def outlier_ratio(a: np.ndarray, sample: int) -> float:
+    """max |a| over the finite values / median |a| over the finite nonzero values of every
+    ceil(size / sample)-th value of the flattened array; 0 when there is none."""
+    flat = np.asarray(a, dtype=np.float64).reshape(-1)
+    stride = max(1, math.ceil(flat.size / sample))
+    picked = flat[::stride]
+    picked = np.abs(picked[np.isfinite(picked) & (picked != 0)])
+    if picked.size == 0:
+        return 0.0
+    return max_abs(a) / float(np.median(picked))
+
+
+def features(a: np.ndarray) -> np.ndarray:
+    """(N, C): each channel's mean over its finite positions per sample (0 with none)."""
+    a = np.asarray(a, dtype=np.float64)
+    finite = np.isfinite(a)
+    total = np.where(finite, a, 0.0).sum(axis=1)
+    return total / np.maximum(finite.sum(axis=1), 1)
+
+
+def ranks(a: np.ndarray, delta: float = 0.01) -> tuple[float, float]:
+    """(effective rank, srank) of `features(a)` from numpy's SVD in float64; singular values
+    with s^2 <= max(s)^2 * min(N, C) * eps(float32) count as 0."""
+    f = features(a)
+    s = np.linalg.svd(f, compute_uv=False)
+    eps = float(np.finfo(np.float32).eps)
+    s = np.where(s**2 > (s.max() ** 2 if s.size else 0) * min(f.shape) * eps, s, 0.0)
+    total = s.sum()
+    if total <= 0:
+        return 0.0, 0.0
+    q = s / total
+    q = q[q > 0]
+    erank = math.exp(-float((q * np.log(q)).sum()))
+    cumulative = np.cumsum(np.sort(s)[::-1]) / total
+    srank = int(np.argmax(cumulative >= 1 - delta)) + 1
+    return erank, float(srank)
+
+
+def topk(a: np.ndarray, k: int, filters: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, positions) `(F, k)`: per filter the k samples with the highest finite peak
+    over positions (ties: lower sample first), and the first position of each peak."""
+    a = np.asarray(a, dtype=np.float64)[..., :filters]
+    masked = np.where(np.isfinite(a), a, -np.inf)
+    peaks = masked.max(axis=1)  # (N, F)
+    where = masked.argmax(axis=1)
+    k = min(k, a.shape[0])
+    indices = np.stack([np.argsort(-peaks[:, f], kind="stable")[:k] for f in range(a.shape[-1])])
+    positions = np.take_along_axis(where.T, indices, axis=1)
+    return indices, positions

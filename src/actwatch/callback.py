@@ -466,6 +466,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 network = {**network, "revived_filters": float(self._reviver.total)}
                 for alert in revivals:
                     layers.setdefault(alert.layer, {})["revived_filters"] = float(alert.count)
+            histograms = histogram_values(result.stats, self._histories)  # before drawing
             if self._sink is not None:
                 render = functools.partial(
                     render_images,
@@ -482,7 +483,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     scalars=tags.scalar_values(layers, network, learning_rate),
                     texts=tags.alert_texts(decision.alerts),
                     render=render if self.images else None,
-                    histograms=histogram_values(result.stats, self._histories),
+                    histograms=histograms,
                 )
             self._act(decision)
             self._updates.snapshot(step)  # after any revival: the ratio is one training step

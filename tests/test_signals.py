@@ -1,0 +1,324 @@
+"""Signals (issue 12): every figure equals an independent numpy computation, on each backend."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import layers as L
+from keras import ops
+
+import actwatch
+from actwatch import tags
+from actwatch.grids import _LUT
+from actwatch.layers import resolve_layers
+from actwatch.notebook import get_activations
+from actwatch.pipeline import CheckPipeline
+from actwatch.signals import (
+    HISTOGRAM_EDGES,
+    MEDIAN_SAMPLE,
+    THUMB,
+    bin_counts,
+    colorful_dimension,
+    distribution_image,
+    histogram_buckets,
+    reduce_signals,
+    reduce_topk,
+    topk_from_device,
+    topk_image,
+)
+from actwatch.stats import LayerStats, reduce_layer, summarize
+
+from . import reference as ref
+from .helpers import data, read_events, tiny_cnn
+
+
+def _numpy(tree: dict[str, object]) -> dict[str, np.ndarray]:
+    return {k: keras.ops.convert_to_numpy(v) for k, v in tree.items()}
+
+
+def _stats(a: np.ndarray) -> LayerStats:
+    """One layer's statistics and signals of `(N, P, C)` activations, computed eagerly."""
+    x = ops.convert_to_tensor(np.asarray(a, dtype=np.float32))
+    return summarize(_numpy(reduce_layer(x)), 0.025, _numpy(reduce_signals(x)))
+
+
+def assert_signals(s: LayerStats, a: np.ndarray) -> None:
+    """Every signal of `s` equals the numpy reference on the `(N, P, C)` activations `a`."""
+    a = np.asarray(a, dtype=np.float32)
+    assert s.histogram is not None
+    np.testing.assert_array_equal(s.histogram, ref.histogram(a, HISTOGRAM_EDGES))
+    assert s.rms == pytest.approx(ref.rms(a), rel=1e-4, abs=1e-30)
+    mean_sq, var = ref.channel_moments(a)
+    assert s.channel_mean_sq == pytest.approx(mean_sq, rel=2e-3, abs=1e-30)
+    assert s.channel_var == pytest.approx(var, rel=2e-3, abs=1e-30)
+    assert s.max_abs == pytest.approx(ref.max_abs(a), rel=1e-6)
+    assert s.outlier_ratio == pytest.approx(ref.outlier_ratio(a, MEDIAN_SAMPLE), rel=1e-5)
+    erank, srank = ref.ranks(a)
+    assert s.erank == pytest.approx(erank, rel=2e-3, abs=1e-6)
+    assert s.srank == srank
+
+
+@functools.cache
+def _crafted() -> dict[str, np.ndarray]:
+    """Activations `(N, P, C)`; most share one shape, so JAX compiles its eager ops once."""
+    rng = np.random.default_rng(3)
+    normal = rng.normal(size=(6, 10, 5)).astype(np.float32)
+    broken = np.maximum(normal, 0.0)
+    broken[0, 0, 0], broken[1, 2, 3], broken[2, 1, 1] = np.nan, np.inf, -np.inf
+    rank_one = rng.normal(size=(6, 1, 1)) * rng.random((1, 1, 5)) * np.ones((1, 10, 1))
+    return {
+        "normal": normal,
+        "relu_nonfinite": broken,
+        "huge": normal * np.float32(1e30),
+        "zeros": np.zeros((6, 10, 5), np.float32),
+        "rank_one": rank_one.astype(np.float32),
+        "dense_fewer_samples": rng.normal(size=(3, 1, 8)).astype(np.float32),
+        "big": rng.normal(size=(2, 2100, 1)).astype(np.float32),  # median on every 2nd value
+    }
+
+
+@functools.cache
+def _crafted_stats(case: str) -> LayerStats:
+    return _stats(_crafted()[case])
+
+
+@pytest.mark.parametrize("case", list(_crafted()))
+def test_signals_equal_numpy(case: str) -> None:
+    """Histogram, RMS, channel moments, outliers and ranks equal numpy, NaN/Inf left out."""
+    assert_signals(_crafted_stats(case), _crafted()[case])
+
+
+def test_signals_special_values() -> None:
+    """All-zero data: rank 0, ratio 0; rank-one features: erank 1; fewer samples: rank <= N."""
+    zeros = _crafted_stats("zeros")
+    assert (zeros.erank, zeros.srank, zeros.outlier_ratio, zeros.rms) == (0.0, 0.0, 0.0, 0.0)
+    assert _crafted_stats("rank_one").erank == pytest.approx(1.0, abs=1e-3)
+    few = _crafted_stats("dense_fewer_samples")
+    assert few.erank is not None and few.srank is not None
+    assert few.erank <= 3.0 + 1e-4 and few.srank <= 3
+    huge = _crafted_stats("huge")
+    assert huge.channel_var is not None and np.isfinite(huge.channel_var)
+    assert huge.channel_var > 1e59  # computed in units of the peak, multiplied back on the host
+
+
+def test_histogram_edges_and_buckets() -> None:
+    """Fixed symmetric log edges; buckets trimmed to the used bins, outer edges the data's."""
+    edges = HISTOGRAM_EDGES.astype(np.float64)
+    assert np.all(np.diff(edges) > 0)
+    np.testing.assert_allclose(edges, -edges[::-1])
+    zero_bin = int(np.searchsorted(edges, 0.0, side="right")) - 1
+    assert edges[zero_bin] == pytest.approx(-1e-6) and edges[zero_bin + 1] == pytest.approx(1e-6)
+    counts = np.zeros(edges.size - 1)
+    counts[zero_bin], counts[zero_bin + 5], counts[-1] = 3, 2, 1
+    buckets = histogram_buckets(counts, 0.0, 3e9)
+    assert buckets.shape == (counts.size - zero_bin, 3)
+    np.testing.assert_array_equal(buckets[:-1, 0], edges[zero_bin:-2])
+    assert buckets[-1, 1] == 3e9 and buckets[:, 2].sum() == 6
+    np.testing.assert_array_equal(bin_counts(buckets), counts)
+    assert histogram_buckets(np.zeros_like(counts)).shape == (0, 3)
+
+
+def test_colorful_dimension_equals_numpy() -> None:
+    """Rows are the used bins (largest on top), columns the checks, log(1 + count) scaled."""
+    rng = np.random.default_rng(0)
+    bins = HISTOGRAM_EDGES.size - 1
+    history = [np.zeros(bins, np.int64) for _ in range(3)]
+    for h in history:
+        h[40:50] = rng.integers(0, 1000, 10)
+    body, top = colorful_dimension(history)
+    matrix = np.log1p(np.stack(history, axis=1)[40:50].astype(np.float64))[::-1]
+    np.testing.assert_allclose(body, matrix / matrix.max())
+    assert top == 49
+    image = distribution_image(history, _LUT)
+    width = min(8, 512 // 3)
+    assert image.shape == (10 * 3, 3 * width, 3)
+    codes = np.round(matrix / matrix.max() * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image[::3, ::width], _LUT[codes])
+
+
+def _models() -> dict[str, keras.Model]:
+    cnn = tiny_cnn()
+    inputs = keras.Input((3, 12, 12))
+    conv = L.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
+    relu = L.ReLU(name="relu")(conv)
+    first = keras.Model(inputs, L.Dense(2, name="dense")(L.Flatten()(relu)))
+    return {"cnn": cnn, "channels_first": first}
+
+
+@pytest.mark.parametrize("name", ["cnn", "channels_first"])
+def test_pipeline_signals_equal_numpy(name: str) -> None:
+    """In the compiled check, every layer's signals equal numpy on its outputs (statistics
+    samples only), channels_first and Dense outputs included."""
+    model = _models()[name]
+    if name == "cnn":
+        x = data(n=12)[0]
+        layers = ["conv1", "pool2", "head"]
+    else:
+        x = np.random.default_rng(1).normal(size=(12, 3, 12, 12)).astype("float32")
+        layers = ["conv", "relu", "dense"]
+    watched = resolve_layers(model, layers)
+    result = CheckPipeline(model, watched, stats_samples=10, draw=False).run(x)
+    outputs = get_activations(model, x[:10], layers)
+    for w in watched:
+        a = ref.to_npc(outputs[w.path], w.channel_axis if w.rank > 2 else -1)
+        assert_signals(result.stats[w.path], a)
+
+
+def _patch_model() -> keras.Model:
+    """A 1x1 convolution whose filter c copies input channel c."""
+    inputs = keras.Input((8, 8, 3))
+    conv = L.Conv2D(3, 1, use_bias=False, name="conv")(inputs)
+    model = keras.Model(inputs, L.GlobalAveragePooling2D()(conv))
+    model.get_layer("conv").set_weights([np.eye(3, dtype="float32").reshape(1, 1, 3, 3)])
+    return model
+
+
+def _patches() -> np.ndarray:
+    """Sample n: a bright pixel (1 + n) in channel n % 3 at (n, 7 - n); zero elsewhere."""
+    x = np.zeros((8, 8, 8, 3), dtype="float32")
+    for n in range(8):
+        x[n, n, 7 - n, n % 3] = 1.0 + n
+    return x
+
+
+def test_topk_known_answer() -> None:
+    """Each filter's top samples are the ones with a patch in its channel, brightest first,
+    with the peak where the patch is; equal to numpy; the strip marks the peaks."""
+    model = _patch_model()
+    x = np.concatenate([_patches(), _patches()[:1]])  # 8 statistics samples, then 1 probe
+    watched = resolve_layers(model, ["conv"])
+    result = CheckPipeline(model, watched, stats_samples=8, topk=2).run(x)
+    top = result.topk["conv"]
+    np.testing.assert_array_equal(top.indices, [[6, 3], [7, 4], [5, 2]])
+    cells = top.peak_cells()
+    for f in range(3):
+        for j, n in enumerate(top.indices[f]):
+            assert tuple(cells[f, j]) == (n, 7 - n)
+    a = ref.to_npc(get_activations(model, _patches(), ["conv"])["conv"])
+    indices, positions = ref.topk(a, 2, 64)
+    np.testing.assert_array_equal(top.indices, indices)
+    np.testing.assert_array_equal(top.positions, positions)
+    display = np.zeros((8, 8, 8, 3), dtype=np.uint8)
+    image = topk_image(top, display)
+    green = np.all(image == [0, 255, 0], axis=-1)
+    assert green.any()
+    # The first thumbnail (filter 0, sample 6) has its mark around the patch at (6, 1).
+    tile = green[4 : 4 + THUMB, 4 : 4 + THUMB]
+    rows, cols = np.nonzero(tile)
+    centre = ((6 + 0.5) * THUMB / 8, (1 + 0.5) * THUMB / 8)
+    assert abs(rows.mean() - centre[0]) < 2 and abs(cols.mean() - centre[1]) < 2
+
+
+def test_topk_more_than_samples_and_nonfinite() -> None:
+    """k is capped at the samples; a filter without a finite value gets -inf peaks."""
+    a = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    a[:, :, 2] = np.nan
+    item = _numpy(reduce_topk(ops.convert_to_tensor(a), 5, 3))
+    top = topk_from_device(item, (5,))
+    assert top.indices.shape == (3, 3)
+    assert np.all(np.isneginf(top.values[2]))
+    indices, positions = ref.topk(a, 5, 3)
+    np.testing.assert_array_equal(top.indices[:2], indices[:2])
+    np.testing.assert_array_equal(top.positions[:2], positions[:2])
+
+
+def test_fit_writes_signals_histograms_and_topk(tmp_path: Path) -> None:
+    """A fit writes the signal scalars, histograms equal to numpy at the last check, the
+    colorful dimension of the written histograms and the top-k strips of drawn layers."""
+    model = tiny_cnn()
+    x, y = data()
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, stats_data=x[:16], topk=3)
+    history = model.fit(x, y, epochs=2, batch_size=16, callbacks=[monitor], verbose=0)
+    events = read_events(tmp_path)
+    layers = ["conv1", "pool1", "conv2", "pool2"]
+    for metric in tags.SIGNAL_METRICS:
+        for layer in layers:
+            assert [s for s, _ in events.scalars[f"{metric}/{layer}"]] == [0, 4, 8]
+    assert {t for t, p in events.other.items() if p == "histograms"} == {
+        f"histogram/{layer}" for layer in layers
+    }
+    histograms = _histograms(tmp_path)
+    outputs = get_activations(model, x[:16], layers)
+    for layer in layers:
+        steps = [s for s, _ in histograms[layer]]
+        assert steps == [0, 4, 8]
+        counts = bin_counts(histograms[layer][-1][1])
+        np.testing.assert_array_equal(
+            counts, ref.histogram(ref.to_npc(outputs[layer]), HISTOGRAM_EDGES)
+        )
+        image = events.images[f"distribution/{layer}"][-1][1]
+        expected = distribution_image([bin_counts(b) for _, b in histograms[layer]], _LUT)
+        np.testing.assert_array_equal(image, expected)
+        strip = events.images[f"topk/{layer}"][-1][1]
+        assert strip.ndim == 3 and strip.shape[1] > 3 * THUMB
+    # Per-layer signals stay out of Keras' logs unless asked.
+    assert not any(key.startswith("actwatch_rms") for key in history.history)
+
+
+def _histograms(log_dir: Path) -> dict[str, list[tuple[int, np.ndarray]]]:
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
+
+    acc = ea.EventAccumulator(str(log_dir), size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        if tag.startswith("histogram/"):
+            out[tag.removeprefix("histogram/")] = [
+                (e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)
+            ]
+    return out
+
+
+def test_signals_off_and_logs(tmp_path: Path) -> None:
+    """histograms=False, feature_rank=False write neither; per-layer signals reach `logs`
+    only with log_per_layer."""
+    model = tiny_cnn()
+    x, y = data(n=32)
+    monitor = actwatch.ActivationMonitor(
+        x[:1], tmp_path, histograms=False, feature_rank=False, log_per_layer=True, topk=2
+    )
+    history = model.fit(x, y, epochs=1, batch_size=16, callbacks=[monitor], verbose=0)
+    events = read_events(tmp_path)
+    assert not any(t.startswith(("histogram/", "distribution/")) for t in events.tags)
+    assert not any(t.startswith(("erank/", "srank/")) for t in events.scalars)
+    assert "rms/conv1" in events.scalars and "topk/conv1" in events.images
+    assert "actwatch_rms/conv1" in history.history
+
+
+def test_outlier_alert(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A massive activation (10^4 x the median) raises one `outlier` alert, not one a check."""
+    model = _patch_model()
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32") + 0.5
+    x[0, 3, 3, 0] = 1e4
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, layers=["conv"], outlier_ratio=1000)
+    with caplog.at_level(logging.WARNING, logger="actwatch"):
+        model.fit(x, np.zeros((8, 3)), epochs=2, batch_size=4, callbacks=[monitor], verbose=0)
+    outliers = [a for a in monitor.alerts if a.kind == "outlier"]
+    assert [a.layer for a in outliers] == ["conv"]  # once, not at each of the 3 checks
+    assert outliers[0].count > 1000 and "massive activation" in caplog.text
+    quiet = actwatch.ActivationMonitor(x[:2], tmp_path / "quiet", layers=["conv"])
+    model.fit(x, np.zeros((8, 3)), epochs=1, batch_size=4, callbacks=[quiet], verbose=0)
+    assert not any(a.kind == "outlier" for a in quiet.alerts)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"topk": -1}, "`topk`"),
+        ({"topk": True}, "`topk`"),
+        ({"outlier_ratio": 0.5}, "`outlier_ratio`"),
+        ({"outlier_ratio": "big"}, "`outlier_ratio`"),
+        ({"histograms": 1}, "`histograms`"),
+    ],
+)
+def test_invalid_arguments(tmp_path: Path, kwargs: dict[str, object], match: str) -> None:
+    """Bad signal arguments are refused at construction with Keras' message."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        actwatch.ActivationMonitor(data(n=1)[0], tmp_path, **kwargs)  # type: ignore[arg-type]
