@@ -18,15 +18,18 @@ removed makes its run be read again from the start. No TensorFlow import.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
 import threading
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tensorboard import data_compat
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -38,7 +41,7 @@ from tensorboard.util import tensor_util
 from .. import tags
 from ..records import EVENT_FILE_PREFIX, RecordError, read_record_at, read_records
 
-__all__ = ["Alert", "ImageCache", "LogdirIndex", "RunIndex", "parse_alerts"]
+__all__ = ["Alert", "ImageCache", "LogdirIndex", "RunIndex", "Series", "parse_alerts"]
 
 _HEADER_FOOTER = 16  # a record's framing around its payload
 _IMAGE_TAG = re.compile(r"^(?P<kind>filters|heatmap)/(?P<layer>.+)/probe_(?P<probe>\d+)$")
@@ -84,6 +87,38 @@ def parse_alerts(step: int, text: str, layers: list[str]) -> list[Alert]:
     return out
 
 
+class Series:
+    """Values by step, as two compact arrays sorted by step (8 bytes a step and a value, not a
+    dict's hundred): a long run's index stays a few MB. A later value of a step replaces it."""
+
+    __slots__ = ("steps", "values")
+
+    def __init__(self, typecode: str) -> None:
+        self.steps = array("q")
+        self.values: array[Any] = array(typecode)
+
+    def put(self, step: int, value: float) -> None:
+        if not self.steps or step > self.steps[-1]:
+            self.steps.append(step)
+            self.values.append(value)
+            return
+        i = bisect.bisect_left(self.steps, step)
+        if i < len(self.steps) and self.steps[i] == step:
+            self.values[i] = value
+        else:
+            self.steps.insert(i, step)
+            self.values.insert(i, value)
+
+    def get(self, step: int) -> float | None:
+        i = bisect.bisect_left(self.steps, step)
+        if i < len(self.steps) and self.steps[i] == step:
+            return float(self.values[i])
+        return None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 @dataclass
 class _FileState:
     inode: int
@@ -100,8 +135,9 @@ class RunIndex:
         path: the run's directory.
         layers: every layer the logs name (per-layer scalars, then images), in the order the
             logs first name them: network order.
-        scalars: `{metric: {layer: {step: value}}}` of every per-layer scalar metric.
-        images: `{tag: {step: (file, offset)}}` of every `filters/...` and `heatmap/...` tag.
+        scalars: `{metric: {layer: Series}}` of every per-layer scalar metric.
+        images: `{tag: Series}` of every `filters/...` and `heatmap/...` tag, the values
+            record numbers: `place(record)` is `(file, offset)`.
         alerts: `(step, Markdown text)` of every check that raised alerts, in step order.
         bytes_read: bytes of whole records indexed so far.
         tail_bytes: bytes after the last whole record of each file (a record being written, or
@@ -111,12 +147,15 @@ class RunIndex:
     name: str
     path: Path
     layers: list[str] = field(default_factory=list)
-    scalars: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
-    images: dict[str, dict[int, tuple[Path, int]]] = field(default_factory=dict)
+    scalars: dict[str, dict[str, Series]] = field(default_factory=dict)
+    images: dict[str, Series] = field(default_factory=dict)
     alerts: list[tuple[int, str]] = field(default_factory=list)
     bytes_read: int = 0
     tail_bytes: int = 0
     _files: dict[Path, _FileState] = field(default_factory=dict, repr=False)
+    _paths: list[Path] = field(default_factory=list, repr=False)
+    _record_file: array[int] = field(default_factory=lambda: array("l"), repr=False)
+    _record_offset: array[int] = field(default_factory=lambda: array("q"), repr=False)
     _kinds: dict[str, str] = field(default_factory=dict, repr=False)
     _seen: set[str] = field(default_factory=set, repr=False)
     _steps: set[int] = field(default_factory=set, repr=False)
@@ -150,8 +189,17 @@ class RunIndex:
         layers = {m.group("layer") for t in self.images if (m := _IMAGE_TAG.match(t))}
         return [layer for layer in self.layers if layer in layers]
 
-    def series(self, metric: str) -> dict[str, dict[int, float]]:
+    def series(self, metric: str) -> dict[str, Series]:
         return self.scalars.get(metric, {})
+
+    def image_place(self, tag: str, step: int) -> tuple[Path, int] | None:
+        """`(file, offset)` of the record holding image `tag` at `step`, if there is one."""
+        series = self.images.get(tag)
+        record = series.get(step) if series is not None else None
+        if record is None:
+            return None
+        record = int(record)
+        return self._paths[self._record_file[record]], self._record_offset[record]
 
     def alert_list(self) -> list[Alert]:
         out: list[Alert] = []
@@ -199,6 +247,8 @@ class RunIndex:
         self.alerts.clear()
         self.bytes_read = self.tail_bytes = 0
         self._files.clear()
+        self._paths.clear()
+        del self._record_file[:], self._record_offset[:]
         self._kinds.clear()
         self._seen.clear()
         self._steps.clear()
@@ -213,6 +263,7 @@ class RunIndex:
         if not event.HasField("summary"):
             return
         step = int(event.step)
+        record = -1  # this record's number, given when it holds an image
         for value in event.summary.value:
             if value.WhichOneof("value") != "tensor":
                 value = data_compat.migrate_value(value)  # TF1-style values
@@ -226,18 +277,32 @@ class RunIndex:
                 metric, _, layer = value.tag.partition("/")
                 self._see(layer)
                 self._steps.add(step)
-                self.scalars.setdefault(metric, {}).setdefault(layer, {})[step] = number
+                layers = self.scalars.setdefault(metric, {})
+                if layer not in layers:
+                    layers[layer] = Series("d")
+                layers[layer].put(step, number)
             elif kind == _IMAGE:
                 if len(value.tensor.string_val) < 3:
                     continue
                 match = _IMAGE_TAG.match(value.tag)
                 if match:
                     self._see(match.group("layer"))
-                self.images.setdefault(value.tag, {})[step] = (file, offset)
+                if record < 0:
+                    record = self._record(file, offset)
+                if value.tag not in self.images:
+                    self.images[value.tag] = Series("q")
+                self.images[value.tag].put(step, record)
                 self._steps.add(step)
             elif kind == _ALERTS:
                 text = value.tensor.string_val[0] if value.tensor.string_val else b""
                 self.alerts.append((step, text.decode("utf-8", errors="replace")))
+
+    def _record(self, file: Path, offset: int) -> int:
+        if not self._paths or self._paths[-1] != file:
+            self._paths.append(file)  # files are read one after the other
+        self._record_file.append(len(self._paths) - 1)
+        self._record_offset.append(offset)
+        return len(self._record_offset) - 1
 
 
 def _kind(value: summary_pb2.Summary.Value) -> str:

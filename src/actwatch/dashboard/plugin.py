@@ -60,7 +60,7 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._logdir: str = context.logdir or ""
         self._index = LogdirIndex(self._logdir) if self._logdir else None
-        self._images = ImageCache()
+        self._images = ImageCache(16 * 2**20)
         self._active = False
 
     # TensorBoard's plugin interface ----------------------------------------------------------
@@ -151,7 +151,7 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
             )
         # The metric's own steps: a metric may be written at other steps than the activation
         # checks (after an update, say).
-        steps = sorted({step for values in series.values() for step in values})
+        steps = sorted({step for values in series.values() for step in values.steps})
         layers = [layer for layer in run.layers if layer in series]
         values = [[_finite(series[layer].get(step)) for step in steps] for layer in layers]
         return {"layers": layers, "steps": steps, "values": values}, "application/json"
@@ -160,10 +160,9 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
         run = self._run(args)
         tag = _required(args, "tag")
         step = _step(args)
-        places = run.images.get(tag)
-        if places is None:
+        if tag not in run.images:
             raise _BadRequest(404, f"run {run.name!r} has no image tag {tag!r}")
-        place = places.get(step)
+        place = run.image_place(tag, step)
         if place is None:
             raise _BadRequest(404, f"run {run.name!r} has no image {tag!r} at step {step}")
         png = self._images.png(*place, tag)
@@ -173,7 +172,7 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
 
     def _image_steps(self, args: Mapping[str, str]) -> tuple[Any, str]:
         run = self._run(args)
-        return {tag: sorted(steps) for tag, steps in run.images.items()}, "application/json"
+        return {tag: list(steps.steps) for tag, steps in run.images.items()}, "application/json"
 
     def _alerts(self, args: Mapping[str, str]) -> tuple[Any, str]:
         run = self._run(args)
