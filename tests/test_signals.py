@@ -18,6 +18,8 @@ from actwatch.grids import _LUT
 from actwatch.layers import resolve_layers
 from actwatch.notebook import get_activations
 from actwatch.pipeline import CheckPipeline
+from actwatch.report import write_report
+from actwatch.runs import read_run
 from actwatch.signals import (
     HISTOGRAM_EDGES,
     MEDIAN_SAMPLE,
@@ -258,6 +260,22 @@ def test_fit_writes_signals_histograms_and_topk(tmp_path: Path) -> None:
         assert strip.ndim == 3 and strip.shape[1] > 3 * THUMB
     # Per-layer signals stay out of Keras' logs unless asked.
     assert not any(key.startswith("actwatch_rms") for key in history.history)
+    # The report reads the histograms back and shows them, the colorful dimension and top-k.
+    log = read_run(tmp_path)
+    for layer in layers:
+        assert sorted(log.histograms[layer]) == [0, 4, 8]
+        np.testing.assert_array_equal(
+            log.histograms[layer][8], bin_counts(histograms[layer][-1][1])
+        )
+        assert sorted(log.topk[layer]) == [0, 4, 8]
+    page = write_report(tmp_path, tmp_path / "report" / "report.html", progress=False)
+    html = page.read_text()
+    assert 'id="histograms"' in html and "colorful dimension" in html and 'id="topk"' in html
+    assert html.count("top-k of ") == len(layers)
+    names = {p.name for p in (tmp_path / "report" / "report_figures").iterdir()}
+    assert any(n.endswith("-histograms.png") for n in names)
+    assert any(n.endswith("-colorful-dimension.png") for n in names)
+    assert sum("-topk-" in n for n in names) == len(layers)
 
 
 def _histograms(log_dir: Path) -> dict[str, list[tuple[int, np.ndarray]]]:

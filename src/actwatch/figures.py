@@ -23,15 +23,18 @@ from . import tags
 from .grids import filter_grid, heatmap_overlay
 from .pipeline import CheckResult
 from .runs import RunLog
+from .signals import bin_label, colorful_dimension
 
 __all__ = [
     "CURVES",
     "colours",
     "curves_figure",
     "dead_figure",
+    "distribution_figure",
     "figure_png",
     "filters_figure",
     "heatmaps_figure",
+    "histograms_figure",
     "image_grid",
     "plain",
     "steps_figure",
@@ -245,3 +248,70 @@ def steps_figure(layer: str, pngs: Sequence[tuple[str, int, bytes]]) -> Figure:
         for (label, step, _), image in zip(pngs, images, strict=True)
     ]
     return image_grid(panels, columns=len(panels), tile=tile, title=layer, margin=(0.4, 0.6))
+
+
+# Signals read back from events files (issue 12) --------------------------------------------
+
+
+def _bin_ticks(first: int, last: int, rows: int) -> tuple[list[int], list[str]]:
+    """At most 6 y ticks of a colorful-dimension panel whose rows are bins `last..first`."""
+    count = last - first + 1
+    picks = np.unique(np.linspace(0, count - 1, min(count, 6)).round().astype(int))
+    return [int(p) for p in picks], [plain(bin_label(last - int(p))) for p in picks]
+
+
+def distribution_figure(log: RunLog, columns: int = 4) -> Figure:
+    """fastai's colorful dimension for every layer with histograms: bins (rows, largest at the
+    top) x checks (columns), brightness log(1 + count) scaled per layer (inferno)."""
+    layers = [layer for layer in log.layers if log.histograms.get(layer)]
+    layers += [layer for layer in log.histograms if layer not in layers]
+    columns = max(1, min(columns, len(layers)))
+    rows = max(1, math.ceil(len(layers) / columns))
+    figure = Figure(figsize=(3.2 * columns, 2.4 * rows + 0.4), layout="constrained")
+    for i, layer in enumerate(layers):
+        points = sorted(log.histograms[layer].items())
+        body, last = colorful_dimension([counts for _, counts in points])
+        axes = figure.add_subplot(rows, columns, i + 1)
+        axes.imshow(
+            body, aspect="auto", cmap="inferno", vmin=0.0, vmax=1.0, interpolation="nearest"
+        )
+        ticks, labels = _bin_ticks(last - body.shape[0] + 1, last, body.shape[0])
+        axes.set_yticks(ticks, labels, fontsize=6)
+        steps = [s for s, _ in points]
+        xt = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 4)).round().astype(int))
+        axes.set_xticks(list(xt), [str(steps[int(t)]) for t in xt], fontsize=7)
+        axes.set_title(plain(layer), fontsize=8)
+    figure.suptitle(
+        "colorful dimension: histogram bins (rows) x checks (steps), brightness log(1 + count)",
+        fontsize=9,
+    )
+    return figure
+
+
+def histograms_figure(log: RunLog, columns: int = 4) -> Figure:
+    """Each layer's activation histogram at its first and last check, as the share of its
+    values in each bin (x: the bins in order, labelled by range)."""
+    layers = [layer for layer in log.layers if log.histograms.get(layer)]
+    layers += [layer for layer in log.histograms if layer not in layers]
+    columns = max(1, min(columns, len(layers)))
+    rows = max(1, math.ceil(len(layers) / columns))
+    figure = Figure(figsize=(3.2 * columns, 2.2 * rows + 0.4), layout="constrained")
+    for i, layer in enumerate(layers):
+        points = sorted(log.histograms[layer].items())
+        used = np.flatnonzero(np.sum([c for _, c in points], axis=0) > 0)
+        lo, hi = (int(used[0]), int(used[-1])) if used.size else (0, 0)
+        axes = figure.add_subplot(rows, columns, i + 1)
+        picked = [points[0], points[-1]] if len(points) > 1 else points[:1]
+        for (step, counts), style in zip(picked, ("--", "-"), strict=False):
+            share = counts[lo : hi + 1] / max(float(counts.sum()), 1.0)
+            axes.step(
+                np.arange(lo, hi + 1), share, where="mid", linestyle=style, label=f"step {step}"
+            )
+        xt = np.unique(np.linspace(lo, hi, min(hi - lo + 1, 4)).round().astype(int))
+        axes.set_xticks(list(xt), [plain(bin_label(int(t))) for t in xt], fontsize=6)
+        axes.set_title(plain(layer), fontsize=8)
+        axes.legend(fontsize=6)
+    figure.suptitle(
+        "activation histograms, first and last check (share of values per bin)", fontsize=9
+    )
+    return figure

@@ -4,7 +4,9 @@ Every directory under LOGDIR holding `events.out.tfevents.*` files is a run (rea
 runs are shown side by side (a healthy learning rate next to one that kills filters, say).
 For each run the report shows the per-layer zero fraction and Hoyer sparsity over the steps
 (the "blobby to sparse" story), a layer x step heatmap of the dead fraction, each layer's
-filter grid of probe 0 at the first, middle and last check, and the alerts. Every check is
+filter grid of probe 0 at the first, middle and last check, the activation histograms and
+fastai's colorful dimension of every layer, each drawn layer's top-k strips at the last check
+(when `topk` was on), and the alerts. Every check is
 kept (TensorBoard keeps 10 images per tag unless told otherwise). The figures (`figures`) are
 also written as PNG files in a folder next to the page.
 
@@ -236,6 +238,7 @@ def _render(
         layers.extend(layer for layer in log.layers if layer not in layers)
     colours = figures.colours(layers)
     count = len(runs) * 2 + sum(1 for log in runs for layer in log.layers if log.grids.get(layer))
+    count += 2 * sum(1 for log in runs if log.histograms)
     bar = _Progress(count, "drawing figures", "figures", stream=stream) if show else None
 
     def save(figure: Figure, name: str) -> bytes:
@@ -253,6 +256,39 @@ def _render(
         curves.append(_figure_html(png, f"sparsity curves of run {log.name}", _run_caption(log)))
         png = save(figures.dead_figure(log), f"{prefix}-dead-fraction.png")
         dead.append(_figure_html(png, f"dead fraction of run {log.name}", _run_caption(log)))
+
+    signal_cells = []
+    for log in runs:
+        if not log.histograms:
+            signal_cells.append(f'<p class="missing">{_run_caption(log)}: no histograms logged</p>')
+            continue
+        prefix = prefixes[log.name]
+        png = save(figures.histograms_figure(log), f"{prefix}-histograms.png")
+        cell = _figure_html(png, f"activation histograms of run {log.name}", _run_caption(log))
+        png = save(figures.distribution_figure(log), f"{prefix}-colorful-dimension.png")
+        caption = f"{_run_caption(log)}: colorful dimension"
+        cell += _figure_html(png, f"colorful dimension of run {log.name}", caption)
+        signal_cells.append(cell)
+
+    topk_rows = []
+    for number, layer in enumerate(layers):
+        cells = []
+        for log in runs:
+            strips = log.topk.get(layer)
+            if not strips:
+                continue
+            step = max(strips)
+            name = f"{prefixes[log.name]}-topk-{number:02d}-{_html.slug(layer)}.png"
+            _html.write_png(figures_dir / name, strips[step])
+            caption = f"{_run_caption(log)}, step {step}"
+            cells.append(_figure_html(strips[step], f"top-k of {layer} in run {log.name}", caption))
+        if cells:
+            topk_rows.append(f"<h3>{_html.esc(layer)}</h3>{_runs_row(cells)}")
+    if not topk_rows:
+        topk_rows.append(
+            '<p class="missing">No top-k strips logged: pass topk=4 (and stats_data) to '
+            "ActivationMonitor.</p>"
+        )
 
     filter_rows = []
     for number, layer in enumerate(layers):
@@ -289,7 +325,8 @@ def _render(
 also in <code>{_html.esc(figures_dir.name)}/</code> next to this page.</p>
 {skipped_note}
 <nav><a href="#runs">Runs</a><a href="#sparsity">Sparsity</a><a href="#dead">Dead filters</a>
-<a href="#filters">Filter grids</a><a href="#alerts">Alerts</a></nav>
+<a href="#filters">Filter grids</a><a href="#histograms">Histograms</a>
+<a href="#topk">Top-k</a><a href="#alerts">Alerts</a></nav>
 <section id="runs"><h2>Runs</h2>
 <p class="note">Figures at the last check; zero fraction, Hoyer and dead fraction over all
 watched layers.</p>
@@ -309,5 +346,15 @@ rate.</p>
 tile is scaled to its own range; red crossed tiles are dead filters, magenta pixels
 non-finite values.</p>
 {"".join(filter_rows)}</section>
+<section id="histograms"><h2>Activation histograms and the colorful dimension</h2>
+<p class="note">Each layer's activations on the statistics data in fixed symmetric log bins (a
+bin around 0, four a decade from 1e-6 to 1e6 on each side), at the first and last check; and
+fastai's colorful dimension: the bins (rows, largest values at the top) over the checks
+(columns), brightness log(1 + count). Collapse, saturation and dying show as shapes.</p>
+{_runs_row(signal_cells)}</section>
+<section id="topk"><h2>What each filter responds to (top-k)</h2>
+<p class="note">For each drawn filter (left to right, top to bottom) the statistics samples
+whose activation peaks highest, highest first, the peak outlined in green; last check.</p>
+{"".join(topk_rows)}</section>
 <section id="alerts" class="alerts"><h2>Alerts</h2>
 {_runs_row(alert_cells)}</section>"""

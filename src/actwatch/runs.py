@@ -1,4 +1,5 @@
-"""Reading actwatch runs back from their events files: scalars, probe-0 filter grids, alerts.
+"""Reading actwatch runs back from their events files: scalars, probe-0 filter grids, alerts,
+activation histograms and top-k strips.
 
 Every directory under LOGDIR holding `events.out.tfevents.*` files is a run. The events go
 through TensorBoard's own read path (`Event` protos, then its `data_compat` and
@@ -19,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from tensorboard import data_compat, dataclass_compat
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
@@ -28,10 +31,13 @@ from tensorboard.util import tensor_util
 
 from . import tags
 from .records import EVENT_FILE_PREFIX, read_records
+from .signals import bin_counts
 
 __all__ = ["RunLog", "event_files", "find_runs", "read_run"]
 
 _FILTERS_PROBE0 = re.compile(r"^filters/(?P<layer>.+)/probe_0$")
+_HISTOGRAM = re.compile(r"^histogram/(?P<layer>.+)$")
+_TOPK = re.compile(r"^topk/(?P<layer>.+)$")
 
 
 @dataclass
@@ -45,6 +51,9 @@ class RunLog:
         scalars: `{tag: {step: value}}` for every scalar tag (a later write of a step wins).
         grids: `{layer: {step: PNG bytes}}`, the filter grid of probe 0 at each check.
         alerts: `(step, Markdown text)` of each check that raised alerts, in step order.
+        histograms: `{layer: {step: counts}}`, each check's activation histogram as counts
+            over `signals.HISTOGRAM_EDGES`' bins.
+        topk: `{layer: {step: PNG bytes}}`, the top-k strips (`topk/{layer}`) of each check.
         layers: the watched layer paths, in the order the logs first name them.
     """
 
@@ -55,6 +64,8 @@ class RunLog:
     grids: dict[str, dict[int, bytes]] = field(default_factory=dict)
     alerts: list[tuple[int, str]] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
+    histograms: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    topk: dict[str, dict[int, bytes]] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[int]:
@@ -176,6 +187,14 @@ def _take(log: RunLog, step: int, summary: summary_pb2.Summary, plugins: dict[st
                 layer = match.group("layer")
                 log._see_layer(layer)
                 log.grids.setdefault(layer, {})[step] = value.tensor.string_val[2]
+            topk = _TOPK.match(tag)
+            if topk and len(value.tensor.string_val) >= 3:
+                log.topk.setdefault(topk.group("layer"), {})[step] = value.tensor.string_val[2]
+        elif plugin == histogram_metadata.PLUGIN_NAME:
+            match = _HISTOGRAM.match(tag)
+            if match:
+                buckets = tensor_util.make_ndarray(value.tensor)
+                log.histograms.setdefault(match.group("layer"), {})[step] = bin_counts(buckets)
         elif plugin == text_metadata.PLUGIN_NAME and tag == tags.ALERTS:
             text = value.tensor.string_val[0] if value.tensor.string_val else b""
             log.alerts.append((step, text.decode("utf-8", errors="replace")))

@@ -50,9 +50,9 @@ from PIL import Image
 __all__ = [
     "FLOAT32_MAX",
     "HISTOGRAM_EDGES",
-    "HistogramHistory",
     "MEDIAN_SAMPLE",
     "SRANK_DELTA",
+    "HistogramHistory",
     "TopK",
     "bin_counts",
     "bin_label",
@@ -222,7 +222,9 @@ def bin_counts(buckets: np.ndarray) -> np.ndarray:
 def bin_label(index: int) -> str:
     """The range of bin `index`, e.g. `[1e-06, 1.8e-06)`."""
     lo, hi = HISTOGRAM_EDGES[index], HISTOGRAM_EDGES[index + 1]
-    show = ["-max" if v == -FLOAT32_MAX else "max" if v == FLOAT32_MAX else f"{v:.2g}" for v in (lo, hi)]
+    show = [
+        "-max" if v == -FLOAT32_MAX else "max" if v == FLOAT32_MAX else f"{v:.2g}" for v in (lo, hi)
+    ]
     return f"[{show[0]}, {show[1]})"
 
 
