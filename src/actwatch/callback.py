@@ -214,7 +214,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.log_per_layer = flag("log_per_layer", log_per_layer)
         self.histograms = flag("histograms", histograms)
         self.feature_rank = flag("feature_rank", feature_rank)
-        self.topk = 0 if topk == 0 and not isinstance(topk, bool) else positive_int("topk", topk)
+        no_topk = topk == 0 and not isinstance(topk, bool)
+        self.topk = 0 if no_topk else positive_int("topk", topk, allow_none=False) or 0
         self.outlier_ratio = check_outlier_ratio(outlier_ratio)
         if draw_layers is None:
             raise ValueError(
