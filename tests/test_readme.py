@@ -266,6 +266,7 @@ def test_public_names() -> None:
         "__version__",
         "activation_stats",
         "get_activations",
+        "get_gradients",
         "plot_filters",
         "plot_heatmaps",
     ]

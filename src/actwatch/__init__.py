@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from ._warnings import ActwatchWarning
     from .alerts import Alert
     from .callback import ActivationMonitor
-    from .notebook import activation_stats, get_activations, plot_filters, plot_heatmaps
+    from .notebook import (
+        activation_stats,
+        get_activations,
+        get_gradients,
+        plot_filters,
+        plot_heatmaps,
+    )
     from .stats import LayerStats
 
 # The public names load on first use (PEP 562), so `import actwatch` does not import Keras and
@@ -30,6 +36,7 @@ _HOMES = {
     "LayerStats": ".stats",
     "activation_stats": ".notebook",
     "get_activations": ".notebook",
+    "get_gradients": ".notebook",
     "plot_filters": ".notebook",
     "plot_heatmaps": ".notebook",
 }
@@ -59,6 +66,7 @@ __all__ = [
     "__version__",
     "activation_stats",
     "get_activations",
+    "get_gradients",
     "plot_filters",
     "plot_heatmaps",
 ]

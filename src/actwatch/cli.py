@@ -105,7 +105,8 @@ def _positive_int(text: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_dir = os.path.join(args.log_dir, args.run or f"lr_{args.lr:g}")
+    default_run = f"lr_{args.lr:g}" + ("_redo" if args.revive else "")
+    run_dir = os.path.join(args.log_dir, args.run or default_run)
     result = run_demo(
         log_dir=run_dir,
         lr=args.lr,
@@ -114,6 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
         size=args.size,
         data_dir=args.data,
         seed=args.seed,
+        revive=args.revive,
     )
     print()
     print(f"Trained for {result.seconds:.1f} s; {result.alerts} alert(s).")
@@ -191,7 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="an image folder with one sub-folder per class, instead of generated data",
     )
     demo.add_argument("--log-dir", default="logs", help="where runs go (default: ./logs)")
-    demo.add_argument("--run", default=None, help="run name (default: lr_<lr>)")
+    demo.add_argument(
+        "--revive",
+        action="store_true",
+        help="re-initialise filters that stay dead (ReDo: revive='redo'), keeping the "
+        "network's output unchanged at that instant",
+    )
+    demo.add_argument(
+        "--run", default=None, help="run name (default: lr_<lr>, lr_<lr>_redo with --revive)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument(
         "--report",

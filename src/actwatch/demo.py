@@ -176,8 +176,13 @@ def run_demo(
     seed: int = 0,
     data_dir: str | None = None,
     verbose: int = 2,
+    revive: bool = False,
 ) -> DemoResult:
-    """Train the demo CNN with an `ActivationMonitor` writing to `log_dir`."""
+    """Train the demo CNN with an `ActivationMonitor` writing to `log_dir`.
+
+    The statistics samples come with their labels, so every check also computes the
+    gradients of activations; `revive=True` re-initialises filters that die (ReDo).
+    """
     import time
 
     from .callback import ActivationMonitor
@@ -190,17 +195,21 @@ def run_demo(
                 f"Found {len(folder.paths)} files belonging to {len(folder.class_names)} classes."
             )
         pool = folder.images(folder.order[:260])
-        probes, stats_data = pool[:4], (pool[4:] if len(pool) > 4 else pool)
+        labels = folder.labels[folder.order[:260]]
+        probes = pool[:4]
+        stats_data = (pool[4:], labels[4:]) if len(pool) > 4 else (pool, labels)
         model = build_model(size, len(folder.class_names), lr=lr)
         fit_args: dict[str, Any] = {"x": folder}
     else:
         x, y = make_dataset(samples, size, seed=seed)
-        x_val, _ = make_dataset(260, size, seed=seed + 1)
+        x_val, y_val = make_dataset(260, size, seed=seed + 1)
         probes = _probes(x_val, size)
-        stats_data = x_val[4:]
+        stats_data = (x_val[4:], y_val[4:])
         model = build_model(size, lr=lr)
         fit_args = {"x": x, "y": y, "batch_size": batch_size}
-    monitor = ActivationMonitor(probes, log_dir, stats_data=stats_data)
+    monitor = ActivationMonitor(
+        probes, log_dir, stats_data=stats_data, revive="redo" if revive else None
+    )
     start = time.perf_counter()
     history = model.fit(epochs=epochs, callbacks=[monitor], verbose=verbose, **fit_args)
     seconds = time.perf_counter() - start

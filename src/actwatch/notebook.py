@@ -2,6 +2,7 @@
 
 ```python
 acts = actwatch.get_activations(model, x[:4])          # {layer path: array}
+grads = actwatch.get_gradients(model, x[:32], y[:32])  # {layer path: dLoss/d output}
 stats = actwatch.activation_stats(model, x[:256])      # {layer path: LayerStats}
 actwatch.plot_filters(model, x[:1])                    # matplotlib Figure
 actwatch.plot_heatmaps(model, ["cat.jpg"], preprocess=lambda x: x / 255)
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 
 from .extract import Extractor
 from .figures import filters_figure, heatmaps_figure
+from .gradients import GradientRunner
 from .layers import WatchedLayer, resolve_layers
 from .pipeline import CheckPipeline, CheckResult
 from .probes import (
@@ -30,7 +32,7 @@ from .probes import (
 )
 from .stats import LayerStats
 
-__all__ = ["activation_stats", "get_activations", "plot_filters", "plot_heatmaps"]
+__all__ = ["activation_stats", "get_activations", "get_gradients", "plot_filters", "plot_heatmaps"]
 
 Preprocess = Callable[[np.ndarray], Any] | None
 
@@ -62,6 +64,40 @@ def get_activations(
     run = Extractor(model, watched).make_runner(lambda outputs: list(outputs))
     arrays = run(batch.feed())
     return {w.path: array for w, array in zip(watched, arrays, strict=True)}
+
+
+def get_gradients(
+    model: keras.Model,
+    x: Any,
+    y: Any,
+    layers: Any = None,
+    *,
+    sample_weight: Any = None,
+    preprocess: Preprocess = None,
+) -> dict[str, np.ndarray]:
+    """The compiled loss's gradient with respect to each watched layer's output (keract's
+    `get_gradients_of_activations`), in one compiled backward pass, the model in inference
+    mode.
+
+    Args:
+        model: a model compiled with a loss (`model.compile(loss=...)`).
+        x: the inputs, as in `get_activations`.
+        y: the labels, as `fit` takes them.
+        layers: as in `ActivationMonitor`; defaults to every convolution, pooling and
+            activation layer.
+        sample_weight: optional per-sample weights of the loss.
+        preprocess: as in `get_activations`.
+
+    Returns:
+        `{layer path: numpy array}` in model order, each of its layer's output shape: the
+        gradient of the loss (the mean over the batch, as in training) by that output.
+    """
+    batch = _batch(model, x, preprocess)
+    watched = resolve_layers(model, layers, batch.feed())
+    labels = keras.tree.map_structure(np.asarray, y)
+    weight = None if sample_weight is None else np.asarray(sample_weight)
+    grads = GradientRunner(model, watched).run(batch.feed(), labels, weight)
+    return {w.path: array for w, array in zip(watched, grads, strict=True)}
 
 
 def activation_stats(

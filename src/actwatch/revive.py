@@ -273,14 +273,19 @@ class Reviver:
         model: the model (its optimizer's slots are reset too, when it has one).
         targets: from `plan`.
         patience: checks in a row a filter must be dead before it is revived.
+        seed: seeds the fresh initializers (a Keras initializer called twice with its own
+            seed returns the same values: those a never-trained dead filter already has).
     """
 
-    def __init__(self, model: keras.Model, targets: Sequence[Target], *, patience: int) -> None:
+    def __init__(
+        self, model: keras.Model, targets: Sequence[Target], *, patience: int, seed: int = 0
+    ) -> None:
         self.model = model
         self.targets = list(targets)
         self.patience = patience
         self._streak: dict[str, np.ndarray] = {}
         self.total = 0
+        self._seeds = np.random.default_rng(seed)
 
     def source(self, path: str) -> str:
         """The watched layer whose dead filters decide for the revivable layer `path`."""
@@ -312,10 +317,13 @@ class Reviver:
         optimizer = getattr(self.model, "optimizer", None)
         layer = target.layer
         kernel = layer.kernel
+        initializer = layer.kernel_initializer
+        config = initializer.get_config()
+        if "seed" in config:  # the same kind of initializer, with a new seed
+            config["seed"] = int(self._seeds.integers(2**31 - 1))
+            initializer = type(initializer).from_config(config)
         fresh = np.asarray(
-            keras.ops.convert_to_numpy(
-                layer.kernel_initializer(tuple(kernel.shape), dtype=kernel.dtype)
-            )
+            keras.ops.convert_to_numpy(initializer(tuple(kernel.shape), dtype=kernel.dtype))
         )
         _assign(kernel, optimizer, (..., filters), fresh)
         if getattr(layer, "bias", None) is not None:

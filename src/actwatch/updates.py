@@ -86,8 +86,14 @@ class UpdateRatios:
         return ratios
 
 
-def _power_of_ten(value: float) -> str:
-    return f"{10 ** round(math.log10(value)):g}" if value > 0 else "0"
+def _times(factor: float) -> str:
+    """A factor as people say it: `5000x`, `20x`, `1.5x`."""
+    return f"{factor:.0f}x" if factor >= 10 else f"{factor:.2g}x"
+
+
+def _round_power(value: float) -> float:
+    """`value` rounded to a power of ten (in log scale)."""
+    return float(10.0 ** round(math.log10(value))) if value > 0 else 0.0
 
 
 class RatioTracker:
@@ -106,6 +112,7 @@ class RatioTracker:
         self.patience = patience
         self._streak: dict[tuple[str, str], int] = {}
         self._alerted: set[tuple[str, str]] = set()
+        self._was_high = False  # a "too high" alert came before
 
     def update(
         self,
@@ -139,6 +146,7 @@ class RatioTracker:
             alerts.append(
                 self._alert(direction, confirmed, len(ratios), step, epoch, learning_rate)
             )
+            self._was_high = self._was_high or direction == "high"
         return alerts
 
     def _alert(
@@ -160,25 +168,31 @@ class RatioTracker:
         when = f"Epoch {epoch + 1} (step {step})" if epoch is not None else f"Step {step}"
         if direction == "high":
             factor = typical / HEALTHY_RATIO
-            advice = (
-                f"The learning rate is too high (current: {lr}): lower it about "
-                f"{_power_of_ten(factor)}x"
-                + (f", to about {_power_of_ten(learning_rate / factor)}" if learning_rate else "")
-                + "."
-            )
+            if learning_rate:
+                target = _round_power(learning_rate / factor)
+                move = f"lower it about {_times(learning_rate / target)}, to about {target:g}"
+            else:
+                move = f"lower it about {_times(_round_power(factor))}"
+            advice = f"The learning rate is too high (current: {lr}): {move}."
             bound = f"above {self.high:g}"
+        elif self._was_high:
+            advice = (
+                "The weights have (almost) stopped moving after steps that were too large (an "
+                "earlier alert): the units are probably dead or saturated, which a higher "
+                "learning rate will not fix. Restart from before the jump with a lower "
+                f"learning rate (current: {lr})."
+            )
+            bound = f"below {self.low:g}"
         else:
             factor = HEALTHY_RATIO / typical if typical > 0 else math.inf
+            if math.isfinite(factor) and learning_rate:
+                target = _round_power(learning_rate * factor)
+                move = f"raise it about {_times(target / learning_rate)}, to about {target:g}"
+            else:
+                move = "their weights did not move at all; check that they get a gradient"
             advice = (
                 f"The learning rate is too low (current: {lr}) or the layers are stuck "
-                "(frozen by hand, dead filters, vanishing gradients): "
-                + (
-                    f"raise it about {_power_of_ten(factor)}x, to about "
-                    f"{_power_of_ten(learning_rate * factor)}"
-                    if math.isfinite(factor) and learning_rate
-                    else "their weights did not move at all; check that they get a gradient"
-                )
-                + "."
+                f"(frozen by hand, dead filters, vanishing gradients): {move}."
             )
             bound = f"below {self.low:g}"
         message = (

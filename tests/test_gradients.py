@@ -1,0 +1,119 @@
+"""Gradients of activations: exact against a numpy reference, GraMa's dormancy, the notebook
+function, and the errors without a loss or with labels that do not fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import actwatch
+from actwatch.gradients import GradientStats
+
+from .helpers import data, read_events, tiny_cnn
+
+RNG = np.random.default_rng(0)
+XD = RNG.normal(size=(6, 4)).astype("float32")
+YD = RNG.normal(size=(6, 3)).astype("float32")
+
+
+def dense_net() -> keras.Model:
+    """4 -> Dense(5, tanh) 'h' -> Dense(3) 'out', mean squared error."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5, activation="tanh", name="h")(inputs)
+    outputs = keras.layers.Dense(3, name="out")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    return model
+
+
+def numpy_gradient(model: keras.Model, weight: np.ndarray | None = None) -> np.ndarray:
+    """dL/dh of L = mean over samples of (weighted) mean over outputs of (out - y)^2, by hand."""
+    w1, b1 = (keras.ops.convert_to_numpy(v) for v in model.get_layer("h").weights)
+    w2, b2 = (keras.ops.convert_to_numpy(v) for v in model.get_layer("out").weights)
+    h = np.tanh(XD @ w1 + b1)
+    out = h @ w2 + b2
+    per_sample = np.ones(len(XD)) if weight is None else weight
+    scale = per_sample[:, None] * 2 / (out.shape[1] * len(XD))
+    return (scale * (out - YD)) @ w2.T  # type: ignore[no-any-return]
+
+
+def test_get_gradients_equals_numpy() -> None:
+    """`get_gradients(model, x, y)`: `{path: dLoss/d output}`, equal to the hand-derived
+    gradient, with and without sample weights; the model's weights are untouched."""
+    model = dense_net()
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+    grads = actwatch.get_gradients(model, XD, YD, ["h"])
+    assert list(grads) == ["h"] and grads["h"].shape == (6, 5)
+    np.testing.assert_allclose(grads["h"], numpy_gradient(model), rtol=1e-4, atol=1e-7)
+    weight = np.array([1, 0, 2, 1, 0.5, 1], dtype="float32")
+    weighted = actwatch.get_gradients(model, XD, YD, ["h"], sample_weight=weight)
+    np.testing.assert_allclose(weighted["h"], numpy_gradient(model, weight), rtol=1e-4, atol=1e-7)
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+
+
+def test_gradient_rms_in_a_fit_equals_numpy(tmp_path: Path) -> None:
+    """With `stats_data=(x, y)` each check writes `gradient_rms/{layer}`: the RMS of the
+    hand-derived gradient for the weights of that check (the last one: after training)."""
+    model = dense_net()
+    monitor = actwatch.ActivationMonitor(
+        XD[:2], tmp_path, layers=["h"], stats_data=(XD, YD), images=False
+    )
+    model.fit(XD, YD, batch_size=6, epochs=1, verbose=0, callbacks=[monitor])
+    expected = float(np.sqrt(np.mean(numpy_gradient(model) ** 2)))
+    assert monitor.last_gradients["h"].rms == pytest.approx(expected, rel=1e-4)
+    scalars = read_events(tmp_path).scalars
+    assert [s for s, _ in scalars["gradient_rms/h"]] == [0, 1]
+    assert scalars["gradient_rms/h"][-1][1] == pytest.approx(expected, rel=1e-4)
+    assert "gradient_dormant_fraction/h" in scalars
+
+
+def test_grama_flags_the_filter_whose_outgoing_weights_are_zero(tmp_path: Path) -> None:
+    """conv1's filter 1 feeds conv2 through zero weights (conv2 frozen): it fires, so the
+    activation tests call it alive, but it gets no gradient, and GraMa calls it dormant."""
+    x, y = data(32)
+    model = tiny_cnn(filters=(4, 8))
+    conv2 = model.get_layer("conv2")
+    kernel = keras.ops.convert_to_numpy(conv2.kernel).copy()
+    kernel[:, :, 1, :] = 0.0
+    conv2.kernel.assign(kernel)
+    conv2.trainable = False
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    monitor = actwatch.ActivationMonitor(
+        x[:2], tmp_path, layers=["conv1", "conv2"], stats_data=(x, y), images=False
+    )
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    conv1 = monitor.last_gradients["conv1"]
+    assert isinstance(conv1, GradientStats)
+    assert conv1.filter_mean_abs[1] == 0.0 and conv1.dormant.tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert not monitor.last_stats["conv1"].dead[1]  # it fires
+    assert conv1.dormant_fraction == 0.25
+    fractions = read_events(tmp_path).scalars["gradient_dormant_fraction/conv1"]
+    assert [v for _, v in fractions] == [0.25, 0.25]
+
+
+def test_no_loss_is_a_clear_error() -> None:
+    """A model compiled without a loss (or never compiled) has nothing to differentiate."""
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="h")(inputs))
+    with pytest.raises(ValueError, match=r"need the model's loss.*model.compile\(loss=...\)"):
+        actwatch.get_gradients(model, XD, YD, ["h"])
+
+
+def test_labels_that_do_not_fit_are_a_clear_error(tmp_path: Path) -> None:
+    """`stats_data=(x, y)` with fewer labels than samples fails before training."""
+    model = dense_net()
+    monitor = actwatch.ActivationMonitor(
+        XD[:2], tmp_path, layers=["h"], stats_data=(XD, YD[:4]), images=False
+    )
+    with pytest.raises(ValueError, match=r"stats_data.*y has 4 samples but x has 6"):
+        model.fit(XD, YD, epochs=1, verbose=0, callbacks=[monitor])

@@ -1,0 +1,148 @@
+"""Update-to-weight ratios: exact against numpy, written as scalars, and the learning-rate alerts.
+
+The bounds are the defaults, (1e-5, 1e-1): on the tiny CNN with Adam, one step moves each
+weight by about the learning rate, and the weights' RMS is about 0.1-0.3, so the ratio is
+about 3-10x the learning rate: 10 gives ~30-100 (too high), 1e-7 gives ~3e-7-1e-6 (too low),
+1e-3 gives ~3e-3-1e-2 (healthy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+import actwatch
+from actwatch.layers import resolve_layers
+from actwatch.updates import RatioTracker, UpdateRatios
+
+from .helpers import data, read_events, tiny_cnn
+
+X, Y = data(32)
+
+
+def weights(model: keras.Model, name: str) -> np.ndarray:
+    """The layer's trainable weights (kernel, bias) as one vector."""
+    layer = model.get_layer(name)
+    return np.concatenate(
+        [np.ravel(keras.ops.convert_to_numpy(v.value)) for v in layer.trainable_weights]
+    )
+
+
+def ratio(before: np.ndarray, after: np.ndarray) -> float:
+    return float(np.linalg.norm(after - before) / np.linalg.norm(before))
+
+
+def test_ratio_equals_numpy_over_one_train_on_batch() -> None:
+    """`||W_after - W_before|| / ||W_before||` from weights read around one `train_on_batch`."""
+    model = tiny_cnn(lr=1e-2)
+    updates = UpdateRatios(resolve_layers(model, None))
+    assert list(updates.layers) == ["conv1", "conv2"]  # pooling layers have no weights
+    before = {name: weights(model, name) for name in updates.layers}
+    updates.snapshot(0)
+    model.train_on_batch(X[:16], Y[:16])
+    ratios = updates.measure()
+    assert not updates.pending
+    for name, value in ratios.items():
+        assert value == pytest.approx(ratio(before[name], weights(model, name)), rel=1e-5)
+        assert 1e-4 < value < 1  # one Adam step at 1e-2 moved it
+
+
+def test_ratio_in_fit_is_the_first_training_step(tmp_path: Path) -> None:
+    """A fit of one batch: the ratio measured after the check before training is that of the
+    weights before and after `fit`, and is written at step 1 (scalars per layer and network)."""
+    model = tiny_cnn(lr=1e-2)
+    before = {name: weights(model, name) for name in ("conv1", "conv2")}
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False)
+    model.fit(X[:16], Y[:16], batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    for name, value in monitor.last_update_ratios.items():
+        assert value == pytest.approx(ratio(before[name], weights(model, name)), rel=1e-5)
+    events = read_events(tmp_path)
+    assert [s for s, _ in events.scalars["update_ratio/conv1"]] == [1]
+    assert events.scalars["update_ratio/conv2"][0][1] == pytest.approx(
+        monitor.last_update_ratios["conv2"], rel=1e-6
+    )
+    median = float(np.median(list(monitor.last_update_ratios.values())))
+    assert events.scalars["network/update_ratio"] == [(1, pytest.approx(median, rel=1e-6))]
+    assert "update_ratio/pool1" not in events.scalars
+
+
+@pytest.mark.parametrize(
+    ("lr", "words"),
+    [
+        (10.0, ["above 0.1", "too high (current: 10)", "lower it about"]),
+        (1e-7, ["below 1e-05", "too low (current: 1e-07)", "raise it about"]),
+    ],
+)
+def test_learning_rate_alerts(tmp_path: Path, lr: float, words: list[str]) -> None:
+    """Adam at 10 raises the "too high" alert, at 1e-7 the "too low" one, at the step after
+    the first check, passed to `on_alert` and written as alert text."""
+    model = tiny_cnn(lr=lr)
+    seen: list[actwatch.Alert] = []
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False, on_alert=seen.append)
+    model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    found = [a for a in monitor.alerts if a.kind == "learning_rate"]
+    assert len(found) == 1 and found[0] in seen
+    alert = found[0]
+    assert (alert.step, alert.count, alert.total, alert.learning_rate) == (
+        1,
+        2,
+        2,
+        pytest.approx(lr),
+    )
+    for word in words:
+        assert word in alert.message
+    texts = read_events(tmp_path).texts["alerts"]
+    assert texts[0][0] == 1 and "**learning_rate**" in texts[0][1]
+
+
+def test_healthy_learning_rate_raises_no_learning_rate_alert(tmp_path: Path) -> None:
+    """Adam at 1e-3 stays within the bounds."""
+    model = tiny_cnn(lr=1e-3)
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False)
+    model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[monitor])
+    assert all(1e-5 < r < 1e-1 for r in monitor.last_update_ratios.values())
+    assert not [a for a in monitor.alerts if a.kind == "learning_rate"]
+
+
+class TestTracker:
+    """`RatioTracker`: patience, no repeats, and the advice after a jump."""
+
+    def test_patience_and_no_repeat(self) -> None:
+        """With patience 2, the second high measurement alerts; a third does not repeat it."""
+        tracker = RatioTracker(patience=2)
+        kwargs: dict[str, Any] = {"epoch": 0, "learning_rate": 0.5}
+        assert tracker.update({"a": 5.0}, step=1, **kwargs) == []
+        [alert] = tracker.update({"a": 5.0}, step=2, **kwargs)
+        assert "lower it about 5000x, to about 0.0001" in alert.message
+        assert tracker.update({"a": 5.0}, step=3, **kwargs) == []
+
+    def test_stuck_after_a_jump_is_not_told_to_raise(self) -> None:
+        """Weights that stop moving after a "too high" alert are called stuck, not slow."""
+        tracker = RatioTracker()
+        tracker.update({"a": 5.0}, step=1, epoch=0, learning_rate=0.5)
+        [alert] = tracker.update({"a": 0.0}, step=2, epoch=1, learning_rate=0.5)
+        assert "dead or saturated" in alert.message and "raise it" not in alert.message
+
+
+@pytest.mark.parametrize("bounds", [(0.1, 1e-5), (-1, 1), "low", (1e-5,)])
+def test_bad_bounds(tmp_path: Path, bounds: Any) -> None:
+    """Bounds must be (low, high) with 0 <= low < high; the message says so."""
+    with pytest.raises(ValueError, match=r"update_ratio_bounds.*0 <= low < high.*Received"):
+        actwatch.ActivationMonitor(X[:2], tmp_path, update_ratio_bounds=bounds)
+
+
+def test_no_bounds_and_no_labels_measure_nothing(tmp_path: Path) -> None:
+    """`update_ratio_bounds=None`: no snapshot, no ratio; `stats_data` without labels: no
+    backward pass, no gradient figure."""
+    model = tiny_cnn()
+    monitor = actwatch.ActivationMonitor(
+        X[:2], tmp_path, images=False, update_ratio_bounds=None, stats_data=X
+    )
+    model.fit(X[:16], Y[:16], batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    assert monitor.last_update_ratios == {} and monitor.last_gradients == {}
+    written = read_events(tmp_path).scalars
+    assert not [t for t in written if "update_ratio" in t or t.startswith("gradient")]
