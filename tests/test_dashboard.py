@@ -159,6 +159,10 @@ def test_index_reads_only_what_was_appended(tmp_path: Path) -> None:
     assert run.steps == [0, 10, 20, 30] and run.tail_bytes == 0
     assert run.bytes_read - before == len(framed)
     assert run.series("dead_fraction")["conv_a"].get(30) == 0.75
+    png = run.read_image(tags.filters_tag(XSS, 0), 20)  # read alone from its record
+    assert png is not None
+    assert (np.asarray(Image.open(io.BytesIO(png))) == _scan_pixel(1, 20)).all()
+    assert run.read_image(tags.filters_tag(XSS, 0), 30) is None
 
 
 def test_index_stops_at_a_corrupt_record_and_rereads_a_replaced_file(tmp_path: Path) -> None:

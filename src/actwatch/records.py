@@ -41,6 +41,7 @@ __all__ = [
     "RecordError",
     "RecordWriter",
     "masked_crc32c",
+    "read_payload_part",
     "read_record_at",
     "read_records",
 ]
@@ -205,6 +206,22 @@ def read_record_at(path: str | os.PathLike[str], offset: int) -> bytes:
             return _read_one(handle, offset, path)
         except _Truncated:
             raise RecordError(f"no whole record at byte {offset} of {path}") from None
+
+
+def read_payload_part(path: str | os.PathLike[str], offset: int, start: int, length: int) -> bytes:
+    """Bytes `start` to `start + length` of the payload of the record at byte `offset` of
+    `path`, read alone (a PNG inside a check's event, say). Unchecked: the caller checked
+    the whole record's CRC when it read it with `read_records`.
+
+    Raises:
+        RecordError: when the file ends before those bytes.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(offset + _HEADER + start)
+        part = handle.read(length)
+    if len(part) < length:
+        raise RecordError(f"{path} ends inside the record at byte {offset}")
+    return part
 
 
 def _warn_corrupt(path: str, offset: int, exc: RecordError) -> None:

@@ -3,11 +3,11 @@
 Every directory under the log directory holding `events.out.tfevents.*` files is a run, named
 as TensorBoard names it (its path relative to the log directory, `.` for the log directory
 itself). For each run the index keeps what is small (every per-layer scalar, the alerts'
-texts, the layers in network order) and, for every image tag and step, only where the image
-is: `(file, byte offset of its record)`. An image's PNG is read on demand with
-`records.read_record_at`, the reader the report uses too; the last few records read are kept
-in a small cache bounded in bytes, so the grids of one step (one record holds a whole check)
-are parsed once. Nothing else of the images is held in memory.
+texts, the layers in network order) and, for every image tag and step, only where its PNG is:
+the file, the record's offset and the PNG's place in the record's payload, found when the
+record is indexed. An image is read on demand with `records.read_payload_part` (the records
+module is the one reader of events files, for the report too): a few kB read, no event parsed
+again, nothing cached. The places are kept in compact arrays: a 1 GB run's index is a few MB.
 
 The index grows incrementally: each file's size and the offset after its last whole record are
 remembered, and a refresh reads only what was appended. A file cut short (a run still being
@@ -25,7 +25,6 @@ import re
 import threading
 import time
 from array import array
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +38,12 @@ from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
 from .. import tags
-from ..records import EVENT_FILE_PREFIX, RecordError, read_record_at, read_records
+from ..records import EVENT_FILE_PREFIX, RecordError, read_payload_part, read_records
 
-__all__ = ["Alert", "ImageCache", "LogdirIndex", "RunIndex", "Series", "parse_alerts"]
+__all__ = ["Alert", "LogdirIndex", "RunIndex", "Series", "parse_alerts"]
 
 _HEADER_FOOTER = 16  # a record's framing around its payload
+_PNG = b"\x89PNG\r\n\x1a\n"
 _IMAGE_TAG = re.compile(r"^(?P<kind>filters|heatmap)/(?P<layer>.+)/probe_(?P<probe>\d+)$")
 _ALERT_ITEM = re.compile(r"^- \*\*(?P<kind>[^*\n]+)\*\*: (?P<message>.*)$", re.DOTALL)
 #: Per-layer scalar kinds of a tag, decided when the tag is first seen.
@@ -137,7 +137,7 @@ class RunIndex:
             logs first name them: network order.
         scalars: `{metric: {layer: Series}}` of every per-layer scalar metric.
         images: `{tag: Series}` of every `filters/...` and `heatmap/...` tag, the values
-            record numbers: `place(record)` is `(file, offset)`.
+            image numbers (`read_image` reads one).
         alerts: `(step, Markdown text)` of every check that raised alerts, in step order.
         bytes_read: bytes of whole records indexed so far.
         tail_bytes: bytes after the last whole record of each file (a record being written, or
@@ -154,8 +154,11 @@ class RunIndex:
     tail_bytes: int = 0
     _files: dict[Path, _FileState] = field(default_factory=dict, repr=False)
     _paths: list[Path] = field(default_factory=list, repr=False)
-    _record_file: array[int] = field(default_factory=lambda: array("l"), repr=False)
-    _record_offset: array[int] = field(default_factory=lambda: array("q"), repr=False)
+    # Per image number: its file (an index into _paths), record offset, place in the payload.
+    _image_file: array[int] = field(default_factory=lambda: array("l"), repr=False)
+    _image_record: array[int] = field(default_factory=lambda: array("q"), repr=False)
+    _image_start: array[int] = field(default_factory=lambda: array("q"), repr=False)
+    _image_length: array[int] = field(default_factory=lambda: array("q"), repr=False)
     _kinds: dict[str, str] = field(default_factory=dict, repr=False)
     _seen: set[str] = field(default_factory=set, repr=False)
     _steps: set[int] = field(default_factory=set, repr=False)
@@ -192,14 +195,24 @@ class RunIndex:
     def series(self, metric: str) -> dict[str, Series]:
         return self.scalars.get(metric, {})
 
-    def image_place(self, tag: str, step: int) -> tuple[Path, int] | None:
-        """`(file, offset)` of the record holding image `tag` at `step`, if there is one."""
+    def read_image(self, tag: str, step: int) -> bytes | None:
+        """The PNG of image `tag` at `step`; None when there is none, or the file no longer
+        holds it (replaced since it was indexed: the next refresh reads it again)."""
         series = self.images.get(tag)
-        record = series.get(step) if series is not None else None
-        if record is None:
+        number = series.get(step) if series is not None else None
+        if number is None:
             return None
-        record = int(record)
-        return self._paths[self._record_file[record]], self._record_offset[record]
+        i = int(number)
+        try:
+            png = read_payload_part(
+                self._paths[self._image_file[i]],
+                self._image_record[i],
+                self._image_start[i],
+                self._image_length[i],
+            )
+        except (OSError, RecordError):
+            return None
+        return png if png.startswith(_PNG) else None
 
     def alert_list(self) -> list[Alert]:
         out: list[Alert] = []
@@ -248,7 +261,9 @@ class RunIndex:
         self.bytes_read = self.tail_bytes = 0
         self._files.clear()
         self._paths.clear()
-        del self._record_file[:], self._record_offset[:]
+        for column in (self._image_file, self._image_record, self._image_start):
+            del column[:]
+        del self._image_length[:]
         self._kinds.clear()
         self._seen.clear()
         self._steps.clear()
@@ -263,7 +278,7 @@ class RunIndex:
         if not event.HasField("summary"):
             return
         step = int(event.step)
-        record = -1  # this record's number, given when it holds an image
+        searched = 0  # images are found in the payload in order
         for value in event.summary.value:
             if value.WhichOneof("value") != "tensor":
                 value = data_compat.migrate_value(value)  # TF1-style values
@@ -287,22 +302,31 @@ class RunIndex:
                 match = _IMAGE_TAG.match(value.tag)
                 if match:
                     self._see(match.group("layer"))
-                if record < 0:
-                    record = self._record(file, offset)
+                png = value.tensor.string_val[2]
+                start = payload.find(png, searched)
+                if start < 0:
+                    start = payload.find(png)
+                    if start < 0:
+                        continue
+                searched = start + len(png)
                 if value.tag not in self.images:
                     self.images[value.tag] = Series("q")
-                self.images[value.tag].put(step, record)
+                self.images[value.tag].put(step, self._image(file, offset, start, len(png)))
                 self._steps.add(step)
             elif kind == _ALERTS:
                 text = value.tensor.string_val[0] if value.tensor.string_val else b""
                 self.alerts.append((step, text.decode("utf-8", errors="replace")))
 
-    def _record(self, file: Path, offset: int) -> int:
+    def _image(self, file: Path, offset: int, start: int, length: int) -> int:
+        """A new image number for the PNG at `start` of the payload of the record at
+        `offset` of `file`."""
         if not self._paths or self._paths[-1] != file:
             self._paths.append(file)  # files are read one after the other
-        self._record_file.append(len(self._paths) - 1)
-        self._record_offset.append(offset)
-        return len(self._record_offset) - 1
+        self._image_file.append(len(self._paths) - 1)
+        self._image_record.append(offset)
+        self._image_start.append(start)
+        self._image_length.append(length)
+        return len(self._image_length) - 1
 
 
 def _kind(value: summary_pb2.Summary.Value) -> str:
@@ -391,56 +415,3 @@ class LogdirIndex:
         with self.lock:
             run = self._runs.get(name)
             return run if run is not None and run.has_data else None
-
-
-class ImageCache:
-    """The PNGs of the last records read, up to `max_bytes` of them.
-
-    One record holds a whole check, so the grids of every layer at one step come from one
-    reading. Concurrent requests for the same record wait for one reading of it.
-    """
-
-    def __init__(self, max_bytes: int = 32 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._loading: dict[tuple[Path, int], threading.Lock] = {}
-        self._cache: OrderedDict[tuple[Path, int], dict[str, bytes]] = OrderedDict()
-        self._bytes = 0
-
-    def png(self, file: Path, offset: int, tag: str) -> bytes | None:
-        """The PNG of image `tag` in the record at `offset` of `file`; None when it is not
-        there (the file was replaced since it was indexed)."""
-        key = (file, offset)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key].get(tag)
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:
-            with self._lock:
-                if key in self._cache:
-                    return self._cache[key].get(tag)
-            images = _record_images(file, offset)
-            with self._lock:
-                self._loading.pop(key, None)
-                size = sum(len(p) for p in images.values())
-                if size <= self.max_bytes:
-                    self._cache[key] = images
-                    self._bytes += size
-                    while self._bytes > self.max_bytes:
-                        _, dropped = self._cache.popitem(last=False)
-                        self._bytes -= sum(len(p) for p in dropped.values())
-        return images.get(tag)
-
-
-def _record_images(file: Path, offset: int) -> dict[str, bytes]:
-    try:
-        payload = read_record_at(file, offset)
-    except (OSError, RecordError):
-        return {}
-    event = event_pb2.Event.FromString(payload)
-    return {
-        value.tag: value.tensor.string_val[2]
-        for value in event.summary.value
-        if _IMAGE_TAG.match(value.tag) and len(value.tensor.string_val) >= 3
-    }

@@ -36,7 +36,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from .events_index import ImageCache, LogdirIndex, RunIndex
+from .events_index import LogdirIndex, RunIndex
 
 __all__ = ["PLUGIN_NAME", "ActwatchPlugin"]
 
@@ -60,7 +60,6 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
     def __init__(self, context: base_plugin.TBContext) -> None:
         self._logdir: str = context.logdir or ""
         self._index = LogdirIndex(self._logdir) if self._logdir else None
-        self._images = ImageCache(16 * 2**20)
         self._active = False
 
     # TensorBoard's plugin interface ----------------------------------------------------------
@@ -162,10 +161,9 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
         step = _step(args)
         if tag not in run.images:
             raise _BadRequest(404, f"run {run.name!r} has no image tag {tag!r}")
-        place = run.image_place(tag, step)
-        if place is None:
+        if run.images[tag].get(step) is None:
             raise _BadRequest(404, f"run {run.name!r} has no image {tag!r} at step {step}")
-        png = self._images.png(*place, tag)
+        png = run.read_image(tag, step)
         if png is None:
             raise _BadRequest(404, f"the image {tag!r} at step {step} could not be read again")
         return png, "image/png"
