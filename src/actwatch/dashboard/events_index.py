@@ -303,8 +303,10 @@ class RunIndex:
                 if match:
                     self._see(match.group("layer"))
                 png = value.tensor.string_val[2]
-                start = payload.find(png, searched)
-                if start < 0:
+                # Values are laid out in order: this PNG is the next one after the last found,
+                # so look for its first bytes (a PNG's signature and header) from there.
+                start = payload.find(png[:16], searched)
+                if start < 0 or not payload.startswith(png, start):
                     start = payload.find(png)
                     if start < 0:
                         continue
