@@ -467,6 +467,22 @@ def test_page_in_headless_chromium(server: Server, chromium: DevTools) -> None:
     _wait_idle(chromium, doc)
     assert chromium.evaluate(f"{doc}.body.dataset.step") == str(5 * EVERY)
     assert "conv_b at step 50" in chromium.evaluate(f"{doc}.body.innerText")
+    # A click on a filter's tile shows its dead/alive history, read from the grids' dead
+    # marks: conv1's filter 0 never fires (bias -100), so it is dead at every check.
+    chromium.evaluate(
+        f"""(() => {{ const i = {doc}.querySelector(
+          '.aw-run[data-run="fit"] .aw-layer[data-layer="conv1"] img.aw-img-filters');
+        const r = i.getBoundingClientRect(); const k = r.width / i.naturalWidth;
+        i.dispatchEvent(new MouseEvent('click', {{clientX: r.left + 10 * k,
+          clientY: r.top + 10 * k, bubbles: true}})); }})()"""
+    )
+    deadline = time.monotonic() + 30
+    while not chromium.evaluate(f"!!{doc}.querySelector('.aw-history .aw-strip')"):
+        assert time.monotonic() < deadline, chromium.evaluate(f"{doc}.body.innerText")
+        time.sleep(0.1)
+    history = chromium.evaluate(f"{doc}.querySelector('.aw-history').innerText")
+    checks = len(server.json("/data/plugin/actwatch/images", run="fit")["filters/conv1/probe_0"])
+    assert f"Filter 0 of conv1 (probe 0): dead at {checks} of {checks} checks" in history
     assert _errors(chromium) == []
 
     # The plugin's own page, opened directly, is the same page.

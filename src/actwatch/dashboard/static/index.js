@@ -224,10 +224,7 @@ function heatmap(run, data) {
     return box;
   }
   const { layers, steps, values } = scalars;
-  const flat = values.flat().filter((v) => v !== null);
-  let lo = Math.min(...flat), hi = Math.max(...flat);
-  if (lo >= 0 && hi <= 1) { lo = 0; hi = 1; }
-  if (!(hi > lo)) hi = lo + 1;
+  const [lo, hi] = colorRange();
   const cell = Math.max(2, Math.min(40, Math.floor(460 / Math.max(1, steps.length))));
   const mark = 8;
   const canvas = el("canvas", { className: "aw-heatmap-canvas", width: steps.length * cell, height: mark + layers.length * ROW });
@@ -283,6 +280,23 @@ function heatmap(run, data) {
     state.layer === null || col < 0 ? "" : `${state.layer} at step ${steps[col]}: ${state.metric} = ${fmt(rowValue)}`);
   box.append(el("div", { className: "aw-heatmap-body" }, labels, canvas), legend, readout);
   return box;
+}
+
+// One colour scale for the runs side by side: from the metric's lowest value (0 when none is
+// negative) to its highest, over every shown run.
+function colorRange() {
+  let lo = 0, hi = -Infinity;
+  for (const run of state.selected) {
+    const scalars = state.data[run] && state.data[run].scalars;
+    if (!scalars) continue;
+    for (const row of scalars.values) {
+      for (const v of row) {
+        if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      }
+    }
+  }
+  if (!(hi > lo)) hi = lo + 1;
+  return [lo, hi];
 }
 
 function fmt(v) {
