@@ -62,14 +62,17 @@ def test_exact_tags_images_and_steps(tmp_path: Path) -> None:
         {f"{m}/{layer}" for m in metrics for layer in LAYERS}
         | {f"network/{m}" for m in metrics}
         | {"network/learning_rate", "network/images_skipped"}
+        | {f"{m}/{layer}" for m in tags.SIGNAL_METRICS for layer in LAYERS}
     )
     assert set(events.images) == {
         f"{kind}/{layer}/probe_{i}"
         for kind in ("filters", "heatmap")
         for layer in LAYERS
         for i in range(2)
+    } | {f"distribution/{layer}" for layer in LAYERS}
+    assert events.other == {"custom_scalars__config__": "custom_scalars"} | {
+        f"histogram/{layer}": "histograms" for layer in LAYERS
     }
-    assert events.other == {"custom_scalars__config__": "custom_scalars"}
     # No filter of this model is dead at any check, so no alert and no `alerts` text.
     assert {v for layer in LAYERS for _, v in events.scalars[f"dead_filters/{layer}"]} == {0.0}
     assert monitor.alerts == [] and events.texts == {}

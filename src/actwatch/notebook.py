@@ -108,7 +108,10 @@ def activation_stats(
     dormant_threshold: float = 0.025,
     preprocess: Preprocess = None,
 ) -> dict[str, LayerStats]:
-    """Per-layer statistics (zero fraction, dead and dormant filters, Hoyer, mean) for `x`."""
+    """Per-layer statistics (zero fraction, dead and dormant filters, Hoyer, mean) for `x`,
+    and the signals of `actwatch.signals`: `rms`, `channel_mean_sq`, `channel_var`,
+    `max_abs`, `outlier_ratio`, `erank`, `srank` and the activation `histogram` (counts over
+    `actwatch.signals.HISTOGRAM_EDGES`) of each `LayerStats`; `scalars()` lists them all."""
     batch = _batch(model, x, preprocess)
     watched = resolve_layers(model, layers, batch.feed())
     pipeline = CheckPipeline(model, watched, dormant_threshold=dormant_threshold, draw=False)

@@ -31,10 +31,13 @@ def _metadata(plugin: Any, tag: str, description: str | None) -> summary_pb2.Sum
 
 
 def scalar(tag: str, value: float, description: str | None = None) -> summary_pb2.Summary.Value:
-    """A scalar: a rank-0 float32 tensor, plugin `scalars`."""
+    """A scalar: a rank-0 float32 tensor, plugin `scalars`. A value beyond float32's range
+    (a squared signal of huge activations, say) is written as +-inf."""
+    with np.errstate(over="ignore"):
+        number = np.float32(value)
     return summary_pb2.Summary.Value(
         tag=tag,
-        tensor=tensor_util.make_tensor_proto(np.float32(value)),
+        tensor=tensor_util.make_tensor_proto(number),
         metadata=_metadata(scalar_metadata, tag, description),
     )
 

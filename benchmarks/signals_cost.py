@@ -1,0 +1,126 @@
+"""What each signal of issue 12 costs per check, on the demo workload (benchmarks/overhead.py's).
+
+Builds one `CheckPipeline` per variant on the same demo CNN and probes, and times them
+interleaved (round robin, so a noisy machine slows every variant alike): the device call
+(forward + statistics + maps + signals + copy to the host, what blocks the training thread),
+then on the background thread the rendering of the new images (colorful dimension, top-k
+strips) and their PNG bytes. Variants:
+
+- `base`: the statistics and maps of before issue 12 (signals off);
+- `+scalars`: signal propagation and outliers (rms, channel moments, max |a|, median);
+- `+histograms`: and the activation histograms;
+- `+rank`: and the feature rank (effective rank, srank); this is the default;
+- `+topk`: the default with `topk=4` (opt-in).
+
+    python benchmarks/signals_cost.py                       # probes only, as the demo
+    python benchmarks/signals_cost.py --stats-samples 256   # with stats_data of 256 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--probes", type=int, default=4)
+    parser.add_argument("--stats-samples", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=60)
+    args = parser.parse_args()
+
+    import keras
+
+    from actwatch.demo import build_model, make_dataset, seed_everything
+    from actwatch.grids import _LUT, default_drawn
+    from actwatch.layers import resolve_layers
+    from actwatch.pipeline import CheckPipeline
+    from actwatch.png import encode_png
+    from actwatch.probes import _display_from_array
+    from actwatch.signals import HistogramHistory, distribution_image, topk_image
+
+    seed_everything(0)
+    model = build_model(args.size)
+    x, _ = make_dataset(args.probes + args.stats_samples, args.size, seed=1)
+    x = x.astype("float32")
+    watched = resolve_layers(model, None)
+    common = {"stats_samples": args.stats_samples, "drawn": default_drawn}
+    variants = {
+        "base": {"signals": False},
+        "+scalars": {"histograms": False, "feature_rank": False},
+        "+histograms": {"feature_rank": False},
+        "+rank (default)": {},
+        "+topk=4 (opt-in)": {"topk": 4},
+    }
+    pipelines = {n: CheckPipeline(model, watched, **common, **kw) for n, kw in variants.items()}
+    results = {}
+    for name, pipeline in pipelines.items():  # compile
+        start = time.perf_counter()
+        results[name] = pipeline.run(x)
+        print(f"first call (compiles) {name:>18}: {time.perf_counter() - start:6.2f} s")
+    times: dict[str, list[float]] = {n: [] for n in pipelines}
+    for _ in range(args.repeats):
+        for name, pipeline in pipelines.items():
+            start = time.perf_counter()
+            pipeline.run(x)
+            times[name].append(time.perf_counter() - start)
+    forward = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        model.predict_on_batch(x[args.stats_samples :])
+        forward.append(time.perf_counter() - start)
+
+    print(
+        f"\nbackend {keras.backend.backend()}, demo CNN {args.size} px, {args.probes} probes, "
+        f"{args.stats_samples} stats samples, {len(watched)} watched layers, "
+        f"{args.repeats} rounds"
+    )
+    print(f"probes' forward (predict_on_batch)   {statistics.median(forward) * 1e3:7.2f} ms")
+    base = statistics.median(times["base"])
+    previous = base
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(
+            f"device call {name:>18}   {median * 1e3:7.2f} ms  (+{(median - previous) * 1e3:5.2f} "
+            f"ms over the line above, +{(median - base) * 1e3:5.2f} ms over base)"
+        )
+        previous = median
+
+    # Background thread: the new images and their PNG bytes.
+    result = results["+topk=4 (opt-in)"]
+    history = HistogramHistory()
+    for _ in range(10):  # the colorful dimension after 10 checks
+        for path, s in result.stats.items():
+            assert s.histogram is not None
+            history.add(path, s.histogram)
+    drawn = set(result.maps)
+    snapshot = history.snapshot(drawn)
+    samples = _display_from_array(x[: args.stats_samples] if args.stats_samples else x)
+    assert samples is not None
+    for label, render in [
+        ("colorful dimension", lambda: [distribution_image(h, _LUT) for h in snapshot.values()]),
+        ("top-k strips", lambda: [topk_image(t, samples) for t in result.topk.values()]),
+    ]:
+        spent, encoded = [], 0
+        for _ in range(10):
+            start = time.perf_counter()
+            images = render()
+            pngs = [encode_png(image, 1) for image in images]
+            spent.append(time.perf_counter() - start)
+            encoded = sum(len(p) for p in pngs)
+        print(
+            f"{label:>18} (background): render + PNG {statistics.median(spent) * 1e3:6.2f} ms, "
+            f"{encoded / 1e3:6.1f} kB per check ({len(drawn)} drawn layers)"
+        )
+    hist_bytes = sum(
+        int(np.count_nonzero(s.histogram)) * 3 * 8 + 60 for s in result.stats.values()
+    )
+    print(f"{'histograms':>18}: about {hist_bytes / 1e3:.1f} kB per check in the events file")
+
+
+if __name__ == "__main__":
+    main()
