@@ -232,7 +232,75 @@ def dead_figure(log: RunLog) -> Figure:
     axes.set_xticks(ticks, [str(steps[int(t)]) for t in ticks] if steps else [])
     axes.set_xlabel("step of the check")
     axes.set_title("dead fraction per layer (grey: not recorded, or not ReLU-like there)")
+    revived = [
+        (index[step], row)
+        for row, layer in enumerate(log.layers)
+        for step, count in zip(*log.series("revived_filters", layer), strict=True)
+        if count > 0 and step in index
+    ]
+    if revived:  # revive="redo": a marker on the cell of each check that revived filters
+        axes.scatter(
+            [c for c, _ in revived],
+            [r for _, r in revived],
+            marker="^",
+            s=36,
+            color="#1a9850",
+            edgecolors="black",
+            linewidths=0.5,
+            label="filters revived (ReDo)",
+        )
+        axes.legend(loc="upper left", fontsize=8)
     figure.colorbar(image, ax=axes, label="dead filters / filters", fraction=0.03)
+    return figure
+
+
+#: Learning-rate curves: metric -> (title, y-axis label).
+LEARNING_CURVES = {
+    "update_ratio": ("update-to-weight ratio of one step", "||dW|| / ||W||"),
+    "gradient_rms": ("RMS of the loss gradient by the output", "gradient RMS"),
+}
+
+
+def learning_figure(
+    log: RunLog,
+    layer_colours: dict[str, tuple[float, ...]],
+    bounds: tuple[float, float] = (1e-5, 1e-1),
+) -> Figure | None:
+    """`LEARNING_CURVES` per layer on log scales, the ratio with its healthy 1e-3 (CS231n)
+    and the alert bounds dashed; None when the run logged neither."""
+    present = [
+        m
+        for m in LEARNING_CURVES
+        if any(log.series(m, layer)[0] for layer in log.scalars_layers(m))
+    ]
+    if not present:
+        return None
+    figure = Figure(figsize=(11, 3.8), layout="constrained")
+    for i, metric in enumerate(present):
+        title, label = LEARNING_CURVES[metric]
+        axes = figure.add_subplot(1, len(present), i + 1)
+        for layer in log.scalars_layers(metric):
+            steps, values = log.series(metric, layer)
+            axes.plot(
+                steps,
+                np.maximum(values, 1e-12),
+                marker="." if len(steps) < 40 else None,
+                color=layer_colours.get(layer, (0.3, 0.3, 0.3, 1.0)),
+                label=plain(layer),
+            )
+        if metric == "update_ratio":
+            for value, style in ((bounds[0], ":"), (1e-3, "--"), (bounds[1], ":")):
+                axes.axhline(value, color="grey", linestyle=style, linewidth=1)
+        axes.set_yscale("log")
+        axes.set_xlabel("step (training batches)")
+        axes.set_ylabel(label)
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+    handles, labels = max(
+        (axes.get_legend_handles_labels() for axes in figure.axes), key=lambda h: len(h[0])
+    )
+    if handles and len(handles) <= LEGEND_LAYERS:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
     return figure
 
 

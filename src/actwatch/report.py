@@ -239,6 +239,8 @@ def _render(
     colours = figures.colours(layers)
     count = len(runs) * 2 + sum(1 for log in runs for layer in log.layers if log.grids.get(layer))
     count += 2 * sum(1 for log in runs if log.histograms)
+    learning = {log.name: figures.learning_figure(log, colours) for log in runs}
+    count += sum(1 for figure in learning.values() if figure is not None)
     bar = _Progress(count, "drawing figures", "figures", stream=stream) if show else None
 
     def save(figure: Figure, name: str) -> bytes:
@@ -256,6 +258,18 @@ def _render(
         curves.append(_figure_html(png, f"sparsity curves of run {log.name}", _run_caption(log)))
         png = save(figures.dead_figure(log), f"{prefix}-dead-fraction.png")
         dead.append(_figure_html(png, f"dead fraction of run {log.name}", _run_caption(log)))
+
+    learning_cells = []
+    for log in runs:
+        figure = learning[log.name]
+        if figure is None:
+            learning_cells.append(
+                f'<p class="missing">{_run_caption(log)}: no update ratios or gradients logged</p>'
+            )
+            continue
+        png = save(figure, f"{prefixes[log.name]}-learning-rate.png")
+        caption = _run_caption(log)
+        learning_cells.append(_figure_html(png, f"learning-rate curves of run {log.name}", caption))
 
     signal_cells = []
     for log in runs:
@@ -325,8 +339,8 @@ def _render(
 also in <code>{_html.esc(figures_dir.name)}/</code> next to this page.</p>
 {skipped_note}
 <nav><a href="#runs">Runs</a><a href="#sparsity">Sparsity</a><a href="#dead">Dead filters</a>
-<a href="#filters">Filter grids</a><a href="#histograms">Histograms</a>
-<a href="#topk">Top-k</a><a href="#alerts">Alerts</a></nav>
+<a href="#learning">Learning rate</a><a href="#filters">Filter grids</a>
+<a href="#histograms">Histograms</a><a href="#topk">Top-k</a><a href="#alerts">Alerts</a></nav>
 <section id="runs"><h2>Runs</h2>
 <p class="note">Figures at the last check; zero fraction, Hoyer and dead fraction over all
 watched layers.</p>
@@ -341,6 +355,14 @@ specialise: blobby maps become sparse and localised.</p>
 check. A band that turns red and stays red is filters dying, usually from too high a learning
 rate.</p>
 {_runs_row(dead)}</section>
+<section id="learning"><h2>Learning rate: update ratios and gradients</h2>
+<p class="note">Left: how far one training step after each check moved each layer's weights,
+||dW|| / ||W||; about 1e-3 is healthy (dashed), above 1e-1 or below 1e-5 (dotted) for
+<code>patience</code> checks raises a learning-rate alert. Right, when
+<code>stats_data=(x, y)</code> has labels: the RMS of the loss gradient with respect to each
+layer's output (vanishing or exploding gradients). Green triangles on the dead-fraction map
+above mark checks where <code>revive="redo"</code> re-initialised dead filters.</p>
+{_runs_row(learning_cells)}</section>
 <section id="filters"><h2>Filter grids of probe 0</h2>
 <p class="note">Each layer's filters at the first, middle and last check that has images. Each
 tile is scaled to its own range; red crossed tiles are dead filters, magenta pixels

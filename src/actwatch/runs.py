@@ -80,6 +80,12 @@ class RunLog:
         points = sorted(self.scalars.get(tags.layer_tag(metric, layer), {}).items())
         return [s for s, _ in points], [v for _, v in points]
 
+    def scalars_layers(self, metric: str) -> list[str]:
+        """The layers with a `{metric}/{layer}` scalar, watched layers first, in order."""
+        prefix = f"{metric}/"
+        found = [t[len(prefix) :] for t in self.scalars if t.startswith(prefix)]
+        return [x for x in self.layers if x in found] + [x for x in found if x not in self.layers]
+
     def last(self, tag: str) -> float | None:
         values = self.scalars.get(tag)
         return values[max(values)] if values else None
