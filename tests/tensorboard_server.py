@@ -27,6 +27,9 @@ _START = (
     "import sys\n"
     "if {block}:\n"
     "    sys.modules['tensorflow'] = None\n"
+    "if not {plugins}:  # TensorBoard without the plugins installed packages add\n"
+    "    from tensorboard import default\n"
+    "    default.get_dynamic_plugins = lambda: []\n"
     "from tensorboard.main import run_main\n"
     "sys.argv[0] = 'tensorboard'\n"
     "run_main()\n"
@@ -61,13 +64,19 @@ class Server:
 
 @contextlib.contextmanager
 def tensorboard_server(
-    logdir: Path, log: Path, *, load_fast: str, extra: tuple[str, ...] = ()
+    logdir: Path,
+    log: Path,
+    *,
+    load_fast: str,
+    extra: tuple[str, ...] = (),
+    dynamic_plugins: bool = True,
 ) -> Iterator[Server]:
     """`tensorboard --logdir logdir` on a free port of 127.0.0.1 with default flags but
-    `--load_fast`; stopped on exit. Its stderr goes to `log`."""
+    `--load_fast`; stopped on exit. Its stderr goes to `log`. `dynamic_plugins=False` leaves
+    out the plugins of installed packages (the actwatch tab), for a baseline."""
     block = os.environ.get("ACTWATCH_BLOCK_TENSORFLOW") == "1"
     command = [
-        sys.executable, "-c", _START.format(block=block),
+        sys.executable, "-c", _START.format(block=block, plugins=dynamic_plugins),
         "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0",
         f"--load_fast={load_fast}", *extra,
     ]  # fmt: skip

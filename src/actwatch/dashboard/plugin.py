@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, cast
@@ -36,6 +37,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
+from .._logging import logger
 from .events_index import LogdirIndex, RunIndex
 
 __all__ = ["PLUGIN_NAME", "ActwatchPlugin"]
@@ -61,6 +63,16 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
         self._logdir: str = context.logdir or ""
         self._index = LogdirIndex(self._logdir) if self._logdir else None
         self._active = False
+        if self._index is not None:
+            # Index while TensorBoard starts, so the tab's first opening finds it ready.
+            threading.Thread(target=self._first_index, name="actwatch-index", daemon=True).start()
+
+    def _first_index(self) -> None:
+        assert self._index is not None
+        try:
+            self._index.refresh(force=True)
+        except Exception:  # the page's requests index again, and report what fails
+            logger.exception("actwatch: indexing %s failed", self._logdir)
 
     # TensorBoard's plugin interface ----------------------------------------------------------
 
