@@ -1,7 +1,7 @@
 """Quickstart: watch a small CNN's activations while it trains.
 
 python examples/quickstart.py --epochs 5 --log-dir logs/quickstart
-tensorboard --logdir logs --samples_per_plugin=images=1000
+tensorboard --logdir logs    # then open the actwatch tab
 """
 
 from __future__ import annotations

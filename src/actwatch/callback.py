@@ -66,8 +66,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             see `preprocess`), or for multi-input models a dict by input name or a list of
             arrays. A handful (4-8) is plenty.
         log_dir: directory for the TensorBoard events file (created). Run
-            `tensorboard --logdir LOG_DIR --samples_per_plugin=images=1000` to keep every
-            check's images.
+            `tensorboard --logdir LOG_DIR` and open its actwatch tab to see every check's
+            images.
         layers: what to watch. Defaults to every convolution, pooling and activation layer
             with a channel axis, in nested models, subclassed models and custom layers too,
             except a linear convolution whose output goes into an activation (conv -> BN ->

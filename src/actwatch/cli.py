@@ -121,7 +121,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"Trained for {result.seconds:.1f} s; {result.alerts} alert(s).")
     print(f"TensorBoard logs: {result.log_dir}")
     print("Open them with:")
-    print(f"  tensorboard --logdir {args.log_dir} --samples_per_plugin=images=1000")
+    print(f"  tensorboard --logdir {args.log_dir}")
+    print("and open its actwatch tab: every check of every layer, runs side by side.")
     from .report import write_report
 
     page = write_report(args.log_dir, args.report)
