@@ -63,6 +63,7 @@ def test_exact_tags_images_and_steps(tmp_path: Path) -> None:
         | {f"network/{m}" for m in metrics}
         | {"network/learning_rate", "network/images_skipped"}
         | {f"{m}/{layer}" for m in tags.SIGNAL_METRICS for layer in LAYERS}
+        | {"update_ratio/conv1", "update_ratio/conv2", "network/update_ratio"}
     )
     assert set(events.images) == {
         f"{kind}/{layer}/probe_{i}"
@@ -76,8 +77,10 @@ def test_exact_tags_images_and_steps(tmp_path: Path) -> None:
     # No filter of this model is dead at any check, so no alert and no `alerts` text.
     assert {v for layer in LAYERS for _, v in events.scalars[f"dead_filters/{layer}"]} == {0.0}
     assert monitor.alerts == [] and events.texts == {}
-    for series in events.scalars.values():
-        assert [step for step, _ in series] == [0, 4, 8]
+    for tag, series in events.scalars.items():
+        # The update ratio is of the training step after each check, the last one's not taken.
+        expected_steps = [1, 5] if "update_ratio" in tag else [0, 4, 8]
+        assert [step for step, _ in series] == expected_steps
     expected = {"conv1": (16, 16, 4), "pool1": (8, 8, 4), "conv2": (8, 8, 8), "pool2": (4, 4, 8)}
     for layer, (h, w, f) in expected.items():
         for i in range(2):

@@ -250,8 +250,9 @@ def test_full_disk_warns_once_and_training_goes_on(tmp_path: Path) -> None:
     assert len(result["history"]["actwatch_zero_fraction"]) == 3
     assert done.stderr.count("actwatch: could not write to") == 1
     assert "File too large" in done.stderr
-    # The checks before the disk filled (before training, end of epoch 1) are intact.
-    assert _assert_clean(log_dir)[1:] == [0, STEPS]  # [0] is the custom-scalars layout
+    # The checks before the disk filled (before training, end of epoch 1) are intact, and the
+    # update ratio of the step after the first (step 1); the next one's could not be written.
+    assert _assert_clean(log_dir)[1:] == [0, 1, STEPS]  # [0] is the custom-scalars layout
     assert [s for s, _ in read_events(log_dir).scalars["network/zero_fraction"]] == [0, STEPS]
 
 
@@ -284,7 +285,10 @@ def test_keyboard_interrupt_then_fit_again(tmp_path: Path) -> None:
     # Run 1: before training, batch 2, interrupted after batch 3. Run 2 (8 batches): its start
     # at step 3 (never checked), every 2nd batch, and its end at step 11.
     assert steps == [0, 2, 3, 4, 6, 8, 10, 11]
-    assert sorted(_assert_clean(tmp_path)) == [0, 0, 0, 2, 3, 4, 6, 8, 10, 11]  # + 2 layouts
+    # + 2 layouts, + the update ratios written on their own at the batch after a check (1, 5,
+    # 7, 9; those of steps 4 and 11 go with that step's check).
+    records = [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert sorted(_assert_clean(tmp_path)) == records
 
 
 @pytest.mark.slow

@@ -29,8 +29,8 @@ from .probes import (
     read_probe_source,
 )
 from .revive import Reviver, check_revive, plan
-from .sink import Sink, SinkStats, check_log_dir
 from .signals import HistogramHistory, check_outlier_ratio, histogram_values
+from .sink import Sink, SinkStats, check_log_dir
 from .stats import LayerStats, NetworkStats
 from .updates import DEFAULT_BOUNDS, RatioTracker, UpdateRatios
 
@@ -342,7 +342,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._steps.epoch_end(self._iterations, self._steps_per_epoch())
-        self._measure_updates()
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0:
             self._check(self._steps.current, epoch=epoch)
         if logs is not None:
@@ -443,6 +442,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         try:
             assert self._tracker is not None
             start = time.perf_counter()
+            ratio_scalars, ratio_alerts = self._measure_updates(submit=False)
             result = self._pipeline.run(self._feed)
             device = time.perf_counter() - start
             learning_rate = self._learning_rate()
@@ -457,9 +457,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             for path, g in self.last_gradients.items():
                 layers[path] = {**layers[path], **g.scalars()}
             revivals = self._revive(result.stats, step, epoch, learning_rate)
-            if revivals:
+            if revivals or ratio_alerts:
                 decision = Decision(
-                    alerts=decision.alerts + revivals,
+                    alerts=ratio_alerts + decision.alerts + revivals,
                     stop_reason=decision.stop_reason,
                     revived=decision.revived,
                 )
@@ -481,7 +481,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 )
                 self._sink.submit(
                     step,
-                    scalars=tags.scalar_values(layers, network, learning_rate),
+                    scalars={**tags.scalar_values(layers, network, learning_rate), **ratio_scalars},
                     texts=tags.alert_texts(decision.alerts),
                     render=render if self.images else None,
                     histograms=histograms,
@@ -541,37 +541,43 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             )
         return tuple(alerts)
 
-    def _measure_updates(self) -> None:
-        """The update-to-weight ratios, once a training step has run since the last check."""
+    def _measure_updates(
+        self, *, submit: bool = True
+    ) -> tuple[dict[str, tuple[float, str]], tuple[Alert, ...]]:
+        """The update-to-weight ratios, once a training step has run since the last check:
+        their scalars and alerts, written and acted on at once with `submit` (from a batch
+        hook), else returned for the check at this step to write with its own."""
         if not (self._updates.pending and self._steps.started):
-            return
+            return {}, ()
         assert self._updates.step is not None
         step = self._steps.current
         if step <= self._updates.step:
-            return
+            return {}, ()
+        scalars: dict[str, tuple[float, str]] = {}
+        alerts: tuple[Alert, ...] = ()
         try:
             if hasattr(self.model, "jax_state_sync"):
                 self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
             ratios = self._updates.measure()
             self.last_update_ratios = ratios
             learning_rate = self._learning_rate()
-            alerts = self._ratios.update(
-                ratios, step=step, epoch=self._epoch, learning_rate=learning_rate
+            alerts = tuple(
+                self._ratios.update(
+                    ratios, step=step, epoch=self._epoch, learning_rate=learning_rate
+                )
             )
-            if self._sink is not None and ratios:
-                scalars = {
-                    tags.layer_tag("update_ratio", p): (
-                        r,
-                        f"{tags.LEARNING_METRICS['update_ratio']} Layer `{p}`.",
-                    )
-                    for p, r in ratios.items()
-                }
+            about = tags.LEARNING_METRICS["update_ratio"]
+            for path, value in ratios.items():
+                scalars[tags.layer_tag("update_ratio", path)] = (value, f"{about} Layer `{path}`.")
+            if ratios:
                 scalars[tags.network_tag("update_ratio")] = (
                     float(np.median(list(ratios.values()))),
-                    f"{tags.LEARNING_METRICS['update_ratio']} Median over the watched layers.",
+                    f"{about} Median over the watched layers.",
                 )
-                self._sink.submit(step, scalars=scalars, texts=tags.alert_texts(alerts))
-            self._act(Decision(alerts=tuple(alerts), stop_reason=None))
+            if submit:
+                if self._sink is not None and scalars:
+                    self._sink.submit(step, scalars=scalars, texts=tags.alert_texts(alerts))
+                self._act(Decision(alerts=alerts, stop_reason=None))
         except Exception as exc:
             self._check_failed(
                 "actwatch: the update ratio at step %d failed (%s: %s); training goes on.",
@@ -580,6 +586,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 exc,
                 exc=exc,
             )
+            return {}, ()
+        return scalars, alerts
 
     def _act(self, decision: Decision) -> None:
         if self._chief:
