@@ -58,9 +58,7 @@ def test_redo_keeps_the_output_and_revives(tmp_path: Path) -> None:
     next check the filters are alive."""
     model = flatten_cnn()
     before, after = Predict(), Predict()
-    monitor = actwatch.ActivationMonitor(
-        X[:2], tmp_path, stats_data=X, images=False, revive="redo"
-    )
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, stats_data=X, images=False, revive="redo")
     model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[before, monitor, after])
     np.testing.assert_allclose(after.seen[0], before.seen[0], rtol=1e-5, atol=1e-6)
     revived = [(a.layer, a.filters, a.step) for a in monitor.alerts if a.kind == "revived"]

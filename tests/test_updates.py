@@ -8,6 +8,7 @@ about 3-10x the learning rate: 10 gives ~30-100 (too high), 1e-7 gives ~3e-7-1e-
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,36 @@ def test_ratio_in_fit_is_the_first_training_step(tmp_path: Path) -> None:
     median = float(np.median(list(monitor.last_update_ratios.values())))
     assert events.scalars["network/update_ratio"] == [(1, pytest.approx(median, rel=1e-6))]
     assert "update_ratio/pool1" not in events.scalars
+
+
+class Weights(keras.callbacks.Callback):  # type: ignore[misc]
+    """Records conv2's weights before training and at every batch end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[np.ndarray] = []
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.seen.append(weights(self.model, "conv2"))
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()
+        self.seen.append(weights(self.model, "conv2"))
+
+
+def test_ratio_with_a_check_every_batch(tmp_path: Path) -> None:
+    """every_n_batches=1: each check measures the step since the one before, exactly (on JAX
+    too, where the weights live outside the model mid-epoch)."""
+    model = tiny_cnn(lr=1e-2)
+    recorder = Weights()
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False, every_n_batches=1)
+    model.fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[recorder, monitor])
+    written = read_events(tmp_path).scalars["update_ratio/conv2"]
+    assert [s for s, _ in written] == [1, 2, 3, 4]
+    w = recorder.seen
+    for (step, value), (old, new) in zip(written, itertools.pairwise(w), strict=True):
+        assert value == pytest.approx(ratio(old, new), rel=1e-5), step
 
 
 @pytest.mark.parametrize(
