@@ -116,9 +116,7 @@ def main() -> None:
             f"{label:>18} (background): render + PNG {statistics.median(spent) * 1e3:6.2f} ms, "
             f"{encoded / 1e3:6.1f} kB per check ({len(drawn)} drawn layers)"
         )
-    hist_bytes = sum(
-        int(np.count_nonzero(s.histogram)) * 3 * 8 + 60 for s in result.stats.values()
-    )
+    hist_bytes = sum(int(np.count_nonzero(s.histogram)) * 3 * 8 + 60 for s in result.stats.values())
     print(f"{'histograms':>18}: about {hist_bytes / 1e3:.1f} kB per check in the events file")
 
 

@@ -28,12 +28,13 @@ from actwatch.signals import (
     colorful_dimension,
     distribution_image,
     histogram_buckets,
+    histograms,
     reduce_signals,
     reduce_topk,
     topk_from_device,
     topk_image,
 )
-from actwatch.stats import LayerStats, reduce_layer, summarize
+from actwatch.stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
 
 from . import reference as ref
 from .helpers import data, read_events, tiny_cnn
@@ -46,7 +47,10 @@ def _numpy(tree: dict[str, object]) -> dict[str, np.ndarray]:
 def _stats(a: np.ndarray) -> LayerStats:
     """One layer's statistics and signals of `(N, P, C)` activations, computed eagerly."""
     x = ops.convert_to_tensor(np.asarray(a, dtype=np.float32))
-    return summarize(_numpy(reduce_layer(x)), 0.025, _numpy(reduce_signals(x)))
+    reduced = reduce_layer(x)
+    inputs = {key: reduced.pop(key) for key in SIGNAL_INPUTS}
+    inputs.update(scale=reduced["scale"], filter_finite=reduced["filter_finite"])
+    return summarize(_numpy(reduced), 0.025, _numpy(reduce_signals(x, inputs)))
 
 
 def assert_signals(s: LayerStats, a: np.ndarray) -> None:
@@ -108,13 +112,26 @@ def test_signals_special_values() -> None:
     assert huge.channel_var > 1e59  # computed in units of the peak, multiplied back on the host
 
 
+def test_histogram_exact_at_the_edges() -> None:
+    """Values on, just below and just above every edge land where numpy.histogram puts them."""
+    edges = HISTOGRAM_EDGES[1:-1]
+    values = np.concatenate(
+        [edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf), [0.0, -0.0, 3e38]]
+    ).astype(np.float32)
+    a = values.reshape(1, -1, 1)
+    x = ops.convert_to_tensor(a)
+    counts = keras.ops.convert_to_numpy(histograms([ops.reshape(x, (-1,))]))[0]
+    np.testing.assert_array_equal(counts, ref.histogram(a, HISTOGRAM_EDGES))
+
+
 def test_histogram_edges_and_buckets() -> None:
     """Fixed symmetric log edges; buckets trimmed to the used bins, outer edges the data's."""
     edges = HISTOGRAM_EDGES.astype(np.float64)
     assert np.all(np.diff(edges) > 0)
     np.testing.assert_allclose(edges, -edges[::-1])
     zero_bin = int(np.searchsorted(edges, 0.0, side="right")) - 1
-    assert edges[zero_bin] == pytest.approx(-1e-6) and edges[zero_bin + 1] == pytest.approx(1e-6)
+    assert edges[zero_bin] == -(2.0**-20) and edges[zero_bin + 1] == 2.0**-20
+    assert edges.size - 1 == 163 and edges[-2] == 2.0**20 and edges[-3] == 1.5 * 2.0**19
     counts = np.zeros(edges.size - 1)
     counts[zero_bin], counts[zero_bin + 5], counts[-1] = 3, 2, 1
     buckets = histogram_buckets(counts, 0.0, 3e9)

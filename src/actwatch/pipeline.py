@@ -18,7 +18,8 @@ from .extract import Extractor
 from .grids import heat_maps, normalize_maps
 from .layers import WatchedLayer
 from .signals import TopK, reduce_signals, reduce_topk, topk_from_device
-from .stats import LayerStats, reduce_layer, summarize
+from .signals import histograms as histogram_counts
+from .stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
 
 __all__ = ["CheckPipeline", "CheckResult", "DrawRule"]
 
@@ -130,15 +131,19 @@ class CheckPipeline:
             chosen = _chosen(
                 drawn, [(w.path, tuple(a.shape[1:])) for w, a in zip(layers, outputs, strict=True)]
             )
+            flats: list[Any] = []
             for layer, a in zip(layers, outputs, strict=True):
                 self._spatial[layer.path] = tuple(int(d) for d in a.shape[1:-1])
                 sample = a[:stats_samples] if stats_samples else a
                 flat = ops.reshape(sample, (sample.shape[0], -1, layer.channels))
-                item: dict[str, Any] = {"stats": reduce_layer(flat)}
+                reduced = reduce_layer(flat)
+                inputs = {key: reduced.pop(key) for key in SIGNAL_INPUTS}  # stay on device
+                item: dict[str, Any] = {"stats": reduced}
                 if signals:
                     item["signals"] = reduce_signals(
-                        flat, histogram=histograms, feature_rank=feature_rank
+                        flat, inputs, histogram=False, feature_rank=feature_rank
                     )
+                    flats.append(ops.reshape(flat, (-1,)))
                 if draw and topk > 0 and layer.path in chosen:
                     item["topk"] = reduce_topk(flat, topk, max_filters)
                 if draw and layer.path in chosen:
@@ -148,6 +153,10 @@ class CheckPipeline:
                     if layer.rank > 2:
                         item["heat"] = heat_maps(maps)
                 out.append(item)
+            if signals and histograms:  # every layer's histogram in one call
+                counts = histogram_counts(flats)
+                for i, item in enumerate(out):
+                    item["signals"]["histogram"] = counts[i]
             return out
 
         self._run = Extractor(model, self.watched).make_runner(reduce)

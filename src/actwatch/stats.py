@@ -31,7 +31,16 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-__all__ = ["SIGNAL_SCALARS", "LayerStats", "NetworkStats", "reduce_layer", "summarize"]
+from .signals import signals_from_device
+
+__all__ = [
+    "SIGNAL_INPUTS",
+    "SIGNAL_SCALARS",
+    "LayerStats",
+    "NetworkStats",
+    "reduce_layer",
+    "summarize",
+]
 
 
 #: A live map whose sum of squares is below this is too small for the fast path's Hoyer
@@ -43,14 +52,16 @@ def reduce_layer(a: Any) -> dict[str, Any]:
     """Reduce one layer's activations `a` of shape `(N, P, C)` (float32) on the device.
 
     Returns scalars and three per-filter vectors of length C; nothing larger crosses to the
-    host. Two paths give the same figures. The fast one reads the activations in a few
-    passes (per-map sums, sums of squares, max and min over positions) and is taken when
-    every one of those is finite and no live map is too small to square in float32: the
-    usual case. Otherwise (NaN, Inf, or values so large a sum would overflow) the careful
-    one: sums of values divided by the layer's largest finite magnitude (`scale`), so huge
-    but finite activations cannot overflow float32 into Inf or NaN; `mean` and
-    `filter_mean_abs` are in units of `scale` (`summarize` multiplies back). The backend
-    runs only the path it takes (`keras.ops.cond`).
+    host. `SIGNAL_INPUTS` (per-channel sums and squares, per-map means `(N, C)` over the
+    finite positions, in units of `scale`) feed `signals.reduce_signals` on the device and
+    are taken out before the copy to the host. Two paths give the same figures. The fast one
+    reads the activations in a few passes (per-map sums, sums of squares, max and min over
+    positions) and is taken when every one of those is finite and no live map is too small
+    to square in float32: the usual case. Otherwise (NaN, Inf, or values so large a sum
+    would overflow) the careful one: sums of values divided by the layer's largest finite
+    magnitude (`scale`), so huge but finite activations cannot overflow float32 into Inf or
+    NaN; `mean` and `filter_mean_abs` are in units of `scale` (`summarize` multiplies back).
+    The backend runs only the path it takes (`keras.ops.cond`).
     """
     n, p, c = a.shape
     # Per (sample, filter) map, over positions: a few passes over the activations.
@@ -92,6 +103,10 @@ def reduce_layer(a: Any) -> dict[str, Any]:
             "filter_max": ops.max(map_max, axis=0),
             "filter_mean_abs": ops.sum(map_abs, axis=0) / float(n * p),
             "filter_finite": ops.full((c,), n * p, dtype="int32"),
+            # For `signals` (the pipeline takes them out before the copy to the host).
+            "channel_sum": ops.sum(map_sum, axis=0),
+            "channel_squares": ops.sum(map_squares, axis=0),
+            "map_mean": map_sum / float(p),
         }
 
     return ops.cond(ok, fast, lambda: _reduce_careful(a))  # type: ignore[no-any-return]
@@ -167,6 +182,11 @@ def _reduce_careful(a: Any) -> dict[str, Any]:
         "filter_max": filter_max,
         "filter_mean_abs": filter_mean_abs,
         "filter_finite": filter_count,
+        # For `signals`, in units of `scale` (of its square for the squares).
+        "channel_sum": ops.sum(az / scale, axis=(0, 1)),
+        "channel_squares": ops.sum(ops.square(az / scale), axis=(0, 1)),
+        "map_mean": ops.sum(az / scale, axis=1)
+        / ops.cast(ops.maximum(ops.sum(ops.cast(finite, "int32"), axis=1), 1), "float32"),
     }
 
 
@@ -245,6 +265,9 @@ class LayerStats:
         return {name: float(v) for name, v in values.items() if v is not None}
 
 
+#: What `reduce_layer` returns for `signals.reduce_signals`, not for the host.
+SIGNAL_INPUTS = ("channel_sum", "channel_squares", "map_mean")
+
 #: The `LayerStats` attributes written as per-layer signal scalars, in this order.
 SIGNAL_SCALARS = (
     "rms",
@@ -257,28 +280,22 @@ SIGNAL_SCALARS = (
 )
 
 
-def _signals(signals: Mapping[str, Any] | None) -> dict[str, Any]:
+def _signals(
+    signals: Mapping[str, Any] | None, reduced: Mapping[str, Any], has_finite: np.ndarray
+) -> dict[str, Any]:
     """`LayerStats`' signal fields from `signals.reduce_signals`' arrays (None: none)."""
     if signals is None:
         return {}
-    peak = float(signals["max_abs"])
-    scale = peak if peak > 0.0 else 1.0
-    median = float(signals["median_abs"]) * scale
-    out: dict[str, Any] = {
-        "rms": float(signals["rms"]) * scale,
-        "channel_mean_sq": float(signals["channel_mean_sq"]) * scale**2,
-        "channel_var": float(signals["channel_var"]) * scale**2,
-        "max_abs": peak,
-        "outlier_ratio": peak / median if median > 0.0 else 0.0,
-    }
-    if "erank" in signals:
-        out["erank"] = float(signals["erank"])
-        out["srank"] = float(signals["srank"])
-    if "histogram" in signals:
-        out["histogram"] = np.asarray(signals["histogram"], dtype=np.int64)
-        low, high = float(signals["low"]), float(signals["high"])
-        if low <= high:
-            out["value_range"] = (low, high)
+    filter_max = np.asarray(reduced["filter_max"], dtype=np.float64)[has_finite]
+    peak = max(float(filter_max.max()), -float(reduced["min"])) if filter_max.size else 0.0
+    out = signals_from_device(
+        signals,
+        scale=float(reduced["scale"]),
+        filter_finite=np.asarray(reduced["filter_finite"]),
+        peak=peak,
+    )
+    if "histogram" in out and filter_max.size:
+        out["value_range"] = (float(reduced["min"]), float(filter_max.max()))
     return out
 
 
@@ -313,7 +330,7 @@ def summarize(
         nonnegative=bool(has_finite.any() and float(reduced["min"]) >= 0.0),
         dead=has_finite & (filter_max <= 0.0),
         dormant=np.asarray(dormant, dtype=bool),
-        **_signals(signals),
+        **_signals(signals, reduced, has_finite),
     )
 
 

@@ -35,13 +35,13 @@ __all__ = [
     "ALERTS",
     "CHART_LINES",
     "HEADLINE_METRICS",
-    "SIGNAL_METRICS",
     "IMAGES_SKIPPED",
     "LEARNING_METRICS",
     "LEARNING_RATE",
     "LOGS_PREFIX",
     "METRICS",
     "NETWORK",
+    "SIGNAL_METRICS",
     "alert_texts",
     "distribution_tag",
     "filters_tag",
@@ -79,8 +79,7 @@ SIGNAL_METRICS: dict[str, str] = {
         "exploding or vanishing signal."
     ),
     "channel_mean_sq": (
-        "Average squared channel mean, mean_c (mean a_c)^2 (signal propagation, Brock et al. "
-        "2021)."
+        "Average squared channel mean, mean_c (mean a_c)^2 (signal propagation, Brock et al. 2021)."
     ),
     "channel_var": (
         "Average channel variance, mean_c var a_c (signal propagation, Brock et al. 2021)."
