@@ -370,7 +370,8 @@ non-finite values.</p>
 {"".join(filter_rows)}</section>
 <section id="histograms"><h2>Activation histograms and the colorful dimension</h2>
 <p class="note">Each layer's activations on the statistics data in fixed symmetric log bins (a
-bin around 0, four a decade from 1e-6 to 1e6 on each side), at the first and last check; and
+bin around 0, two an octave from 2^-20 (about 1e-6) to 2^20 (about 1e6) on each side), at the
+first and last check; and
 fastai's colorful dimension: the bins (rows, largest values at the top) over the checks
 (columns), brightness log(1 + count). Collapse, saturation and dying show as shapes.</p>
 {_runs_row(signal_cells)}</section>
