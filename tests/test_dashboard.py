@@ -8,6 +8,9 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from PIL import Image
 from actwatch import summaries, tags
 from actwatch.alerts import Alert
 from actwatch.dashboard.events_index import LogdirIndex, RunIndex, parse_alerts
+from actwatch.dashboard.plugin import ActwatchPlugin
 from actwatch.records import EVENT_FILE_PREFIX, RecordWriter, frame
 from actwatch.sink import Sink
 
@@ -106,8 +110,12 @@ def events_file(run: Path) -> Path:
 def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs: `fit` (a real tiny fit, 2 dead conv1 filters, so an alert), `scan` (30 checks
     through the Sink), `cut` (scan's file cut inside its last record), `keras` (scalars only,
-    no actwatch data), `live_true`/`live_false` (2 checks; the tests append to them)."""
+    no actwatch data), `live_true`/`live_false` (2 checks; the tests append to them), and
+    `outside`, a link to a run outside the log directory (not followed)."""
     root = tmp_path_factory.mktemp("dashboard_logs")
+    outside = tmp_path_factory.mktemp("outside_the_logdir")
+    write_scan_run(outside, checks=1)
+    (root / "outside").symlink_to(outside, target_is_directory=True)
     fit_run(root / "fit", dead=2, epochs=3)
     write_scan_run(root / "scan")
     (root / "cut").mkdir()
@@ -184,6 +192,179 @@ def test_index_stops_at_a_corrupt_record_and_rereads_a_replaced_file(tmp_path: P
     assert len(run.images[tags.filters_tag("conv_a", 0)]) == 3
 
 
+def _record_ends(path: Path) -> list[int]:
+    """The byte offset after each record of `path`."""
+    data, ends, at = path.read_bytes(), [], 0
+    while at < len(data):
+        at += 16 + int.from_bytes(data[at : at + 8], "little")
+        ends.append(at)
+    return ends
+
+
+def test_index_skips_a_damaged_record_and_counts_it(tmp_path: Path) -> None:
+    """A record in the middle whose payload fails its CRC is skipped, the checks after it are
+    read, and its bytes are counted as damaged (not as a tail that may still come); a damaged
+    length header ends its file, the rest counted as damaged."""
+    write_scan_run(tmp_path, checks=5)
+    path = events_file(tmp_path)
+    whole = path.read_bytes()
+    ends = _record_ends(path)
+    assert ends[-1] == len(whole) and len(ends) == 6  # the file-version event, five checks
+    damaged = bytearray(whole)
+    damaged[ends[2] + 40] ^= 0xFF  # inside the third check's payload (step 20)
+    path.write_bytes(bytes(damaged))
+    run = RunIndex(name=".", path=tmp_path)
+    run.refresh()
+    assert run.steps == [0, 10, 30, 40]
+    assert run.damaged_bytes == ends[3] - ends[2] and run.tail_bytes == 0
+    assert run.read_image(tags.filters_tag(XSS, 0), 40) is not None
+    # The damaged record last: it may still be being written, so it waits as a tail.
+    path.write_bytes(bytes(damaged[: ends[3]]))
+    run = RunIndex(name=".", path=tmp_path)
+    run.refresh()
+    assert run.steps == [0, 10] and run.tail_bytes == ends[3] - ends[2]
+    assert run.damaged_bytes == 0
+    with open(path, "ab") as handle:  # more follows: now it is damaged, and skipped
+        handle.write(whole[ends[3] :])
+    run.refresh()
+    assert run.steps == [0, 10, 30, 40] and run.damaged_bytes == ends[3] - ends[2]
+    assert run.tail_bytes == 0
+    # A damaged length header: the next record cannot be found.
+    damaged = bytearray(whole)
+    damaged[ends[2] + 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    run = RunIndex(name=".", path=tmp_path)
+    run.refresh()
+    assert run.steps == [0, 10] and run.damaged_bytes == len(whole) - ends[2]
+    assert run.tail_bytes == 0
+
+
+def test_index_rereads_a_file_rewritten_in_place(tmp_path: Path) -> None:
+    """A file rewritten under the same inode with more bytes (`cp` over it) is read again
+    from its start, not from where the old one ended."""
+    write_scan_run(tmp_path / "a", checks=2)
+    write_scan_run(tmp_path / "b", checks=4)
+    path = events_file(tmp_path / "a")
+    run = RunIndex(name=".", path=tmp_path / "a")
+    run.refresh()
+    assert run.steps == [0, 10]
+    other = events_file(tmp_path / "b").read_bytes()
+    inode = path.stat().st_ino
+    with open(path, "r+b") as handle:  # same inode, other bytes, longer
+        handle.write(b"\0" * 64 + other[64:])
+        handle.write(other[:64][::-1])
+    assert path.stat().st_ino == inode and path.stat().st_size > len(other) - 1
+    run.refresh()
+    assert run.steps == []  # the rewritten file's first record is damaged: nothing to read
+    path.write_bytes(other)
+    run.refresh()
+    assert run.steps == [0, 10, 20, 30]
+
+
+def test_index_survives_odd_files_and_finds_new_runs(tmp_path: Path) -> None:
+    """A named pipe named like an events file is not opened (it would block), a whole record
+    that is no Event is skipped, a second file and a new run are found at the next refresh,
+    an `update_ratio` (written the step after a check) adds no check step."""
+    write_scan_run(tmp_path / "a", checks=2)
+    os.mkfifo(tmp_path / "a" / f"{EVENT_FILE_PREFIX}0.fifo")
+    index = LogdirIndex(tmp_path, max_age=0)
+    worker = threading.Thread(target=index.refresh, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "the index blocked on a named pipe"
+    assert index.runs()["a"].steps == [0, 10]
+    second = tmp_path / "a" / f"{EVENT_FILE_PREFIX}9.second.actwatch"
+    writer = RecordWriter(second)
+    writer.write(b"not an Event proto \xff\xff\xff")
+    values = [summaries.scalar(tags.layer_tag("dead_fraction", "conv_c"), 0.5)]
+    writer.write(summaries.event(20, 0.0, values).SerializeToString())
+    about = f"{tags.LEARNING_METRICS['update_ratio']} Layer `conv_c`."
+    values = [summaries.scalar(tags.layer_tag("update_ratio", "conv_c"), 1e-3, about)]
+    writer.write(summaries.event(21, 0.0, values).SerializeToString())
+    writer.close()
+    write_scan_run(tmp_path / "b" / "nested", checks=1)
+    index.refresh()
+    runs = index.runs()
+    assert sorted(runs) == ["a", "b/nested"]
+    assert runs["a"].steps == [0, 10, 20] and runs["a"].layers[-1] == "conv_c"
+    assert runs["a"].series("update_ratio")["conv_c"].steps.tolist() == [21]
+    assert runs["a"].damaged_bytes == 0 and runs["b/nested"].steps == [0]
+
+
+def _plugin_get(plugin: ActwatchPlugin, route: str, **query: str) -> tuple[int, bytes]:
+    from werkzeug.test import Client
+
+    app = plugin.get_plugin_apps()[f"/{route}"]
+    response = Client(app).get(f"/{route}", query_string=query)
+    return response.status_code, response.get_data()
+
+
+def test_plugin_unreadable_run_and_is_active(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """is_active() answers at once, True once actwatch data is found; a run whose file
+    cannot be read is left out (not a 500) and read once it can be, the others are served;
+    a malformed step is a 400."""
+    from tensorboard.plugins import base_plugin
+
+    from actwatch.dashboard import events_index
+
+    plugin = ActwatchPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
+    started = time.monotonic()
+    assert plugin.is_active() is False
+    assert time.monotonic() - started < 1
+    write_scan_run(tmp_path / "good", checks=2)
+    write_scan_run(tmp_path / "bad", checks=2)
+    plugin._active_scanned = -1e9  # past the throttle
+    assert plugin.is_active() is True
+    os.symlink(tmp_path / "nowhere", tmp_path / "good" / f"{EVENT_FILE_PREFIX}1.dangling")
+    (tmp_path / "good" / f"{EVENT_FILE_PREFIX}2.directory").mkdir()
+    bad = events_file(tmp_path / "bad")
+    read_records = events_index.read_records
+
+    def refuse(path: Path, offset: int = 0) -> Iterator[object]:
+        if Path(path) == bad:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_records(path, offset)
+
+    monkeypatch.setattr(events_index, "read_records", refuse)
+    plugin._index.max_age = 0  # type: ignore[union-attr]
+    status, body = _plugin_get(plugin, "runs")
+    assert status == 200 and sorted(json.loads(body)) == ["good"]
+    monkeypatch.setattr(events_index, "read_records", read_records)
+    status, body = _plugin_get(plugin, "runs")
+    assert status == 200 and json.loads(body)["bad"]["steps"] == [0, 10]
+    status, body = _plugin_get(plugin, "image", run="good", tag=tags.filters_tag(XSS, 0), step="10")
+    assert status == 200 and body.startswith(b"\x89PNG")
+    for step in (" 10", "1_0", "\u0661\u0660", "10.0", "9" * 30):
+        status, body = _plugin_get(
+            plugin, "image", run="good", tag=tags.filters_tag(XSS, 0), step=step
+        )
+        assert status == 400 and set(json.loads(body)) == {"error"}, step
+
+
+def test_no_tensorflow_imported_by_the_plugin(tmp_path: Path) -> None:
+    """In a fresh interpreter, without TensorFlow blocked: importing the plugin, indexing a
+    run and reading an image back import no TensorFlow."""
+    write_scan_run(tmp_path, checks=1)
+    code = (
+        "import sys\n"
+        "from actwatch.dashboard.plugin import ActwatchPlugin\n"
+        "from actwatch.dashboard.events_index import LogdirIndex\n"
+        f"index = LogdirIndex({str(tmp_path.parent)!r})\n"
+        "index.refresh()\n"
+        f"run = index.run({tmp_path.name!r})\n"
+        "assert run.read_image('filters/conv_a/probe_0', 0).startswith(b'\\x89PNG')\n"
+        "assert run.alert_list() == [], run.alert_list()\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ACTWATCH_BLOCK_TENSORFLOW"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_alert_text_parsed_back() -> None:
     """`tags.alert_texts` parses back to step, layer, kind and the plain message."""
     alerts = [_dead_alert(XSS, 50), _dead_alert("conv_b", 50)]
@@ -230,7 +411,7 @@ FIT_LAYERS = ["conv1", "pool1", "conv2", "pool2"]  # helpers.tiny_cnn's watched 
 def test_runs_lists_actwatch_runs(server: Server, logdir: Path) -> None:
     """`runs`: the runs with actwatch data, their layers in network order, every check."""
     runs = server.json("/data/plugin/actwatch/runs")
-    assert sorted(runs) == ["cut", "fit", "live_false", "live_true", "scan"]
+    assert sorted(runs) == ["cut", "fit", "live_false", "live_true", "scan"]  # not `outside`
     scan = runs["scan"]
     assert scan["layers"] == list(SCAN_LAYERS)
     assert scan["steps"] == [EVERY * i for i in range(CHECKS)]
@@ -239,16 +420,22 @@ def test_runs_lists_actwatch_runs(server: Server, logdir: Path) -> None:
     assert scan["tail_bytes"] == 0
     fit = runs["fit"]
     events = read_events(logdir / "fit")
+    # Every check: the steps of the per-layer scalars but `update_ratio`, written at the step
+    # after a check.
     steps = {
         s
         for tag in events.scalars
-        if tag.partition("/")[2] in FIT_LAYERS
+        if tag.partition("/")[2] in FIT_LAYERS and not tag.startswith("update_ratio/")
         for s, _ in events.scalars[tag]
     }
     assert fit["layers"] == FIT_LAYERS and fit["steps"] == sorted(steps)
-    assert {s for s, _ in events.scalars["zero_fraction/conv1"]} <= steps  # every check
+    assert {s for s, _ in events.scalars["zero_fraction/conv1"]} == steps  # every check
+    assert {s for s, _ in events.images["filters/conv1/probe_0"]} <= steps
+    updates = {s for s, _ in events.scalars["update_ratio/conv1"]}
+    assert updates and not updates & steps
     cut = runs["cut"]
     assert cut["steps"] == scan["steps"][:-1] and cut["tail_bytes"] > 0
+    assert cut["damaged_bytes"] == 0 and scan["damaged_bytes"] == 0
 
 
 def test_image_serves_every_check(server: Server) -> None:
@@ -331,6 +518,10 @@ def test_alerts(server: Server, logdir: Path) -> None:
         ("image", {"run": "scan", "tag": "filters/conv_a/probe_0"}, 400),
         ("image", {"run": "/etc", "tag": "filters/conv_a/probe_0", "step": "0"}, 404),
         ("images", {"run": "scan/../scan"}, 404),
+        ("images", {"run": "..%2F..%2Fetc"}, 404),
+        ("images", {"run": "outside"}, 404),  # a link out of the log directory
+        ("images", {"run": str(Path.cwd())}, 404),
+        ("image", {"run": "scan", "tag": "filters/conv_a/probe_0", "step": "1_0"}, 400),
     ],
 )
 def test_bad_queries_get_json_errors(

@@ -12,8 +12,13 @@ again, nothing cached. The places are kept in compact arrays: a 1 GB run's index
 The index grows incrementally: each file's size and the offset after its last whole record are
 remembered, and a refresh reads only what was appended. A file cut short (a run still being
 written, a killed run) is read up to its last whole record; the bytes after it are counted
-(`RunIndex.tail_bytes`) and read once the record is whole. A file that shrank, was replaced or
-removed makes its run be read again from the start. No TensorFlow import.
+(`RunIndex.tail_bytes`) and read once the record is whole. A damaged record (its payload fails
+its CRC check) is skipped and the reading goes on after it; a damaged length header ends the
+reading of that file (the next record cannot be found): both are counted in
+`RunIndex.damaged_bytes`. A file that shrank, was replaced (another inode, or other bytes
+before the place reading stopped at) or removed makes its run be read again from the start.
+Only regular files are read (a named pipe would block), and a file that cannot be read (its
+permissions, removed meanwhile) is tried again at the next refresh. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import bisect
 import math
 import os
 import re
+import stat as stat_module
+import struct
 import threading
 import time
 from array import array
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from tensorboard import data_compat
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.image import metadata as image_metadata
@@ -38,16 +46,29 @@ from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
 from .. import tags
-from ..records import EVENT_FILE_PREFIX, RecordError, read_payload_part, read_records
+from .._logging import WarnOnce, logger
+from ..records import (
+    EVENT_FILE_PREFIX,
+    RecordError,
+    masked_crc32c,
+    read_payload_part,
+    read_records,
+)
 
 __all__ = ["Alert", "LogdirIndex", "RunIndex", "Series", "parse_alerts"]
 
-_HEADER_FOOTER = 16  # a record's framing around its payload
+_HEADER, _HEADER_FOOTER = 12, 16  # a record's length header; its framing around the payload
+#: Bytes before the place reading stopped at, remembered to tell a file rewritten in place.
+_MARK = 16
 _PNG = b"\x89PNG\r\n\x1a\n"
 _IMAGE_TAG = re.compile(r"^(?P<kind>filters|heatmap)/(?P<layer>.+)/probe_(?P<probe>\d+)$")
 _ALERT_ITEM = re.compile(r"^- \*\*(?P<kind>[^*\n]+)\*\*: (?P<message>.*)$", re.DOTALL)
 #: Per-layer scalar kinds of a tag, decided when the tag is first seen.
 _LAYER_SCALAR, _IMAGE, _ALERTS, _OTHER = "layer_scalar", "image", "alerts", "other"
+#: Per-layer metrics written at the step after a check, not at a check (tags.LEARNING_METRICS):
+#: their steps are not checks of the slider.
+_AFTER_CHECK = frozenset({"update_ratio"})
+_unreadable = WarnOnce("actwatch: an events file could not be read again (see the first warning)")
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,9 @@ class _FileState:
     inode: int
     size: int = 0  # the file's size at the last reading
     offset: int = 0  # where the next record starts: everything before it was read
+    mark: bytes = b""  # the _MARK bytes before `offset`, to tell a file rewritten in place
+    damaged: int = 0  # bytes of damaged records skipped
+    dead: bool = False  # a damaged length header: the rest of the file cannot be read
 
 
 @dataclass
@@ -140,8 +164,10 @@ class RunIndex:
             image numbers (`read_image` reads one).
         alerts: `(step, Markdown text)` of every check that raised alerts, in step order.
         bytes_read: bytes of whole records indexed so far.
-        tail_bytes: bytes after the last whole record of each file (a record being written, or
-            a damaged end), not indexed.
+        tail_bytes: bytes after the last whole record of each file: a record being written
+            (or cut short by a kill), read once it is whole.
+        damaged_bytes: bytes of damaged records (a failed CRC check) skipped, and after a
+            damaged length header, the rest of its file: what the index lost.
     """
 
     name: str
@@ -152,6 +178,7 @@ class RunIndex:
     alerts: list[tuple[int, str]] = field(default_factory=list)
     bytes_read: int = 0
     tail_bytes: int = 0
+    damaged_bytes: int = 0
     _files: dict[Path, _FileState] = field(default_factory=dict, repr=False)
     _paths: list[Path] = field(default_factory=list, repr=False)
     # Per image number: its file (an index into _paths), record offset, place in the payload.
@@ -162,6 +189,7 @@ class RunIndex:
     _kinds: dict[str, str] = field(default_factory=dict, repr=False)
     _seen: set[str] = field(default_factory=set, repr=False)
     _steps: set[int] = field(default_factory=set, repr=False)
+    _metric_steps: set[int] = field(default_factory=set, repr=False)
 
     # What the API serves ----------------------------------------------------------------
 
@@ -172,8 +200,10 @@ class RunIndex:
 
     @property
     def steps(self) -> list[int]:
-        """Every step with a per-layer scalar or an image, sorted: every check."""
-        return sorted(self._steps)
+        """Every step with an image or a per-layer scalar written at a check, sorted: every
+        check. (`update_ratio`, written at the step after a check, adds no step; a run with
+        nothing else has its steps.)"""
+        return sorted(self._steps or self._metric_steps)
 
     @property
     def metrics(self) -> list[str]:
@@ -224,41 +254,73 @@ class RunIndex:
 
     def refresh(self) -> None:
         """Read what was appended to the run's files since the last refresh."""
-        files = _event_files(self.path)
         stats: dict[Path, os.stat_result] = {}
-        for file in files:
+        for file in _event_files(self.path):
             try:
-                stats[file] = file.stat()
+                found = file.stat()
             except OSError:
                 continue
+            if stat_module.S_ISREG(found.st_mode):  # not a named pipe: opening it would block
+                stats[file] = found
         if any(
-            file not in stats
-            or stats[file].st_ino != state.inode
-            or stats[file].st_size < state.size
+            file not in stats or _replaced(file, stats[file], state)
             for file, state in self._files.items()
         ):
             self._clear()  # a file shrank, was replaced or removed: read the run again
-        tail = 0
-        for file, stat in stats.items():
+        for file, found in stats.items():
             state = self._files.get(file)
             if state is None:
-                state = self._files[file] = _FileState(inode=stat.st_ino)
-            if stat.st_size != state.size:
-                state.size = stat.st_size
-                for record in read_records(file, state.offset):
-                    self._take(file, record.offset, record.payload)
-                    state.offset = record.offset + len(record.payload) + _HEADER_FOOTER
-                    self.bytes_read += len(record.payload) + _HEADER_FOOTER
-            tail += state.size - state.offset
-        self.tail_bytes = tail
+                state = self._files[file] = _FileState(inode=found.st_ino)
+            if found.st_size != state.size and not state.dead:
+                try:
+                    self._read(file, state)
+                except OSError as exc:  # unreadable, or removed meanwhile: tried again later
+                    _unreadable(
+                        "actwatch: could not read %s (%s); the dashboard tries again at its "
+                        "next refresh; later failures are logged at DEBUG.",
+                        file,
+                        exc,
+                    )
+                    continue
+                state.size = found.st_size
+        self.tail_bytes = sum(max(0, s.size - s.offset) for s in self._files.values() if not s.dead)
+        self.damaged_bytes = sum(s.damaged for s in self._files.values())
         self.alerts.sort(key=lambda item: item[0])
+
+    def _read(self, file: Path, state: _FileState) -> None:
+        """Index the records of `file` from `state.offset` on: every whole one, past damaged
+        ones."""
+        while True:
+            for record in read_records(file, state.offset):
+                self._take(file, record.offset, record.payload)
+                state.offset = record.offset + len(record.payload) + _HEADER_FOOTER
+                self.bytes_read += len(record.payload) + _HEADER_FOOTER
+            # read_records stopped: at the end, at a record cut short, or at a damaged one
+            # (logged there).
+            with open(file, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(max(0, state.offset - _MARK))
+                state.mark = handle.read(min(_MARK, state.offset))
+                header = handle.read(_HEADER)
+            if len(header) < _HEADER:
+                return  # the end, or a header being written
+            if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+                state.damaged += size - state.offset  # no way to find the next record
+                state.dead = True
+                return
+            end = state.offset + _HEADER_FOOTER + struct.unpack("<Q", header[:8])[0]
+            if end >= size:
+                # Cut short (being written), or damaged and last: wait for what follows.
+                return
+            state.damaged += end - state.offset  # its payload failed its CRC check: skip it
+            state.offset = end
 
     def _clear(self) -> None:
         self.layers.clear()
         self.scalars.clear()
         self.images.clear()
         self.alerts.clear()
-        self.bytes_read = self.tail_bytes = 0
+        self.bytes_read = self.tail_bytes = self.damaged_bytes = 0
         self._files.clear()
         self._paths.clear()
         for column in (self._image_file, self._image_record, self._image_start):
@@ -267,6 +329,7 @@ class RunIndex:
         self._kinds.clear()
         self._seen.clear()
         self._steps.clear()
+        self._metric_steps.clear()
 
     def _see(self, layer: str) -> None:
         if layer not in self._seen:
@@ -274,7 +337,10 @@ class RunIndex:
             self.layers.append(layer)
 
     def _take(self, file: Path, offset: int, payload: bytes) -> None:
-        event = event_pb2.Event.FromString(payload)
+        try:
+            event = event_pb2.Event.FromString(payload)
+        except DecodeError:  # a whole record that holds no Event: nothing for the dashboard
+            return
         if not event.HasField("summary"):
             return
         step = int(event.step)
@@ -291,7 +357,7 @@ class RunIndex:
                     continue
                 metric, _, layer = value.tag.partition("/")
                 self._see(layer)
-                self._steps.add(step)
+                (self._metric_steps if metric in _AFTER_CHECK else self._steps).add(step)
                 layers = self.scalars.setdefault(metric, {})
                 if layer not in layers:
                     layers[layer] = Series("d")
@@ -350,6 +416,21 @@ def _kind(value: summary_pb2.Summary.Value) -> str:
     return _OTHER
 
 
+def _replaced(file: Path, found: os.stat_result, state: _FileState) -> bool:
+    """True when `file` is no longer what was read of it: another inode, shorter, or other
+    bytes just before the place reading stopped at (rewritten in place, `cp` over it)."""
+    if found.st_ino != state.inode or found.st_size < state.size:
+        return True
+    if found.st_size == state.size or not state.mark:
+        return False
+    try:
+        with open(file, "rb") as handle:
+            handle.seek(state.offset - len(state.mark))
+            return handle.read(len(state.mark)) != state.mark
+    except OSError:
+        return False  # read_records meets the same error and reports it
+
+
 def _scalar(value: summary_pb2.Summary.Value) -> float | None:
     try:
         array = tensor_util.make_ndarray(value.tensor)
@@ -403,7 +484,10 @@ class LogdirIndex:
                 run = self._runs.get(name)
                 if run is None:
                     run = self._runs[name] = RunIndex(name=name, path=path)
-                run.refresh()
+                try:
+                    run.refresh()
+                except Exception:  # one run's failure must not hide the others
+                    logger.exception("actwatch: indexing the run %r failed", name)
             self._refreshed = time.monotonic()
 
     def runs(self) -> dict[str, RunIndex]:

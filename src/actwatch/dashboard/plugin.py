@@ -7,7 +7,8 @@ module) runs in TensorBoard's plugin iframe and reads only the routes below, all
 
 - `runs`: `{run: {"layers": [...], "steps": [...], "probes": n, ...}}`, the runs with actwatch
   data; each also has `"metrics"` (every per-layer scalar metric found), `"drawn"` (the layers
-  with filter grids) and `"tail_bytes"` (bytes after the last whole record of its files);
+  with filter grids), `"tail_bytes"` (bytes after the last whole record of its files: a record
+  being written) and `"damaged_bytes"` (bytes of damaged records skipped: lost);
 - `scalars?run=R&metric=M`: `{"layers": [...], "steps": [...], "values": [[v per step] per
   layer]}` over the steps the metric was written at, `v` a float or null (no value at that
   step, or not finite);
@@ -16,11 +17,11 @@ module) runs in TensorBoard's plugin iframe and reads only the routes below, all
 - `alerts?run=R`: `[{"step", "layer", "kind", "message"}]` in step order.
 
 A missing or malformed parameter is answered 400, an unknown run, metric, tag or step 404,
-always as JSON `{"error": "..."}`. Runs are looked up by name among the directories found
-under the log directory, so no parameter names a path. The data come from the events files
-under `context.logdir`, indexed by `events_index.LogdirIndex`, not from TensorBoard's data
-provider: it keeps 10 images per tag by default, and under the default fast loader
-`context.multiplexer` is None. No TensorFlow import.
+an unexpected failure 500 (logged), always as JSON `{"error": "..."}`. Runs are looked up by
+name among the directories found under the log directory, so no parameter names a path. The
+data come from the events files under `context.logdir`, indexed by `events_index.LogdirIndex`,
+not from TensorBoard's data provider: it keeps 10 images per tag by default, and under the
+default fast loader `context.multiplexer` is None. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, cast
@@ -44,8 +47,11 @@ __all__ = ["PLUGIN_NAME", "ActwatchPlugin"]
 
 PLUGIN_NAME = "actwatch"
 _STATIC = {"/index.js": "text/javascript; charset=utf-8", "/style.css": "text/css; charset=utf-8"}
-#: is_active() looks at most at this many directory entries (it must answer fast).
+#: is_active() looks at most at this many directory entries (it must answer fast), at most
+#: once in this many seconds while no actwatch data is found.
 _ACTIVE_SCAN_LIMIT = 20_000
+_ACTIVE_SCAN_EVERY = 5.0
+_STEP = re.compile(r"-?[0-9]{1,19}")
 
 
 class _BadRequest(Exception):
@@ -63,6 +69,7 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
         self._logdir: str = context.logdir or ""
         self._index = LogdirIndex(self._logdir) if self._logdir else None
         self._active = False
+        self._active_scanned = -math.inf
         if self._index is not None:
             # Index while TensorBoard starts, so the tab's first opening finds it ready.
             threading.Thread(target=self._first_index, name="actwatch-index", daemon=True).start()
@@ -71,6 +78,8 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
         assert self._index is not None
         try:
             self._index.refresh(force=True)
+            if self._index.runs():
+                self._active = True
         except Exception:  # the page's requests index again, and report what fails
             logger.exception("actwatch: indexing %s failed", self._logdir)
 
@@ -91,10 +100,16 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
     def is_active(self) -> bool:
         """True once an actwatch events file (named `*.actwatch`) is under the log directory.
 
-        Looks at file names only (at most `_ACTIVE_SCAN_LIMIT` entries), never reads a file.
+        Looks at file names only (at most `_ACTIVE_SCAN_LIMIT` entries, at most once in
+        `_ACTIVE_SCAN_EVERY` seconds), never reads a file nor waits for the indexer; the
+        indexer also marks the plugin active when it finds actwatch data.
         """
         if self._active or self._index is None:
             return self._active
+        now = time.monotonic()
+        if now - self._active_scanned < _ACTIVE_SCAN_EVERY:
+            return False
+        self._active_scanned = now
         seen = 0
         for _, _, files in os.walk(self._logdir):
             seen += len(files) + 1
@@ -127,6 +142,10 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
                 body, mime = handler(request.args)
         except _BadRequest as exc:
             return _respond(request, {"error": str(exc)}, "application/json", code=exc.code)
+        except Exception as exc:  # a JSON error, not TensorBoard's page with a traceback
+            logger.exception("actwatch: %s failed", request.full_path)
+            error = {"error": f"the actwatch plugin failed: {type(exc).__name__}"}
+            return _respond(request, error, "application/json", code=500)
         # An image of a step never changes: let the browser keep it a while.
         return _respond(request, body, mime, expires=3600 if mime == "image/png" else 0)
 
@@ -148,6 +167,7 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
                 "metrics": run.metrics,
                 "drawn": run.drawn,
                 "tail_bytes": run.tail_bytes,
+                "damaged_bytes": run.damaged_bytes,
             }
             for name, run in self._index.runs().items()
         }, "application/json"
@@ -211,10 +231,9 @@ def _required(args: Mapping[str, str], name: str) -> str:
 
 def _step(args: Mapping[str, str]) -> int:
     text = _required(args, "step")
-    try:
-        return int(text)
-    except ValueError:
-        raise _BadRequest(400, f"step must be an integer; got {text!r}") from None
+    if not _STEP.fullmatch(text):  # int() would take " 1", "1_0" and other digits
+        raise _BadRequest(400, f"step must be an integer; got {text!r}")
+    return int(text)
 
 
 def _finite(value: float | None) -> float | None:

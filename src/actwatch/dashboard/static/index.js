@@ -22,10 +22,11 @@ const state = {
   index: 0, // slider position in `steps`
   layer: null, // the selected layer
   data: {}, // run -> {scalars, images, alerts}
-  history: null, // {run, layer, filter, tile} of the per-filter history shown
+  history: null, // {run, layer, node} of the per-filter history shown
 };
 let root = null;
 let pending = 0;
+let reading = 0; // per-filter histories being read (the refresh waits for them)
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -212,6 +213,12 @@ function runColumn(run) {
       "yet (a run still being written, or one cut short). Every whole record before them is " +
       "shown: nothing written whole is lost."));
   }
+  if (info.damaged_bytes > 0) {
+    column.append(el("p", { className: "aw-error" },
+      `${info.damaged_bytes} bytes of this run's events files are damaged (they failed their ` +
+      "CRC check) and were skipped: what they held is missing here. Every whole record " +
+      "around them is shown."));
+  }
   column.append(heatmap(run, data), alertList(run, data.alerts), layerBrowser(run, data));
   return column;
 }
@@ -258,7 +265,9 @@ function heatmap(run, data) {
     const c = Math.floor(x / cell), r = Math.floor(y / ROW);
     if (c < 0 || c >= steps.length || r < 0 || r >= layers.length) return;
     state.layer = layers[r];
-    const index = state.steps.indexOf(steps[c]);
+    // The last check at or before the cell's step (a metric may be written between checks).
+    let index = -1;
+    state.steps.forEach((s, i) => { if (s <= steps[c]) index = i; });
     if (index >= 0) state.index = index;
     renderAll();
   });
@@ -424,6 +433,7 @@ async function showHistory(run, layer, tag, img, ev) {
   const node = el("div", { className: "aw-history" }, "reading the grids…");
   state.history = { run, layer, node };
   renderAll();
+  reading += 1;
   try {
     const tile = tileAt(await pixels(img.src), x, y);
     if (tile === null) { node.replaceChildren("Click inside a filter's tile."); return; }
@@ -445,6 +455,8 @@ async function showHistory(run, layer, tag, img, ev) {
         "when it is <= 0 everywhere on the statistics samples. Only drawn filters have a history; the events hold per-layer counts, not per-filter values."));
   } catch (error) {
     node.replaceChildren(`Could not read the grids: ${error.message}`);
+  } finally {
+    reading -= 1;
   }
 }
 
@@ -498,7 +510,7 @@ export async function render() {
   }
   document.addEventListener("keydown", onKey);
   setInterval(async () => {
-    if (document.hidden || state.history || pending > 0) return;
+    if (document.hidden || reading > 0 || pending > 0) return;
     try {
       await loadRuns();
     } catch (error) {
