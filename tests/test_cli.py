@@ -97,11 +97,14 @@ class TestReport:
         assert "run1" in out.read_text(encoding="utf-8")
         figures = sorted(p.name for p in (tmp_path / "site" / "r_figures").iterdir())
         assert figures == [
+            "00-run1-colorful-dimension.png",
             "00-run1-dead-fraction.png",
             "00-run1-filters-00-conv1.png",
             "00-run1-filters-01-pool1.png",
             "00-run1-filters-02-conv2.png",
             "00-run1-filters-03-pool2.png",
+            "00-run1-histograms.png",
+            "00-run1-learning-rate.png",
             "00-run1-sparsity.png",
         ]
         assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal

@@ -179,8 +179,9 @@ class TestPage:
         """Every <img> is a PNG data URI, and each is also a file in <stem>_figures."""
         parsed = _parse(page)
         files = sorted((page.parent / "report_figures").glob("*.png"))
-        # 3 runs x (curves, dead), 10 filter triptychs, 2 fitted runs x (histograms, colorful).
-        assert len(parsed.images) == len(files) == 3 * 2 + 10 + 2 * 2
+        # 3 runs x (curves, dead), 10 filter triptychs, 2 fitted runs x (histograms, colorful,
+        # learning rate: their update ratios).
+        assert len(parsed.images) == len(files) == 3 * 2 + 10 + 2 * 3
         inline = []
         for _, src in parsed.images:
             assert src.startswith("data:image/png;base64,")
@@ -207,7 +208,7 @@ class TestPage:
         source = page.read_text(encoding="utf-8")
         parsed = _parse(page)
         assert "script" not in parsed.tags
-        assert parsed.tags.count("img") == len(parsed.images) == 20
+        assert parsed.tags.count("img") == len(parsed.images) == 22
         assert "<b>lost</b>" not in source
         assert "&lt;b&gt;lost&lt;/b&gt;" in source
         text = "".join(parsed.text)
@@ -249,7 +250,7 @@ class TestProgressAndErrors:
         report.write_report(logs / "healthy", tmp_path / "r.html", progress=True)
         err = capsys.readouterr().err
         assert "\rreading events [" in err and "100%" in err and "MB" in err
-        assert "\rdrawing figures [" in err and "8/8 figures" in err
+        assert "\rdrawing figures [" in err and "9/9 figures" in err
 
     def test_no_progress_bar_when_stderr_is_not_a_terminal(
         self, logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -324,8 +325,8 @@ def test_report_in_headless_chromium(chromium: Any, page: Path, tmp_path: Path) 
     )
     chromium.open(page.as_uri())
     facts = json.loads(chromium.evaluate(_PAGE_FACTS))
-    assert facts["images"] == 20
-    assert facts["decoded"] == 20
+    assert facts["images"] == 22
+    assert facts["decoded"] == 22
     assert facts["scripts"] == 0
     assert SCRIPT_LAYER in facts["text"]
     assert MATH_LAYER in facts["text"]
