@@ -34,7 +34,7 @@ from .tensorboard_server import Server, tensorboard_server
 pytestmark = pytest.mark.slow
 
 XSS = "<img src=x onerror=alert(1)>"
-SCAN_LAYERS = ("conv_a", XSS, "conv_b")
+SCAN_LAYERS = ("conv_a", XSS, "conv_b", "block_1/conv")  # and a nested layer's path
 CHECKS = 30
 EVERY = 10
 #: A per-layer metric that is not in tags.METRICS, described as actwatch describes its own
@@ -111,6 +111,7 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs: `fit` (a real tiny fit, 2 dead conv1 filters, so an alert), `scan` (30 checks
     through the Sink), `cut` (scan's file cut inside its last record), `keras` (scalars only,
     no actwatch data), `live_true`/`live_false` (2 checks; the tests append to them), and
+    `plain` (per-layer scalars only, as with images=False; layer paths with '/'), and
     `outside`, a link to a run outside the log directory (not followed)."""
     root = tmp_path_factory.mktemp("dashboard_logs")
     outside = tmp_path_factory.mktemp("outside_the_logdir")
@@ -127,7 +128,22 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sink.close()
     for name in ("live_true", "live_false"):
         write_scan_run(root / name, checks=2)
+    sink = Sink(str(root / "plain"))
+    for check in range(3):
+        sink.submit(
+            check * EVERY,
+            scalars={
+                tags.layer_tag(metric, layer): (0.1 * check, "test")
+                for layer in PLAIN_LAYERS
+                for metric in tags.METRICS
+            },
+        )
+        assert sink.flush(30)
+    sink.close()
     return root
+
+
+PLAIN_LAYERS = ("stem/conv", "head")
 
 
 @pytest.fixture(scope="module", params=["true", "false"])
@@ -274,8 +290,12 @@ def test_index_survives_odd_files_and_finds_new_runs(tmp_path: Path) -> None:
     assert not worker.is_alive(), "the index blocked on a named pipe"
     assert index.runs()["a"].steps == [0, 10]
     second = tmp_path / "a" / f"{EVENT_FILE_PREFIX}9.second.actwatch"
+    version = index.runs()["a"].version
+    png = base64.b64decode(ONE_PIXEL)
     writer = RecordWriter(second)
     writer.write(b"not an Event proto \xff\xff\xff")
+    image = summaries.image(tags.filters_tag("conv_a", 0), png, width=1, height=1)
+    writer.write(summaries.event(0, 0.0, [image]).SerializeToString())  # step 0 again
     values = [summaries.scalar(tags.layer_tag("dead_fraction", "conv_c"), 0.5)]
     writer.write(summaries.event(20, 0.0, values).SerializeToString())
     about = f"{tags.LEARNING_METRICS['update_ratio']} Layer `conv_c`."
@@ -289,6 +309,10 @@ def test_index_survives_odd_files_and_finds_new_runs(tmp_path: Path) -> None:
     assert runs["a"].steps == [0, 10, 20] and runs["a"].layers[-1] == "conv_c"
     assert runs["a"].series("update_ratio")["conv_c"].steps.tolist() == [21]
     assert runs["a"].damaged_bytes == 0 and runs["b/nested"].steps == [0]
+    # Step 0's grid written again (a run restarted in its directory): the new one is served,
+    # and the version in the page's image URLs changes.
+    assert runs["a"].read_image(tags.filters_tag("conv_a", 0), 0) == png
+    assert runs["a"].version > version
 
 
 def _plugin_get(plugin: ActwatchPlugin, route: str, **query: str) -> tuple[int, bytes]:
@@ -411,7 +435,10 @@ FIT_LAYERS = ["conv1", "pool1", "conv2", "pool2"]  # helpers.tiny_cnn's watched 
 def test_runs_lists_actwatch_runs(server: Server, logdir: Path) -> None:
     """`runs`: the runs with actwatch data, their layers in network order, every check."""
     runs = server.json("/data/plugin/actwatch/runs")
-    assert sorted(runs) == ["cut", "fit", "live_false", "live_true", "scan"]  # not `outside`
+    # Not `outside` (a link out of the log directory), nor `keras` (no actwatch data).
+    assert sorted(runs) == ["cut", "fit", "live_false", "live_true", "plain", "scan"]
+    assert runs["plain"]["layers"] == list(PLAIN_LAYERS) and runs["plain"]["drawn"] == []
+    assert runs["plain"]["steps"] == [0, EVERY, 2 * EVERY] and runs["plain"]["probes"] == 0
     scan = runs["scan"]
     assert scan["layers"] == list(SCAN_LAYERS)
     assert scan["steps"] == [EVERY * i for i in range(CHECKS)]
@@ -535,13 +562,16 @@ def test_bad_queries_get_json_errors(
     assert set(json.loads(body)) == {"error"}
 
 
+ONE_PIXEL = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+)
+
+
 def test_appended_checks_are_served(server: Server, logdir: Path) -> None:
     """A check appended to a run's file after the server started is served within seconds."""
     run = f"live_{server.load_fast}"  # type: ignore[attr-defined]
     path = events_file(logdir / run)
-    png = base64.b64decode(
-        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
-    )
+    png = base64.b64decode(ONE_PIXEL)
     values = [
         summaries.scalar(tags.layer_tag("dead_fraction", layer), 0.5) for layer in SCAN_LAYERS
     ]
@@ -592,14 +622,21 @@ def _grids(chromium: DevTools, doc: str, run: str) -> list[tuple[str, int]]:
 
 
 def _errors(chromium: DevTools) -> list[str]:
-    """Console errors but the 404 of /favicon.ico (TensorBoard has none at its root)."""
-    favicon = [
+    """Console errors but the one of /favicon.ico (TensorBoard has none at its root): a failed
+    image or API request of the page is one."""
+    events = chromium.events
+    chromium.events = [
         e
-        for e in chromium.events
-        if e.get("method") == "Log.entryAdded"
-        and e["params"]["entry"].get("url", "").endswith("/favicon.ico")
+        for e in events
+        if not (
+            e.get("method") == "Log.entryAdded"
+            and e["params"]["entry"].get("url", "").endswith("/favicon.ico")
+        )
     ]
-    return [e for e in chromium.errors() if not (favicon and "404" in e)]
+    try:
+        return chromium.errors()
+    finally:
+        chromium.events = events
 
 
 def test_page_in_headless_chromium(server: Server, chromium: DevTools) -> None:
@@ -674,6 +711,23 @@ def test_page_in_headless_chromium(server: Server, chromium: DevTools) -> None:
     history = chromium.evaluate(f"{doc}.querySelector('.aw-history').innerText")
     checks = len(server.json("/data/plugin/actwatch/images", run="fit")["filters/conv1/probe_0"])
     assert f"Filter 0 of conv1 (probe 0): dead at {checks} of {checks} checks" in history
+    assert _errors(chromium) == []
+
+    # A run with scalars only beside one with grids: its heatmap, a note, no image asked for.
+    chromium.evaluate(
+        f"""[...{doc}.querySelectorAll('.aw-run-choice')]
+        .filter(l => ['plain', 'scan'].includes(l.textContent) !== l.querySelector('input').checked)
+        .forEach(l => l.querySelector('input').click())"""
+    )
+    _wait_idle(chromium, doc)
+    plain = f"{doc}.querySelector('.aw-run[data-run=\"plain\"]')"
+    assert "no filter grids" in chromium.evaluate(f"{plain}.innerText")
+    assert chromium.evaluate(f"{plain}.querySelectorAll('img').length") == 0
+    labels = chromium.evaluate(
+        f"[...{plain}.querySelectorAll('.aw-label')].map(l => l.textContent)"
+    )
+    assert labels == list(PLAIN_LAYERS)
+    assert len(_grids(chromium, doc, "scan")) == len(SCAN_LAYERS)  # block_1/conv's too
     assert _errors(chromium) == []
 
     # The plugin's own page, opened directly, is the same page.

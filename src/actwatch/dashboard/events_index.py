@@ -118,17 +118,19 @@ class Series:
         self.steps = array("q")
         self.values: array[Any] = array(typecode)
 
-    def put(self, step: int, value: float) -> None:
+    def put(self, step: int, value: float) -> bool:
+        """Set the value at `step`; True when it replaced one."""
         if not self.steps or step > self.steps[-1]:
             self.steps.append(step)
             self.values.append(value)
-            return
+            return False
         i = bisect.bisect_left(self.steps, step)
         if i < len(self.steps) and self.steps[i] == step:
             self.values[i] = value
-        else:
-            self.steps.insert(i, step)
-            self.values.insert(i, value)
+            return True
+        self.steps.insert(i, step)
+        self.values.insert(i, value)
+        return False
 
     def get(self, step: int) -> float | None:
         i = bisect.bisect_left(self.steps, step)
@@ -168,6 +170,9 @@ class RunIndex:
             (or cut short by a kill), read once it is whole.
         damaged_bytes: bytes of damaged records (a failed CRC check) skipped, and after a
             damaged length header, the rest of its file: what the index lost.
+        version: changes when an image already served may have changed (the run read again,
+            or a step's image written again, by a run restarted in the same directory): the
+            page puts it in image URLs, which browsers keep an hour.
     """
 
     name: str
@@ -179,6 +184,7 @@ class RunIndex:
     bytes_read: int = 0
     tail_bytes: int = 0
     damaged_bytes: int = 0
+    version: int = 0
     _files: dict[Path, _FileState] = field(default_factory=dict, repr=False)
     _paths: list[Path] = field(default_factory=list, repr=False)
     # Per image number: its file (an index into _paths), record offset, place in the payload.
@@ -316,6 +322,7 @@ class RunIndex:
             state.offset = end
 
     def _clear(self) -> None:
+        self.version += 1
         self.layers.clear()
         self.scalars.clear()
         self.images.clear()
@@ -379,7 +386,8 @@ class RunIndex:
                 searched = start + len(png)
                 if value.tag not in self.images:
                     self.images[value.tag] = Series("q")
-                self.images[value.tag].put(step, self._image(file, offset, start, len(png)))
+                if self.images[value.tag].put(step, self._image(file, offset, start, len(png))):
+                    self.version += 1
                 self._steps.add(step)
             elif kind == _ALERTS:
                 text = value.tensor.string_val[0] if value.tensor.string_val else b""

@@ -112,6 +112,12 @@ async function loadRunData() {
   return true;
 }
 
+// An image's URL; `v` (ignored by the route) changes when the run's images may have changed,
+// since browsers keep an image an hour.
+function imageUrl(run, tag, step) {
+  return url("image", { run, tag, step, v: state.runs[run].version });
+}
+
 // The check of `run` shown at the slider's step: the last one at or before it.
 function runStep(run) {
   const step = state.steps[state.index];
@@ -364,7 +370,7 @@ function layerBrowser(run, data) {
         const done = () => setBusy(-1);
         img.addEventListener("load", done, { once: true });
         img.addEventListener("error", done, { once: true });
-        img.src = url("image", { run, tag, step: at });
+        img.src = imageUrl(run, tag, at);
         if (kind === "filters") {
           img.title = "click a filter: its dead/alive history";
           img.addEventListener("click", (ev) => showHistory(run, layer, tag, img, ev));
@@ -439,7 +445,7 @@ async function showHistory(run, layer, tag, img, ev) {
     if (tile === null) { node.replaceChildren("Click inside a filter's tile."); return; }
     const steps = state.data[run].images[tag];
     const states = await Promise.all(steps.map(async (s) => {
-      const image = await pixels(url("image", { run, tag, step: s }));
+      const image = await pixels(imageUrl(run, tag, s));
       if (image.width !== tile.width || image.height !== tile.height) return null;
       return isDeadTile(image, tile);
     }));
