@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import math
 import os
 import statistics
@@ -50,6 +51,7 @@ from tests.tensorboard_server import Server, tensorboard_server  # noqa: E402
 
 TARGETS = {"first paint": 2.0, "slider step": 0.300, "index 1 GB": 10.0, "RSS growth": 50.0}
 DEMO_RUNS = ("lr_0.5", "lr_0.001")
+CHECK_TAG = "dead_fraction/"  # a check writes it for every watched layer
 
 
 def ensure_demo(source: Path) -> list[Path]:
@@ -92,22 +94,30 @@ def append_checks(
     count: int,
 ) -> None:
     for check in range(first, first + count):
-        for e in by_step[steps[check % len(steps)]]:
+        source = steps[check % len(steps)]
+        for e in by_step[source]:
             copy = event_pb2.Event()
             copy.CopyFrom(e)
-            copy.step = check * stride
+            copy.step = check * stride + (e.step - source)  # update ratios: the step after
             writer.write(copy.SerializeToString())
 
 
 def source_checks(source_run: Path) -> tuple[dict[int, list[event_pb2.Event]], list[int], int]:
+    """`({check step: its events}, check steps, step between checks)` of the source run. A
+    check is a step with a `dead_fraction/...` scalar; events of the steps after it (the
+    update ratios, written at the step after a check) go with it."""
     events = []
     for file in sorted(source_run.glob(f"{EVENT_FILE_PREFIX}*")):
         events += [event_pb2.Event.FromString(r.payload) for r in read_records(file)]
     summaries = [e for e in events if e.HasField("summary") and len(e.summary.value) > 1]
-    by_step: dict[int, list[event_pb2.Event]] = {}
+    steps = sorted(
+        {e.step for e in summaries if any(v.tag.startswith(CHECK_TAG) for v in e.summary.value)}
+    ) or sorted({e.step for e in summaries})
+    by_step: dict[int, list[event_pb2.Event]] = {s: [] for s in steps}
     for e in summaries:
-        by_step.setdefault(e.step, []).append(e)
-    steps = sorted(by_step)
+        i = bisect.bisect_right(steps, e.step) - 1
+        if i >= 0:
+            by_step[steps[i]].append(e)
     return by_step, steps, (steps[1] - steps[0] if len(steps) > 1 else 1)
 
 
