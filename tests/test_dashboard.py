@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import shutil
@@ -253,6 +254,36 @@ def test_index_skips_a_damaged_record_and_counts_it(tmp_path: Path) -> None:
     run.refresh()
     assert run.steps == [0, 10] and run.damaged_bytes == len(whole) - ends[2]
     assert run.tail_bytes == 0
+    # Tried again when the file grows (a header read while it was being written, say).
+    with open(path, "r+b") as handle:
+        handle.seek(ends[2] + 2)
+        handle.write(whole[ends[2] + 2 : ends[2] + 3])
+        handle.seek(0, os.SEEK_END)
+        handle.write(b"\0" * 5)
+    run.refresh()
+    assert run.steps == [0, 10, 20, 30, 40] and run.damaged_bytes == 0 and run.tail_bytes == 5
+
+
+def test_index_does_not_skip_a_record_written_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record that became whole after the reader stopped at the end of the file (a live
+    run) is read, not taken for a damaged one."""
+    from actwatch.dashboard import events_index
+
+    write_scan_run(tmp_path, checks=4)
+    read_records = events_index.read_records
+    calls = []
+
+    def stops_early(path: Path, offset: int = 0) -> Iterator[object]:
+        calls.append(offset)
+        records = read_records(path, offset)
+        return itertools.islice(records, 3) if len(calls) == 1 else records
+
+    monkeypatch.setattr(events_index, "read_records", stops_early)
+    run = RunIndex(name=".", path=tmp_path)
+    run.refresh()
+    assert len(calls) == 2 and run.steps == [0, 10, 20, 30] and run.damaged_bytes == 0
 
 
 def test_index_rereads_a_file_rewritten_in_place(tmp_path: Path) -> None:

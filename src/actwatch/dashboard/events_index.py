@@ -52,6 +52,7 @@ from ..records import (
     RecordError,
     masked_crc32c,
     read_payload_part,
+    read_record_at,
     read_records,
 )
 
@@ -149,7 +150,7 @@ class _FileState:
     offset: int = 0  # where the next record starts: everything before it was read
     mark: bytes = b""  # the _MARK bytes before `offset`, to tell a file rewritten in place
     damaged: int = 0  # bytes of damaged records skipped
-    dead: bool = False  # a damaged length header: the rest of the file cannot be read
+    dead: bool = False  # a damaged length header at `offset`: tried again when the file grows
 
 
 @dataclass
@@ -277,7 +278,7 @@ class RunIndex:
             state = self._files.get(file)
             if state is None:
                 state = self._files[file] = _FileState(inode=found.st_ino)
-            if found.st_size != state.size and not state.dead:
+            if found.st_size != state.size:
                 try:
                     self._read(file, state)
                 except OSError as exc:  # unreadable, or removed meanwhile: tried again later
@@ -290,12 +291,15 @@ class RunIndex:
                     continue
                 state.size = found.st_size
         self.tail_bytes = sum(max(0, s.size - s.offset) for s in self._files.values() if not s.dead)
-        self.damaged_bytes = sum(s.damaged for s in self._files.values())
+        self.damaged_bytes = sum(
+            s.damaged + (max(0, s.size - s.offset) if s.dead else 0) for s in self._files.values()
+        )
         self.alerts.sort(key=lambda item: item[0])
 
     def _read(self, file: Path, state: _FileState) -> None:
         """Index the records of `file` from `state.offset` on: every whole one, past damaged
         ones."""
+        state.dead = False
         while True:
             for record in read_records(file, state.offset):
                 self._take(file, record.offset, record.payload)
@@ -311,15 +315,17 @@ class RunIndex:
             if len(header) < _HEADER:
                 return  # the end, or a header being written
             if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
-                state.damaged += size - state.offset  # no way to find the next record
-                state.dead = True
+                state.dead = True  # no way to find the next record (tried again if it grows)
                 return
             end = state.offset + _HEADER_FOOTER + struct.unpack("<Q", header[:8])[0]
             if end >= size:
                 # Cut short (being written), or damaged and last: wait for what follows.
                 return
-            state.damaged += end - state.offset  # its payload failed its CRC check: skip it
-            state.offset = end
+            try:  # whole now: written since read_records stopped, or damaged?
+                read_record_at(file, state.offset)
+            except RecordError:
+                state.damaged += end - state.offset  # its payload failed its CRC check
+                state.offset = end
 
     def _clear(self) -> None:
         self.version += 1
