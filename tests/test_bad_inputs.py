@@ -280,6 +280,25 @@ CASES = [
          _number_msg("images", "True or False", "'no'")),
     Case("log_per_layer int", lambda f: {"log_per_layer": 1}, "init", TypeError,
          _number_msg("log_per_layer", "True or False", "1")),
+    # learning rate ---------------------------------------------------------------------------
+    Case("update_ratio_bounds reversed", lambda f: {"update_ratio_bounds": (0.1, 1e-5)}, "init",
+         ValueError,
+         "Invalid value for argument `update_ratio_bounds`. Expected None or (low, high) with "
+         "0 <= low < high, e.g. (1e-5, 1e-1). Received: update_ratio_bounds=(0.1, 1e-05)"),
+    Case("stats_data labels short", lambda f: {"stats_data": (X[:4], np.zeros(3, "i8"))}, "fit",
+         ValueError,
+         "Invalid value for argument `stats_data`: y has 3 samples but x has 4. Pass "
+         "`stats_data=(x, y)` or `(x, y, sample_weight)` with one label (and weight) per "
+         "sample of x."),
+    Case("revive bogus", lambda f: {"revive": "bogus"}, "init", ValueError,
+         "Invalid value for argument `revive`. Expected None (no revival) or 'redo' (ReDo: "
+         "re-initialise filters that stay dead). Received: revive='bogus'"),
+    Case("revive unsupported layer", lambda f: {"revive": "redo", "layers": ["head"]}, "fit",
+         ValueError,
+         re.compile(r"Invalid value for argument `revive`: revive='redo' cannot revive the "
+                    r"filters of watched layer\(s\) \['head'\] \('head': layer 'head' "
+                    r"\(Dense\): its output is \(or reaches unchanged\) an output of the "
+                    r"model\)\. Supported: .* or pass revive=None\.")),
 ]  # fmt: skip
 
 
@@ -310,7 +329,7 @@ def _named(case: Case) -> set[str]:
 
 
 #: Arguments that can only be checked against the model, in `on_train_begin`.
-NEEDS_THE_MODEL = {"probes", "stats_data", "layers", "draw_layers"}
+NEEDS_THE_MODEL = {"probes", "stats_data", "layers", "draw_layers", "revive"}
 
 
 def test_every_argument_has_a_rejection_case(files: Files) -> None:
