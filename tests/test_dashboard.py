@@ -570,6 +570,11 @@ def test_image_serves_every_check(server: Server) -> None:
         pixels = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
         assert pixels.shape == (10, 14, 3)
         assert (pixels == _scan_pixel(1, step)).all(), step
+    status, _, body = server.get(
+        "/data/plugin/actwatch/image", run="scan", tag=tags.heatmap_tag("block_1/conv", 0), step=70
+    )
+    heatmap = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+    assert status == 200 and (heatmap == _scan_pixel(3, 70) // 2).all()
     steps = server.json("/data/plugin/actwatch/images", run="scan")
     assert steps[tags.heatmap_tag("conv_b", 0)] == [EVERY * i for i in range(CHECKS)]
     assert tags.heatmap_tag("conv_b", 1) not in steps
@@ -798,10 +803,11 @@ def test_page_in_headless_chromium(server: Server, chromium: DevTools) -> None:
     assert f"Filter 0 of conv1 (probe 0): dead at {checks} of {checks} checks" in history
     assert _errors(chromium) == []
 
-    # A run with scalars only beside one with grids: its heatmap, a note, no image asked for.
+    # A run with scalars only beside one cut inside its last record: its heatmap and a note,
+    # no image asked for; the other's grids and a note that nothing whole is lost.
     chromium.evaluate(
         f"""[...{doc}.querySelectorAll('.aw-run-choice')]
-        .filter(l => ['plain', 'scan'].includes(l.textContent) !== l.querySelector('input').checked)
+        .filter(l => ['plain', 'cut'].includes(l.textContent) !== l.querySelector('input').checked)
         .forEach(l => l.querySelector('input').click())"""
     )
     _wait_idle(chromium, doc)
@@ -812,7 +818,18 @@ def test_page_in_headless_chromium(server: Server, chromium: DevTools) -> None:
         f"[...{plain}.querySelectorAll('.aw-label')].map(l => l.textContent)"
     )
     assert labels == list(PLAIN_LAYERS)
-    assert len(_grids(chromium, doc, "scan")) == len(SCAN_LAYERS)  # block_1/conv's too
+    assert len(_grids(chromium, doc, "cut")) == len(SCAN_LAYERS)  # block_1/conv's too
+    cut = chromium.evaluate(f"{doc}.querySelector('.aw-run[data-run=\"cut\"]').innerText")
+    assert "not a whole record yet" in cut and "nothing written whole is lost" in cut
+    # A folded alert list stays folded when the page draws again (a slider step).
+    summary = f"{doc}.querySelector('.aw-run[data-run=\"cut\"] .aw-alerts summary')"
+    chromium.evaluate(f"{summary}.click()")
+    time.sleep(0.2)  # the toggle event is asynchronous
+    chromium.evaluate(
+        f"{doc}.dispatchEvent(new KeyboardEvent('keydown', {{key: 'ArrowLeft', bubbles: true}}))"
+    )
+    _wait_idle(chromium, doc)
+    assert chromium.evaluate(f"{summary}.parentElement.open") is False
     assert _errors(chromium) == []
 
     # The plugin's own page, opened directly, is the same page.

@@ -23,6 +23,7 @@ const state = {
   layer: null, // the selected layer
   data: {}, // run -> {scalars, images, alerts}
   history: null, // {run, layer, node} of the per-filter history shown
+  closedAlerts: new Set(), // runs whose alert list the user folded (kept across renders)
 };
 let root = null;
 let pending = 0;
@@ -320,8 +321,13 @@ function fmt(v) {
 }
 
 function alertList(run, alerts) {
-  const box = el("details", { className: "aw-alerts", open: true },
-    el("summary", {}, `Alerts (${alerts.length})`));
+  const box = el("details", {
+    className: "aw-alerts", open: !state.closedAlerts.has(run),
+    ontoggle: () => {
+      if (box.open) state.closedAlerts.delete(run);
+      else state.closedAlerts.add(run);
+    },
+  }, el("summary", {}, `Alerts (${alerts.length})`));
   if (!alerts.length) {
     box.append(el("p", { className: "aw-muted" }, "No alerts in this run."));
     return box;
