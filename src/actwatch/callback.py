@@ -487,7 +487,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     histograms=histograms,
                 )
             self._act(decision)
-            self._updates.snapshot(step)  # after any revival: the ratio is one training step
+            self._snapshot(step)
             self.timings = {"device": device, "blocking": time.perf_counter() - start}
         except Exception as exc:
             self._check_failed(
@@ -504,7 +504,18 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         if self._gradients is None:
             return {}
         runner, data = self._gradients
-        return gradient_stats(runner.run(*data), runner.watched, self.dormant_threshold)
+        try:
+            return gradient_stats(runner.run(*data), runner.watched, self.dormant_threshold)
+        except Exception as exc:  # the check's activation figures stand; no gradients again
+            self._gradients = None
+            self._check_failed(
+                "actwatch: the gradients of activations failed (%s: %s); this fit goes on "
+                "without them.",
+                type(exc).__name__,
+                exc,
+                exc=exc,
+            )
+            return {}
 
     def _revive(
         self, stats: Mapping[str, LayerStats], step: int, epoch: int | None, lr: float | None
@@ -540,6 +551,22 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 )
             )
         return tuple(alerts)
+
+    def _snapshot(self, step: int) -> None:
+        """Copy the weights for the update ratio, after any revival (so the ratio is of one
+        training step). A failure turns the ratio off for this fit, the check stands."""
+        try:
+            self._updates.snapshot(step)
+        except Exception as exc:
+            self._updates = UpdateRatios([])
+            self._check_failed(
+                "actwatch: copying the weights for the update ratio at step %d failed (%s: %s); "
+                "no update ratio in this fit, the checks go on.",
+                step,
+                type(exc).__name__,
+                exc,
+                exc=exc,
+            )
 
     def _measure_updates(
         self, *, submit: bool = True
