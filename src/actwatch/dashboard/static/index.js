@@ -366,7 +366,9 @@ function layerBrowser(run, data) {
       const at = imageStep(run, tag, step);
       const cell = el("figure", { className: `aw-${kind}` });
       if (at === null) {
-        cell.append(el("figcaption", { className: "aw-muted" }, `no ${kind} image yet`));
+        const has = tag in state.data[run].images;
+        cell.append(el("figcaption", { className: "aw-muted" },
+          has ? `no ${kind} image at or before step ${step}` : `no ${kind} image for probe ${state.probe}`));
       } else {
         const img = el("img", {
           alt: `${kind} of ${layer} at step ${at}`, className: `aw-img aw-img-${kind}`,
