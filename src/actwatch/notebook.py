@@ -2,7 +2,7 @@
 
 ```python
 acts = actwatch.get_activations(model, x[:4])          # {layer path: array}
-grads = actwatch.get_gradients(model, x[:32], y[:32])  # {layer path: dLoss/d output}
+grads = actwatch.get_gradients(model, x_train, y_train)  # {layer path: dLoss/d output}
 stats = actwatch.activation_stats(model, x[:256])      # {layer path: LayerStats}
 actwatch.plot_filters(model, x[:1])                    # matplotlib Figure
 actwatch.plot_heatmaps(model, ["cat.jpg"], preprocess=lambda x: x / 255)
