@@ -357,3 +357,11 @@ def test_invalid_arguments(tmp_path: Path, kwargs: dict[str, object], match: str
     """Bad signal arguments are refused at construction with Keras' message."""
     with pytest.raises((ValueError, TypeError), match=match):
         actwatch.ActivationMonitor(data(n=1)[0], tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_feature_rank_default_follows_stats_data(tmp_path: Path) -> None:
+    """By default the rank is computed with `stats_data` only (on a few probes it says little)."""
+    x = data(n=8)[0]
+    assert actwatch.ActivationMonitor(x[:2], tmp_path).feature_rank is False
+    assert actwatch.ActivationMonitor(x[:2], tmp_path, stats_data=x).feature_rank is True
+    assert actwatch.ActivationMonitor(x[:2], tmp_path, feature_rank=True).feature_rank is True

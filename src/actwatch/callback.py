@@ -111,7 +111,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             symmetric log bins: see `actwatch.signals`) and, for drawn layers, the colorful
             dimension image (`distribution/<layer>`). Defaults to True.
         feature_rank: write every layer's effective rank and srank of its spatially averaged
-            features (`erank/<layer>`, `srank/<layer>`). Defaults to True.
+            features (`erank/<layer>`, `srank/<layer>`), at most min(samples, channels).
+            Defaults to None: only with `stats_data` (on a handful of probes the rank says
+            little and costs about 1 ms a check).
         topk: for each drawn filter of each drawn layer, the `topk` statistics samples whose
             activation peaks highest, drawn as thumbnails with the peak marked
             (`topk/<layer>`); most telling with a few hundred `stats_data`. Defaults to 0
@@ -162,7 +164,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         draw_layers: Any = "auto",
         log_per_layer: bool = False,
         histograms: bool = True,
-        feature_rank: bool = True,
+        feature_rank: bool | None = None,
         topk: int = 0,
         outlier_ratio: float | None = None,
         update_ratio_bounds: tuple[float, float] | None = DEFAULT_BOUNDS,
@@ -213,7 +215,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.images = flag("images", images)
         self.log_per_layer = flag("log_per_layer", log_per_layer)
         self.histograms = flag("histograms", histograms)
-        self.feature_rank = flag("feature_rank", feature_rank)
+        self.feature_rank = (
+            self._stats_source is not None
+            if feature_rank is None
+            else flag("feature_rank", feature_rank)
+        )
         no_topk = topk == 0 and not isinstance(topk, bool)
         self.topk = 0 if no_topk else positive_int("topk", topk, allow_none=False) or 0
         self.outlier_ratio = check_outlier_ratio(outlier_ratio)
