@@ -245,6 +245,9 @@ def test_demo_with_and_without_data_ends_with_a_report(tmp_path: Path) -> None:
     assert "sparsity curves of run generated" in text
     names = {p.name for p in (tmp_path / "reports" / "demo_figures").iterdir()}
     assert {"00-folder-sparsity.png", "01-generated-sparsity.png"} <= names
+    # Issue 12: the demo's report has histograms, the colorful dimension and top-k strips.
+    assert {"00-folder-histograms.png", "00-folder-colorful-dimension.png"} <= names
+    assert any(name.startswith("01-generated-topk-") for name in names)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="one backend is enough: the photos are numpy")

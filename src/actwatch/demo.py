@@ -208,7 +208,11 @@ def run_demo(
         model = build_model(size, lr=lr)
         fit_args = {"x": x, "y": y, "batch_size": batch_size}
     monitor = ActivationMonitor(
-        probes, log_dir, stats_data=stats_data, revive="redo" if revive else None
+        probes,
+        log_dir,
+        stats_data=stats_data,
+        revive="redo" if revive else None,
+        topk=4,  # what each filter responds to, from the statistics images (issue 12)
     )
     start = time.perf_counter()
     history = model.fit(epochs=epochs, callbacks=[monitor], verbose=verbose, **fit_args)
