@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import actwatch
 from actwatch.notebook import get_activations
@@ -33,6 +34,7 @@ def _get_json(url: str) -> object:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_tensorboard_histogram_plugin_serves_our_histograms(tmp_path: Path) -> None:
     """A real `tensorboard` lists `histogram/{layer}` in its Histograms and Distributions
     tabs, and the buckets it serves for the last check equal numpy.histogram of the layer's
