@@ -173,15 +173,16 @@ class TestPage:
         for run in ("healthy", "dying"):  # histograms and the colorful dimension (issue 12)
             assert f"activation histograms of run {run}" in [alt for alt, _ in parsed.images]
             assert f"colorful dimension of run {run}" in [alt for alt, _ in parsed.images]
+            assert f"signals of run {run}" in [alt for alt, _ in parsed.images]
         assert "Activation histograms and the colorful dimension" in text
 
     def test_images_are_inline_pngs_and_match_the_files(self, page: Path) -> None:
         """Every <img> is a PNG data URI, and each is also a file in <stem>_figures."""
         parsed = _parse(page)
         files = sorted((page.parent / "report_figures").glob("*.png"))
-        # 3 runs x (curves, dead), 10 filter triptychs, 2 fitted runs x (histograms, colorful,
-        # learning rate: their update ratios).
-        assert len(parsed.images) == len(files) == 3 * 2 + 10 + 2 * 3
+        # 3 runs x (curves, dead), 10 filter triptychs, 2 fitted runs x (histograms, signals,
+        # colorful, learning rate: their update ratios).
+        assert len(parsed.images) == len(files) == 3 * 2 + 10 + 2 * 4
         inline = []
         for _, src in parsed.images:
             assert src.startswith("data:image/png;base64,")
@@ -208,7 +209,7 @@ class TestPage:
         source = page.read_text(encoding="utf-8")
         parsed = _parse(page)
         assert "script" not in parsed.tags
-        assert parsed.tags.count("img") == len(parsed.images) == 22
+        assert parsed.tags.count("img") == len(parsed.images) == 24
         assert "<b>lost</b>" not in source
         assert "&lt;b&gt;lost&lt;/b&gt;" in source
         text = "".join(parsed.text)
@@ -250,7 +251,7 @@ class TestProgressAndErrors:
         report.write_report(logs / "healthy", tmp_path / "r.html", progress=True)
         err = capsys.readouterr().err
         assert "\rreading events [" in err and "100%" in err and "MB" in err
-        assert "\rdrawing figures [" in err and "9/9 figures" in err
+        assert "\rdrawing figures [" in err and "10/10 figures" in err
 
     def test_no_progress_bar_when_stderr_is_not_a_terminal(
         self, logs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -325,8 +326,8 @@ def test_report_in_headless_chromium(chromium: Any, page: Path, tmp_path: Path) 
     )
     chromium.open(page.as_uri())
     facts = json.loads(chromium.evaluate(_PAGE_FACTS))
-    assert facts["images"] == 22
-    assert facts["decoded"] == 22
+    assert facts["images"] == 24
+    assert facts["decoded"] == 24
     assert facts["scripts"] == 0
     assert SCRIPT_LAYER in facts["text"]
     assert MATH_LAYER in facts["text"]

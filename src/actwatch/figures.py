@@ -37,6 +37,7 @@ __all__ = [
     "histograms_figure",
     "image_grid",
     "plain",
+    "signals_figure",
     "steps_figure",
     "table_figure",
 ]
@@ -382,4 +383,46 @@ def histograms_figure(log: RunLog, columns: int = 4) -> Figure:
     figure.suptitle(
         "activation histograms, first and last check (share of values per bin)", fontsize=9
     )
+    return figure
+
+
+#: Signal scalars drawn over the steps in the report, with their axis labels and scales.
+SIGNAL_CURVES = {
+    "rms": ("RMS of the activations", "log"),
+    "channel_var": ("average channel variance", "log"),
+    "outlier_ratio": ("max |a| / median |a|", "log"),
+    "erank": ("effective rank of the features", "linear"),
+}
+
+
+def signals_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> Figure | None:
+    """`SIGNAL_CURVES` over the steps, one line per layer (signal propagation, outliers,
+    feature rank); None when the run has none of them."""
+    present = [m for m in SIGNAL_CURVES if any(log.series(m, layer)[0] for layer in log.layers)]
+    if not present:
+        return None
+    many = len(log.layers) > LEGEND_LAYERS
+    figure = Figure(figsize=(3.0 * len(present) + 1.5, 3.4), layout="constrained")
+    for i, metric in enumerate(present):
+        label, scale = SIGNAL_CURVES[metric]
+        axes = figure.add_subplot(1, len(present), i + 1)
+        for layer in log.layers:
+            steps, values = log.series(metric, layer)
+            if steps:
+                axes.plot(
+                    steps,
+                    values,
+                    color=layer_colours.get(layer, (0.3, 0.3, 0.3, 1.0)),
+                    label=plain(layer),
+                    linewidth=0.7 if many else 1.3,
+                )
+        positive = [v for layer in log.layers for v in log.series(metric, layer)[1] if v > 0]
+        if scale == "log" and positive:
+            axes.set_yscale("log")
+        axes.set_xlabel("step (training batches)")
+        axes.set_title(label, fontsize=9)
+        axes.grid(alpha=0.3)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    if handles and not many:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=7)
     return figure

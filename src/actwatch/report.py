@@ -238,7 +238,7 @@ def _render(
         layers.extend(layer for layer in log.layers if layer not in layers)
     colours = figures.colours(layers)
     count = len(runs) * 2 + sum(1 for log in runs for layer in log.layers if log.grids.get(layer))
-    count += 2 * sum(1 for log in runs if log.histograms)
+    count += 3 * sum(1 for log in runs if log.histograms)
     learning = {log.name: figures.learning_figure(log, colours) for log in runs}
     count += sum(1 for figure in learning.values() if figure is not None)
     bar = _Progress(count, "drawing figures", "figures", stream=stream) if show else None
@@ -279,6 +279,11 @@ def _render(
         prefix = prefixes[log.name]
         png = save(figures.histograms_figure(log), f"{prefix}-histograms.png")
         cell = _figure_html(png, f"activation histograms of run {log.name}", _run_caption(log))
+        signal_curves = figures.signals_figure(log, colours)
+        if signal_curves is not None:
+            png = save(signal_curves, f"{prefix}-signals.png")
+            caption = f"{_run_caption(log)}: signal propagation, outliers, feature rank"
+            cell += _figure_html(png, f"signals of run {log.name}", caption)
         png = save(figures.distribution_figure(log), f"{prefix}-colorful-dimension.png")
         caption = f"{_run_caption(log)}: colorful dimension"
         cell += _figure_html(png, f"colorful dimension of run {log.name}", caption)
@@ -371,9 +376,11 @@ non-finite values.</p>
 <section id="histograms"><h2>Activation histograms and the colorful dimension</h2>
 <p class="note">Each layer's activations on the statistics data in fixed symmetric log bins (a
 bin around 0, two an octave from 2^-20 (about 1e-6) to 2^20 (about 1e6) on each side), at the
-first and last check; and
-fastai's colorful dimension: the bins (rows, largest values at the top) over the checks
-(columns), brightness log(1 + count). Collapse, saturation and dying show as shapes.</p>
+first and last check; the signals over the steps (RMS and average channel variance: signal
+propagation, Brock et al. 2021; max |a| / median |a|: massive activations, Sun et al. 2024;
+effective rank of the features, Roy and Vetterli 2007); and fastai's colorful dimension: the
+bins (rows, largest values at the top) over the checks (columns), brightness log(1 + count).
+Collapse, saturation and dying show as shapes.</p>
 {_runs_row(signal_cells)}</section>
 <section id="topk"><h2>What each filter responds to (top-k)</h2>
 <p class="note">For each drawn filter (left to right, top to bottom) the statistics samples
