@@ -1,5 +1,10 @@
 """Deeper signals of a layer's activations, reduced on the device with `keras.ops`.
 
+The passes over the activations run on the device, in the check's compiled call; only small
+arrays cross (163 counts, two per-channel sums, a sample of at most 4096 values, the
+`min(N, C)` eigenvalues, top-k indices and positions), and the last operations on them run on
+the host in float64 (`signals_from_device`).
+
 Computed on the statistics data (`stats_data`, or the probes), from the layer output as
 `(N, P, C)` (N samples, P positions, C channels; see `stats`). Non-finite values are left
 out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
@@ -11,11 +16,11 @@ out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
   exact zeros of a ReLU; 2^-20 is about 9.5e-7), two bins per octave (edges `2^j` and
   `1.5 * 2^j`) from 2^-20 to 2^20 (about 1e6) on each side, and two outer bins out to the
   largest float32, so every finite value is counted: 163 bins. Half octaves because the bin
-  of a float32 is then read from its bits, with no search (see `_histogram`).
+  of a float32 is then read from its bits, with no search (see `histograms`).
 - **signal propagation** (Brock, De, Smith, ICLR 2021): `rms = sqrt(mean a^2)`, the average
   squared channel mean `mean_c (mean_{n,p} a[n, p, c])^2` and the average channel variance
-  `mean_c var_{n,p} a[n, p, c]` (population variance, as `E[a^2] - E[a]^2` from the
-  statistics pass's per-channel sums, in float32), over the channels with finite values.
+  `mean_c var_{n,p} a[n, p, c]` (population variance, as `E[a^2] - E[a]^2` in float64 from
+  the statistics pass's float32 per-channel sums), over the channels with finite values.
 - **outliers** (Sun, Chen, Kolter, Liu, "Massive Activations in Large Language Models",
   2024): `max_abs = max |a|` and `outlier_ratio = max |a| / median |a|`. The median is taken
   over the values that are not exactly zero (a ReLU layer is mostly exact zeros: its plain
