@@ -31,7 +31,7 @@ from keras import ops
 from .capture import Perturb, takes_training, trace
 from .layers import WatchedLayer
 
-__all__ = ["GradientRunner", "GradientStats", "check_loss", "reduce_gradients"]
+__all__ = ["GradientRunner", "GradientStats", "check_loss", "gradient_stats", "reduce_gradients"]
 
 
 @dataclass(frozen=True)
@@ -289,11 +289,3 @@ def gradient_stats(
 ) -> dict[str, GradientStats]:
     """`{path: GradientStats}` from what `reduce_gradients` brought back."""
     return {w.path: GradientStats.of(r, tau) for w, r in zip(watched, raw, strict=True)}
-
-
-def run_and_summarize(
-    runner: GradientRunner, data: tuple[Any, Any, Any], tau: float
-) -> dict[str, GradientStats]:
-    """Run `runner` (built with `reduce_gradients`) on `(x, y, sample_weight)`."""
-    x, y, sample_weight = data
-    return gradient_stats(runner.run(x, y, sample_weight), runner.watched, tau)

@@ -24,7 +24,7 @@ from keras import ops
 from .alerts import Alert
 from .layers import WatchedLayer
 
-__all__ = ["HEALTHY_RATIO", "RatioTracker", "UpdateRatios"]
+__all__ = ["DEFAULT_BOUNDS", "HEALTHY_RATIO", "RatioTracker", "UpdateRatios"]
 
 #: The healthy update-to-weight ratio (CS231n notes).
 HEALTHY_RATIO = 1e-3
