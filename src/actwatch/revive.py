@@ -152,10 +152,20 @@ def plan(model: keras.Model, watched: Sequence[WatchedLayer]) -> list[Target]:
         )
     layers = list(model.layers)
     consumers: dict[int, list[Any]] = {}
+    shared = []
     for layer in layers:
-        for t in _flat(_tensor(layer, "input")):
+        inputs = _tensor(layer, "input")
+        if inputs is None and not isinstance(layer, keras.layers.InputLayer):
+            shared.append(layer.name)  # called more than once: its inputs are not one tensor
+        for t in _flat(inputs):
             if t is not None:
                 consumers.setdefault(id(t), []).append(layer)
+    if shared:
+        raise ValueError(
+            "Invalid value for argument `revive`: revive='redo' needs each layer of the graph "
+            f"called once, to know which layers consume each filter; {shared} are called more "
+            f"than once (shared layers). Supported: {SUPPORTED}. Pass revive=None."
+        )
     outputs = {id(t) for t in model.outputs}
     watched_by_layer = {id(w.layer): w for w in watched}
     targets: list[Target] = []
@@ -184,6 +194,14 @@ def plan(model: keras.Model, watched: Sequence[WatchedLayer]) -> list[Target]:
                 problem = "its output is (or reaches unchanged) an output of the model"
                 break
             for nxt in consumers.get(id(tensor), []):
+                if (
+                    isinstance(nxt, keras.layers.Dense)
+                    and ids is None
+                    and channels_first
+                    and len(tensor.shape) > 2
+                ):
+                    problem = f"Dense '{nxt.name}' takes its channels_first output on the last axis"
+                    break
                 if _is_plain(nxt) and ids is None:
                     c = int(out.shape[1 if channels_first and len(out.shape) > 2 else -1])
                     found.append(Consumer(nxt, [np.array([i]) for i in range(c)]))
