@@ -244,6 +244,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.last_update_ratios: dict[str, float] = {}
         self._updates = UpdateRatios([])
         self._reviver: Reviver | None = None
+        self._revived_at_snapshot: set[str] = set()  # layers revived at the snapshot's check
         self.timings: dict[str, float] = {}
         self._last_sink_stats: SinkStats | None = None
         self._sink: Sink | None = None
@@ -532,7 +533,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         masks = {p: s.dead if s.nonnegative else s.dormant for p, s in stats.items()}
         when = f"Epoch {epoch + 1} (step {step})" if epoch is not None else f"Step {step}"
         alerts = []
-        for path, filters in self._reviver.update(masks).items():
+        revived = self._reviver.update(masks)
+        self._revived_at_snapshot = set(revived)
+        for path, filters in revived.items():
             total = int(stats[self._reviver.source(path)].filters)
             alerts.append(
                 Alert(
@@ -550,7 +553,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     message=(
                         f"{when}: revive='redo' re-initialised {len(filters)} filter(s) of "
                         f"layer '{path}' that stayed dead for {self.patience} check(s): "
-                        f"{list(filters)[:16]}{' ...' if len(filters) > 16 else ''}. Their "
+                        f"[{', '.join(str(i) for i in filters[:16])}"
+                        f"{', ...' if len(filters) > 16 else ''}]. Their "
                         "incoming weights are fresh, their bias and outgoing weights zero, so "
                         "the network's output is unchanged now."
                     ),
@@ -596,7 +600,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             learning_rate = self._learning_rate()
             alerts = tuple(
                 self._ratios.update(
-                    ratios, step=step, epoch=self._epoch, learning_rate=learning_rate
+                    ratios,
+                    step=step,
+                    epoch=self._epoch,
+                    learning_rate=learning_rate,
+                    revived=self._revived_at_snapshot,
                 )
             )
             about = tags.LEARNING_METRICS["update_ratio"]

@@ -14,7 +14,7 @@ is too high) or below `low` while trainable (too low, or the layer is stuck) for
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -121,13 +121,17 @@ class RatioTracker:
         step: int,
         epoch: int | None,
         learning_rate: float | None,
+        revived: Collection[str] = (),
     ) -> list[Alert]:
+        """This measurement's alerts. Layers in `revived` had filters re-initialised at the
+        check (ReDo zeroes their outgoing weights, so their incoming weights get no gradient
+        in the next step): they are not held to the low bound this time."""
         alerts = []
         for direction in ("high", "low"):
             out = {
                 path: r
                 for path, r in ratios.items()
-                if (r > self.high if direction == "high" else r < self.low)
+                if (r > self.high if direction == "high" else r < self.low and path not in revived)
             }
             for path in ratios:
                 key = (direction, path)
