@@ -14,6 +14,11 @@ strips) and their PNG bytes. Variants:
 
     python benchmarks/signals_cost.py                       # probes only, as the demo
     python benchmarks/signals_cost.py --stats-samples 256   # with stats_data of 256 images
+
+Then, as `overhead.py`'s check loop does, whole checks of `ActivationMonitor`s on one model
+(epoch-end hook, sink flushed after each): one whose pipeline has the signals off, one with
+the defaults, one with `topk=4`, interleaved; what blocks the training thread and the bytes
+each check writes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +37,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--stats-samples", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--checks", type=int, default=60, help="whole checks per monitor")
     args = parser.parse_args()
 
     import keras
@@ -118,6 +125,65 @@ def main() -> None:
         )
     hist_bytes = sum(int(np.count_nonzero(s.histogram)) * 3 * 8 + 60 for s in result.stats.values())
     print(f"{'histograms':>18}: about {hist_bytes / 1e3:.1f} kB per check in the events file")
+    monitor_checks(model, x[args.stats_samples :], args.checks, stats=x[: args.stats_samples])
+
+
+def monitor_checks(model: Any, probes: np.ndarray, checks: int, stats: np.ndarray) -> None:
+    """Whole checks of monitors with the signals off, the defaults and topk=4, interleaved."""
+    import tempfile
+
+    import actwatch
+    from actwatch.pipeline import CheckPipeline
+
+    stats_data = stats if len(stats) else None
+    monitors = {
+        "signals off": actwatch.ActivationMonitor(
+            probes, tempfile.mkdtemp(), stats_data=stats_data
+        ),
+        "defaults": actwatch.ActivationMonitor(probes, tempfile.mkdtemp(), stats_data=stats_data),
+        "topk=4": actwatch.ActivationMonitor(
+            probes, tempfile.mkdtemp(), stats_data=stats_data, topk=4
+        ),
+    }
+    for name, monitor in monitors.items():
+        monitor.set_model(model)
+        monitor.set_params({"epochs": checks + 5, "steps": 1, "verbose": 0})
+        monitor.on_train_begin()
+        if name == "signals off":  # the pipeline of before issue 12 (private, benchmark only)
+            old = monitor._pipeline
+            monitor._pipeline = CheckPipeline(
+                model,
+                old.watched,
+                stats_samples=len(stats),
+                drawn=default_drawn_rule(),
+                signals=False,
+            )
+    blocking: dict[str, list[float]] = {n: [] for n in monitors}
+    written: dict[str, list[float]] = {n: [] for n in monitors}
+    for i in range(checks + 5):
+        for name, monitor in monitors.items():
+            monitor.on_epoch_begin(i)
+            monitor.on_epoch_end(i, {})
+            monitor.flush()
+            if i >= 5:
+                blocking[name].append(monitor.timings["blocking"])
+                sink = monitor.sink_stats
+                assert sink is not None
+                written[name].append(sink.last_check["bytes"])
+    print(f"\nwhole checks ({checks} each, interleaved, after 5 warm-up checks):")
+    for name in monitors:
+        print(
+            f"  {name:>12}: blocks {statistics.median(blocking[name]) * 1e3:6.2f} ms, "
+            f"writes {statistics.median(written[name]) / 1e6:5.2f} MB per check"
+        )
+    for monitor in monitors.values():
+        monitor.on_train_end()
+
+
+def default_drawn_rule() -> Any:
+    from actwatch.grids import default_drawn
+
+    return default_drawn
 
 
 if __name__ == "__main__":
