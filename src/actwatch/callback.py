@@ -474,7 +474,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 network = {**network, "revived_filters": float(self._reviver.total)}
                 for alert in revivals:
                     layers.setdefault(alert.layer, {})["revived_filters"] = float(alert.count)
-            histograms = histogram_values(result.stats, self._histories)  # before drawing
+            # Before drawing; the colorful dimension's history is kept for drawn layers only.
+            histograms = histogram_values(result.stats, self._histories, set(result.maps))
             if self._sink is not None:
                 render = functools.partial(
                     render_images,

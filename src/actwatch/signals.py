@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -457,12 +457,15 @@ def check_outlier_ratio(value: Any) -> float | None:
 
 
 def histogram_values(
-    stats: Mapping[str, Any], history: HistogramHistory | None = None
+    stats: Mapping[str, Any],
+    history: HistogramHistory | None = None,
+    remember: Collection[str] | None = None,
 ) -> dict[str, tuple[np.ndarray, str]]:
     """Every layer's histogram of one check as `{tag: ([k, 3] buckets, description)}`.
 
     `stats` maps layer paths to `LayerStats`; layers without a histogram or without a finite
-    value are left out. Each histogram is also added to `history` when given.
+    value are left out. The histograms of the layers in `remember` (all when None) are also
+    added to `history` when given (the colorful dimension of the drawn layers).
     """
     from . import tags
 
@@ -470,7 +473,7 @@ def histogram_values(
     for path, s in stats.items():
         if s.histogram is None:
             continue
-        if history is not None:
+        if history is not None and (remember is None or path in remember):
             history.add(path, s.histogram)
         low, high = s.value_range if s.value_range is not None else (None, None)
         buckets = histogram_buckets(s.histogram, low, high)
