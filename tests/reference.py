@@ -147,12 +147,23 @@ def max_abs(a: np.ndarray) -> float:
     return float(np.abs(values).max()) if values.size else 0.0
 
 
+def sampled(a: np.ndarray, cap: int) -> np.ndarray:
+    """At most `cap` values of the `(..., C)` array, evenly strided from the first: the stride
+    is the first k >= ceil(size / cap) with gcd(k, C) == 1 (found by trying them in turn)."""
+    flat = np.asarray(a).reshape(-1)
+    channels = int(np.asarray(a).shape[-1])
+    stride = -(-flat.size // cap)
+    while stride > 1 and math.gcd(stride, channels) > 1:
+        stride += 1
+    picked = flat[:: max(stride, 1)]
+    assert picked.size <= cap
+    return picked
+
+
 def outlier_ratio(a: np.ndarray, sample: int) -> float:
-    """max |a| over the finite values / median |a| over the finite nonzero values of every
-    ceil(size / sample)-th value of the flattened array; 0 when there is none."""
-    flat = np.asarray(a, dtype=np.float64).reshape(-1)
-    stride = max(1, math.ceil(flat.size / sample))
-    picked = flat[::stride]
+    """max |a| over the finite values / median |a| over the finite nonzero values of the
+    `sampled` values; 0 when there is none."""
+    picked = sampled(np.asarray(a, dtype=np.float64), sample)
     picked = np.abs(picked[np.isfinite(picked) & (picked != 0)])
     if picked.size == 0:
         return 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from pathlib import Path
 
 import keras
@@ -22,6 +23,7 @@ from actwatch.report import write_report
 from actwatch.runs import read_run
 from actwatch.signals import (
     HISTOGRAM_EDGES,
+    HISTOGRAM_SAMPLE,
     MEDIAN_SAMPLE,
     THUMB,
     bin_counts,
@@ -31,6 +33,8 @@ from actwatch.signals import (
     histograms,
     reduce_signals,
     reduce_topk,
+    sample_stride,
+    sample_values,
     topk_from_device,
     topk_image,
 )
@@ -57,7 +61,9 @@ def assert_signals(s: LayerStats, a: np.ndarray) -> None:
     """Every signal of `s` equals the numpy reference on the `(N, P, C)` activations `a`."""
     a = np.asarray(a, dtype=np.float32)
     assert s.histogram is not None
-    np.testing.assert_array_equal(s.histogram, ref.histogram(a, HISTOGRAM_EDGES))
+    np.testing.assert_array_equal(
+        s.histogram, ref.histogram(ref.sampled(a, HISTOGRAM_SAMPLE), HISTOGRAM_EDGES)
+    )
     assert s.rms == pytest.approx(ref.rms(a), rel=1e-4, abs=1e-30)
     mean_sq, var = ref.channel_moments(a)
     assert s.channel_mean_sq == pytest.approx(mean_sq, rel=2e-3, abs=1e-30)
@@ -110,6 +116,25 @@ def test_signals_special_values() -> None:
     huge = _crafted_stats("huge")
     assert huge.channel_var is not None and np.isfinite(huge.channel_var)
     assert huge.channel_var > 1e59  # computed in units of the peak, multiplied back on the host
+
+
+@pytest.mark.parametrize(("n", "p", "c"), [(4, 1024, 64), (4, 56 * 56, 256), (3, 7, 5)])
+def test_big_layers_are_sampled_evenly_over_channels(n: int, p: int, c: int) -> None:
+    """A layer with more than HISTOGRAM_SAMPLE values is histogrammed on an even strided
+    sample taking every channel alike, never a stride that is a multiple of C (4 x 1024 x 64
+    values at a stride of 64 would all be channel 0)."""
+    a = np.random.default_rng(5).standard_normal((n, p, c)).astype(np.float32)
+    for cap in (HISTOGRAM_SAMPLE, MEDIAN_SAMPLE):
+        stride = sample_stride(a.size, c, cap)
+        assert math.gcd(stride, c) == 1 and -(-a.size // stride) <= cap
+        picked = keras.ops.convert_to_numpy(sample_values(ops.convert_to_tensor(a), cap))
+        np.testing.assert_array_equal(picked, ref.sampled(a, cap))
+        channels = np.arange(a.size)[::stride] % c
+        counts = np.bincount(channels, minlength=c)
+        assert counts.min() >= counts.max() - 1  # every channel alike
+    s = _stats(a)
+    assert s.histogram is not None
+    assert int(s.histogram.sum()) == min(a.size, ref.sampled(a, HISTOGRAM_SAMPLE).size)
 
 
 def test_histogram_exact_at_the_edges() -> None:
@@ -268,7 +293,10 @@ def test_fit_writes_signals_histograms_and_topk(tmp_path: Path) -> None:
         assert steps == [0, 4, 8]
         counts = bin_counts(histograms[layer][-1][1])
         np.testing.assert_array_equal(
-            counts, ref.histogram(ref.to_npc(outputs[layer]), HISTOGRAM_EDGES)
+            counts,
+            ref.histogram(
+                ref.sampled(ref.to_npc(outputs[layer]), HISTOGRAM_SAMPLE), HISTOGRAM_EDGES
+            ),
         )
         image = events.images[f"distribution/{layer}"][-1][1]
         expected = distribution_image([bin_counts(b) for _, b in histograms[layer]], _LUT)

@@ -17,7 +17,14 @@ from keras import ops
 from .extract import Extractor
 from .grids import heat_maps, normalize_maps
 from .layers import WatchedLayer
-from .signals import TopK, reduce_signals, reduce_topk, topk_from_device
+from .signals import (
+    HISTOGRAM_SAMPLE,
+    TopK,
+    reduce_signals,
+    reduce_topk,
+    sample_values,
+    topk_from_device,
+)
 from .signals import histograms as histogram_counts
 from .stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
 
@@ -143,7 +150,7 @@ class CheckPipeline:
                     item["signals"] = reduce_signals(
                         flat, inputs, histogram=False, feature_rank=feature_rank
                     )
-                    flats.append(ops.reshape(flat, (-1,)))
+                    flats.append(sample_values(flat, HISTOGRAM_SAMPLE))
                 if draw and topk > 0 and layer.path in chosen:
                     item["topk"] = reduce_topk(flat, topk, max_filters)
                 if draw and layer.path in chosen:
