@@ -280,6 +280,18 @@ CASES = [
          _number_msg("images", "True or False", "'no'")),
     Case("log_per_layer int", lambda f: {"log_per_layer": 1}, "init", TypeError,
          _number_msg("log_per_layer", "True or False", "1")),
+    # signals ---------------------------------------------------------------------------------
+    Case("histograms str", lambda f: {"histograms": "yes"}, "init", TypeError,
+         _number_msg("histograms", "True or False", "'yes'")),
+    Case("feature_rank int", lambda f: {"feature_rank": 1}, "init", TypeError,
+         _number_msg("feature_rank", "True or False", "1")),
+    Case("topk negative", lambda f: {"topk": -1}, "init", ValueError,
+         _number_msg("topk", "a positive integer", "-1")),
+    Case("topk float", lambda f: {"topk": 2.5}, "init", ValueError,
+         _number_msg("topk", "a positive integer", "2.5")),
+    Case("outlier_ratio below 1", lambda f: {"outlier_ratio": 0.5}, "init", ValueError,
+         _number_msg("outlier_ratio", "a number > 1 (e.g. 1000, Sun et al. 2024) or None",
+                     "0.5")),
     # learning rate ---------------------------------------------------------------------------
     Case("update_ratio_bounds reversed", lambda f: {"update_ratio_bounds": (0.1, 1e-5)}, "init",
          ValueError,
