@@ -5,6 +5,7 @@ Shared by the callback and the notebook functions, so both read activations the 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -129,8 +130,12 @@ class CheckPipeline:
         layers = self.watched
         self._spatial: dict[str, tuple[int, ...]] = {}  # channels-last, set when traced
 
-        def reduce(outputs: list[Any]) -> list[dict[str, Any]]:
-            """Per watched layer: `{"stats": {...}, "maps": ..., "heat": ...}` (device)."""
+        def reduce(outputs: list[Any], careful: bool = False) -> list[dict[str, Any]]:
+            """Per watched layer: `{"stats": {...}, "maps": ..., "heat": ...}` (device).
+
+            The statistics take `reduce_layer`'s fast path, or with `careful` its careful
+            one (for a check where a layer has NaN, Inf or huge values: `stats["ok"]`).
+            """
             out: list[dict[str, Any]] = []
             outputs = [
                 _channels_last(raw, layer) for layer, raw in zip(layers, outputs, strict=True)
@@ -143,7 +148,7 @@ class CheckPipeline:
                 self._spatial[layer.path] = tuple(int(d) for d in a.shape[1:-1])
                 sample = a[:stats_samples] if stats_samples else a
                 flat = ops.reshape(sample, (sample.shape[0], -1, layer.channels))
-                reduced = reduce_layer(flat)
+                reduced = reduce_layer(flat, "careful" if careful else "fast")
                 inputs = {key: reduced.pop(key) for key in SIGNAL_INPUTS}  # stay on device
                 item: dict[str, Any] = {"stats": reduced}
                 if signals:
@@ -166,7 +171,12 @@ class CheckPipeline:
                     item["signals"]["histogram"] = counts[i]
             return out
 
-        self._run = Extractor(model, self.watched).make_runner(reduce)
+        extractor = Extractor(model, self.watched)
+        self._run = extractor.make_runner(reduce)
+        self._make_careful: Callable[[], Callable[[Any], Any]] = lambda: extractor.make_runner(
+            functools.partial(reduce, careful=True)
+        )
+        self._run_careful: Callable[[Any], Any] | None = None  # compiled when first needed
 
     def run(self, inputs: Any) -> CheckResult:
         """Run one check on `inputs` (an array, or a list for multi-input models)."""
@@ -174,7 +184,13 @@ class CheckPipeline:
         maps: dict[str, np.ndarray] = {}
         heat: dict[str, np.ndarray] = {}
         topk: dict[str, TopK] = {}
-        for layer, item in zip(self.watched, self._run(inputs), strict=True):
+        items = self._run(inputs)
+        if not all(bool(item["stats"]["ok"]) for item in items):
+            if self._run_careful is None:
+                self._run_careful = self._make_careful()
+            items = self._run_careful(inputs)
+        for layer, item in zip(self.watched, items, strict=True):
+            del item["stats"]["ok"]
             if "topk" in item:
                 topk[layer.path] = topk_from_device(item["topk"], self._spatial[layer.path])
             stats[layer.path] = summarize(
