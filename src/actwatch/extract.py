@@ -13,6 +13,7 @@ is checked eagerly, with one `ActwatchWarning`.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -248,9 +249,8 @@ class Extractor:
                             compiled = None
                             warnings.warn(
                                 f"actwatch: {compiler} cannot trace the `call` of model "
-                                f"{self._name!r} ({type(exc).__name__}: "
-                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                                "); its checks run eagerly instead, which is slower.",
+                                f"{self._name!r} ({type(exc).__name__}: {_reason(exc)}); "
+                                "its checks run eagerly instead, which is slower.",
                                 ActwatchWarning,
                                 stacklevel=2,
                             )
@@ -259,3 +259,26 @@ class Extractor:
             return keras.tree.map_structure(keras.ops.convert_to_numpy, result)  # type: ignore[no-any-return]
 
         return run
+
+
+def _reason(exc: BaseException) -> str:
+    """The sentence of an error that says what went wrong, at most 200 characters.
+
+    tf.function's errors start with "in user code:" and a traceback before `SomeError:
+    message`; Keras wraps a layer's error as "Exception encountered when calling X.call()."
+    with the message on the next line (in terminal bold) and the arguments after it.
+    """
+    text = _ANSI.sub("", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else ""
+    if lines and lines[0].startswith("in user code"):
+        said = [m.group(1) for line in lines if (m := _ERROR_LINE.match(line))]
+        reason = said[-1] if said else reason
+    if reason.startswith("Exception encountered when calling"):
+        at = next(i for i, line in enumerate(lines) if line.endswith(reason))
+        reason = lines[at + 1] if at + 1 < len(lines) else reason
+    return reason if len(reason) <= 200 else reason[:199] + "…"
+
+
+_ERROR_LINE = re.compile(r"^[\w.]*(?:Error|Exception)\w*: (.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
