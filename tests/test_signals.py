@@ -393,3 +393,21 @@ def test_feature_rank_default_follows_stats_data(tmp_path: Path) -> None:
     assert actwatch.ActivationMonitor(x[:2], tmp_path).feature_rank is False
     assert actwatch.ActivationMonitor(x[:2], tmp_path, stats_data=x).feature_rank is True
     assert actwatch.ActivationMonitor(x[:2], tmp_path, feature_rank=True).feature_rank is True
+
+
+def test_pipelines_of_several_models_stay_compiled() -> None:
+    """Three models of different depths in one process each keep their compiled check (the
+    histograms' XLA function was shared by every pipeline, and TensorFlow's third trace of it
+    with `reduce_retracing` failed, so the third model's checks ran eagerly with a warning,
+    which this suite turns into an error)."""
+    for depth in (1, 2, 3):
+        inputs = keras.Input((8, 8, 3))
+        x = inputs
+        for i in range(depth):
+            x = L.Conv2D(4 + i, 3, padding="same", activation="relu")(x)
+        model = keras.Model(inputs, x)
+        data = np.random.default_rng(depth).random((2, 8, 8, 3)).astype(np.float32)
+        pipeline = CheckPipeline(model, resolve_layers(model, None, data))
+        for _ in range(2):
+            result = pipeline.run(data)
+        assert all(s.histogram is not None for s in result.stats.values())

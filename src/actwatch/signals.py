@@ -53,7 +53,6 @@ out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -265,8 +264,11 @@ def _histograms_ops(flats: Sequence[Any], view: Any = ops.view) -> Any:
     return ops.cast(ops.reshape(counts, (len(flats), bins + 1))[:, :bins], "int32")
 
 
-@functools.cache
 def _xla_histograms() -> Any:
+    """A new XLA-compiled function for each call: one shared by every pipeline of the process
+    (it was `functools.cache`d) was retraced for each model's list of layers, and from the
+    third on `reduce_retracing` traced it with unknown shapes, which fails (`TypeError`), so
+    a third model's checks ran eagerly (seen in benchmarks/scale.py on EfficientNetB0)."""
     import tensorflow as tf  # only on the TensorFlow backend
 
     def compiled(flats: list[Any]) -> Any:  # Keras' view needs static shapes: tf.bitcast not
