@@ -26,6 +26,7 @@ from actwatch.signals import (
     HISTOGRAM_SAMPLE,
     MEDIAN_SAMPLE,
     THUMB,
+    HistogramHistory,
     bin_counts,
     colorful_dimension,
     distribution_image,
@@ -91,6 +92,10 @@ def _crafted() -> dict[str, np.ndarray]:
         "rank_one": rank_one.astype(np.float32),
         "dense_fewer_samples": rng.normal(size=(3, 1, 8)).astype(np.float32),
         "big": rng.normal(size=(2, 2100, 1)).astype(np.float32),  # median on every 2nd value
+        # Dense outputs whose float32 squares underflow, and whose squares' sum over the
+        # samples overflows though each square is finite: both on the careful path.
+        "dense_tiny": (rng.normal(size=(6, 1, 5)) * 1e-21).astype(np.float32),
+        "dense_huge": (1.5e19 * (0.9 + 0.1 * rng.random((6, 1, 5)))).astype(np.float32),
     }
 
 
@@ -185,6 +190,30 @@ def test_colorful_dimension_equals_numpy() -> None:
     np.testing.assert_array_equal(image[::3, ::width], _LUT[codes])
 
 
+def test_histogram_history_is_bounded() -> None:
+    """The colorful dimension keeps at most `columns` full columns a layer, however many
+    checks: past that, each column is the mean of 2^j consecutive checks, oldest first, and
+    the last one the mean of the current group's checks so far."""
+    bins = HISTOGRAM_EDGES.size - 1
+    history = HistogramHistory(columns=8)
+    for t in range(100):
+        history.add("conv", np.full(bins, t, np.int64))
+        columns = history.snapshot({"conv"})["conv"]
+        assert len(columns) <= 9
+        firsts = [float(c[0]) for c in columns]
+        span = 1
+        while (t + 1) // span >= 8:  # a merge at the 8th full column
+            span *= 2
+        full = (t + 1) // span
+        expected = [np.mean(range(i * span, (i + 1) * span)) for i in range(full)]
+        if full * span <= t:
+            expected.append(np.mean(range(full * span, t + 1)))
+        assert firsts == pytest.approx(expected), t
+    image = distribution_image(history.snapshot({"conv"})["conv"], _LUT)
+    assert image.shape[1] <= 9 * 8
+    assert history.snapshot({"dense"}) == {}
+
+
 def _models() -> dict[str, keras.Model]:
     cnn = tiny_cnn()
     inputs = keras.Input((3, 12, 12))
@@ -256,6 +285,22 @@ def test_topk_known_answer() -> None:
     rows, cols = np.nonzero(tile)
     centre = ((6 + 0.5) * THUMB / 8, (1 + 0.5) * THUMB / 8)
     assert abs(rows.mean() - centre[0]) < 2 and abs(cols.mean() - centre[1]) < 2
+
+
+def test_topk_ties_lower_sample_first() -> None:
+    """Equal peaks rank the lower sample first on every backend (torch.topk leaves ties in
+    no set order): a dead filter's top samples are 0, 1, 2, ..., its peak at position 0."""
+    a = np.zeros((40, 4, 3), np.float32)
+    a[[30, 2, 7, 5], 1, 1] = 3.0  # filter 1: four equal peaks, then zeros
+    a[:, 2, 2] = np.arange(40) % 3  # filter 2: peaks 2 at samples 2, 5, 8, ...
+    item = _numpy(reduce_topk(ops.convert_to_tensor(a), 6, 3))
+    np.testing.assert_array_equal(item["indices"][0], [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(item["indices"][1], [2, 5, 7, 30, 0, 1])
+    np.testing.assert_array_equal(item["indices"][2], [2, 5, 8, 11, 14, 17])
+    indices, positions = ref.topk(a, 6, 3)
+    np.testing.assert_array_equal(item["indices"], indices)
+    np.testing.assert_array_equal(item["positions"], positions)
+    np.testing.assert_array_equal(item["values"], np.take_along_axis(a.max(axis=1).T, indices, 1))
 
 
 def test_topk_more_than_samples_and_nonfinite() -> None:
@@ -352,6 +397,11 @@ def test_signals_off_and_logs(tmp_path: Path) -> None:
     assert not any(t.startswith(("erank/", "srank/")) for t in events.scalars)
     assert "rms/conv1" in events.scalars and "topk/conv1" in events.images
     assert "actwatch_rms/conv1" in history.history
+    # The report still draws the signal curves of a run without histograms.
+    page = write_report(tmp_path, tmp_path / "report" / "report.html", progress=False)
+    html = page.read_text()
+    assert "no histograms logged" in html and 'alt="signals of run' in html
+    assert "colorful dimension of run" not in html
 
 
 def test_outlier_alert(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -38,13 +38,15 @@ out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
 - **feature rank** of the features `f[n, c] = mean_p a[n, p, c]` (spatially averaged
   channels, samples x channels): with `s_i` the singular values of `f`, from the eigenvalues
   of the `C x C` Gram matrix `f^T f` (or the `N x N` one `f f^T` when N < C: the same nonzero
-  spectrum at a smaller cost), eigenvalues below `max * size * eps(float32)` counted as 0 (as
-  `numpy.linalg.matrix_rank` does), `q_i = s_i / sum s`: the **effective rank** (Roy &
-  Vetterli 2007) `exp(-sum q_i log q_i)` and **srank** (Kumar, Agarwal, Ghosh, Levine, ICLR
-  2021) with delta = 0.01, the fewest largest singular values whose sum reaches
-  `(1 - delta) sum s`. Both are at most `min(N, C)`: with fewer samples than channels they
-  describe the samples, not the layer (give `stats_data` with at least C samples). Both are 0
-  when every feature is 0.
+  spectrum at a smaller cost), eigenvalues below `max * size * eps(float32)` counted as 0
+  (`numpy.linalg.matrix_rank`'s rule, applied to the eigenvalues `s^2`: float32 round-off
+  of the Gram hides singular values below about `max s * sqrt(size * eps)`, 3e-3 of the
+  largest for 64 channels, which an SVD of `f` would keep), `q_i = s_i / sum s`: the
+  **effective rank** (Roy & Vetterli 2007) `exp(-sum q_i log q_i)` and **srank** (Kumar,
+  Agarwal, Ghosh, Levine, ICLR 2021) with delta = 0.01, the fewest largest singular values
+  whose sum reaches `(1 - delta) sum s`. Both are at most `min(N, C)`: with fewer samples
+  than channels they describe the samples, not the layer (give `stats_data` with at least C
+  samples). Both are 0 when every feature is 0.
 - **top-k** (what each filter responds to): for each drawn filter, the `k` samples whose
   peak `max_p a[n, p, c]` is highest (ties: the lower sample index first), and the position
   `argmax_p` of each peak (the first one on ties). Only these indices and positions cross to
@@ -162,7 +164,11 @@ def reduce_signals(
     if histogram:
         out["histogram"] = histograms([sample_values(a, HISTOGRAM_SAMPLE)])[0]
     if feature_rank:
-        features = inputs["map_mean"]  # (N, C), in units of scale: the ranks do not mind
+        # (N, C), divided by its largest |f| (the ranks do not mind a scale): the Gram's
+        # float32 products neither overflow nor underflow whatever the activations' scale.
+        features = inputs["map_mean"]
+        peak = ops.max(ops.abs(features))
+        features = features / ops.where(peak > 0.0, peak, ops.ones_like(peak))
         if n < c:
             gram = ops.matmul(features, ops.transpose(features))
         else:
@@ -289,8 +295,14 @@ def reduce_topk(a: Any, k: int, filters: int) -> dict[str, Any]:
     masked = ops.where(ops.isfinite(a), a, ops.full_like(a, -np.inf))
     peaks = ops.transpose(ops.max(masked, axis=1))  # (F, N)
     where = ops.transpose(ops.cast(ops.argmax(masked, axis=1), "int32"))  # (F, N)
-    values, indices = ops.top_k(peaks, kk, sorted=True)
-    indices = ops.cast(indices, "int32")
+    if keras.backend.backend() == "torch":
+        # torch.topk does not order ties (a dead ReLU filter peaks at 0 on every sample):
+        # a stable sort of -peaks puts the lower sample index first, as JAX and TF's top_k.
+        indices = ops.cast(ops.argsort(-peaks, axis=1)[:, :kk], "int32")
+        values = ops.take_along_axis(peaks, indices, axis=1)
+    else:
+        values, indices = ops.top_k(peaks, kk, sorted=True)
+        indices = ops.cast(indices, "int32")
     positions = ops.take_along_axis(where, indices, axis=1)
     return {"indices": indices, "positions": positions, "values": values}
 
@@ -373,18 +385,53 @@ def distribution_image(history: Sequence[np.ndarray], lut: np.ndarray) -> np.nda
 
 
 class HistogramHistory:
-    """Every check's histogram counts per layer, for the colorful dimension (host memory:
-    `len(HISTOGRAM_EDGES) - 1` int32 per layer and check)."""
+    """Each check's histogram counts per layer, for the colorful dimension, in at most
+    `columns` columns a layer (host memory: at most `columns` + 1 vectors of
+    `len(HISTOGRAM_EDGES) - 1` float32 per layer, however long the fit).
 
-    def __init__(self) -> None:
-        self._counts: dict[str, list[np.ndarray]] = {}
+    Up to `columns` checks, a column is one check. Each time a layer's columns reach
+    `columns`, adjacent ones are merged in pairs (their mean) and from then on a column stands
+    for twice as many checks: 2^j consecutive checks after j merges, the last column the mean
+    of the checks so far of the current group. The image stays at most `columns` + 1 wide, so
+    drawing it costs the same at the ten-thousandth check as at the hundredth.
+    """
+
+    def __init__(self, columns: int = 512) -> None:
+        self.columns = max(2, int(columns) // 2 * 2)  # even: pairs merge evenly
+        self._done: dict[str, list[np.ndarray]] = {}  # full columns (means), oldest first
+        self._open: dict[str, tuple[np.ndarray, int]] = {}  # the current column: sum, checks
+        self._span: dict[str, int] = {}  # checks a full column stands for
 
     def add(self, path: str, counts: np.ndarray) -> None:
-        self._counts.setdefault(path, []).append(np.asarray(counts, dtype=np.int32))
+        counts = np.asarray(counts, dtype=np.float64)
+        if path in self._open:
+            total, checks = self._open[path]
+            total, checks = total + counts, checks + 1
+        else:
+            total, checks = counts.copy(), 1
+        span = self._span.setdefault(path, 1)
+        if checks < span:
+            self._open[path] = (total, checks)
+            return
+        self._open.pop(path, None)
+        done = self._done.setdefault(path, [])
+        done.append((total / checks).astype(np.float32))
+        if len(done) >= self.columns:  # half as many columns, each twice the checks
+            done[:] = [(done[i] + done[i + 1]) / 2 for i in range(0, len(done), 2)]
+            self._span[path] = 2 * span
 
     def snapshot(self, paths: Sequence[str] | set[str]) -> dict[str, tuple[np.ndarray, ...]]:
-        """The histories of `paths` so far (tuples: later checks do not change them)."""
-        return {p: tuple(self._counts[p]) for p in paths if self._counts.get(p)}
+        """The columns of `paths` so far, oldest first, the current group's mean last (tuples
+        of arrays that later checks do not change)."""
+        out: dict[str, tuple[np.ndarray, ...]] = {}
+        for p in paths:
+            columns = list(self._done.get(p, ()))
+            if p in self._open:
+                total, checks = self._open[p]
+                columns.append((total / checks).astype(np.float32))
+            if columns:
+                out[p] = tuple(columns)
+        return out
 
 
 @dataclass(frozen=True)
@@ -421,14 +468,15 @@ _GUTTER_RGB = np.array([32, 64, 96], dtype=np.uint8)
 _EMPTY_RGB = np.array([90, 90, 90], dtype=np.uint8)
 
 
-def _thumbnails(display: np.ndarray) -> np.ndarray:
-    """Every sample's picture resized (bilinear) to `THUMB` x `THUMB`."""
-    return np.stack(
-        [
-            np.asarray(Image.fromarray(image).resize((THUMB, THUMB), Image.Resampling.BILINEAR))
-            for image in display
-        ]
-    )
+def _thumbnails(display: np.ndarray, indices: np.ndarray) -> dict[int, np.ndarray]:
+    """The pictures of the samples `indices` (only those: `stats_data` may hold hundreds)
+    resized (bilinear) to `THUMB` x `THUMB`, by sample index."""
+    return {
+        int(i): np.asarray(
+            Image.fromarray(display[int(i)]).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+        )
+        for i in np.unique(indices)
+    }
 
 
 def _mark(tile: np.ndarray, row: int, col: int, spatial: tuple[int, ...]) -> None:
@@ -449,7 +497,8 @@ def topk_image(topk: TopK, display: np.ndarray, gutter: int = 4) -> np.ndarray:
     value gets grey tiles.
     """
     f, k = topk.indices.shape
-    thumbs = _thumbnails(display)
+    shown = topk.indices[np.isfinite(topk.values)]
+    thumbs = _thumbnails(display, shown)
     cells = topk.peak_cells()
     cols = max(1, math.ceil(math.sqrt(f * THUMB / max(k * THUMB, 1))))
     rows = math.ceil(f / cols)

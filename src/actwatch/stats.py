@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 
-#: A live map whose sum of squares is below this is too small for the fast path's Hoyer
-#: (float32 squares of values under ~1e-19 underflow); the careful path rescales it first.
+#: A live map (or a layer) whose sum of squares is below this is too small for the fast
+#: path's Hoyer (or signals): float32 squares of values under ~1e-19 underflow; the careful
+#: path rescales it first.
 _TINY_SQUARES = 1e-30
 
 
@@ -80,13 +81,18 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
     map_min = ops.min(a, axis=1)
     map_positive = ops.sum(ops.cast(a > 0.0, "int32"), axis=1)
     total = ops.sum(map_sum)
+    # Finite totals of |a| and a^2 bound every partial sum of them: the per-filter sums and
+    # the signals' per-channel sums over the samples cannot overflow into Inf.
+    total_abs, total_squares = ops.sum(map_abs), ops.sum(map_squares)
     small = [map_sum, map_abs, map_squares, map_max, map_min]
-    finite = ops.all(ops.stack([ops.all(ops.isfinite(v)) for v in [*small, total]]))
-    if p > 1:
-        tiny = ops.any(ops.logical_and(map_abs > 0.0, map_squares < _TINY_SQUARES))
-        ok = ops.logical_and(finite, ops.logical_not(tiny))
-    else:
-        ok = finite
+    sums = [total, total_abs, total_squares]
+    finite = ops.all(ops.stack([ops.all(ops.isfinite(v)) for v in [*small, *sums]]))
+    # A layer of values so small their squares underflow (the signals' RMS and variance)...
+    tiny = ops.logical_and(total_abs > 0.0, total_squares < _TINY_SQUARES)
+    if p > 1:  # ... or one live map too small for the fast path's Hoyer
+        tiny_map = ops.any(ops.logical_and(map_abs > 0.0, map_squares < _TINY_SQUARES))
+        tiny = ops.logical_or(tiny, tiny_map)
+    ok = ops.logical_and(finite, ops.logical_not(tiny))
 
     def fast() -> dict[str, Any]:
         values = int(n * p * c)
