@@ -275,8 +275,9 @@ def render_images(
         dead: per layer path, the boolean dead vector over all the layer's filters.
         display: the probes as uint8 RGB `(probes, H, W, 3)` under the heatmaps, or None
             (the heatmaps are drawn alone).
-        distributions: per layer path, its histogram counts of every check so far, drawn as
-            the colorful dimension (`signals.distribution_image`).
+        distributions: per layer path, its histogram counts of the checks so far (columns
+            of `signals.HistogramHistory`), drawn as the colorful dimension
+            (`signals.distribution_image`).
         topk: per layer path, its top-k statistics samples per drawn filter, drawn with
             `samples` (the statistics samples as uint8 RGB) by `signals.topk_image`; none
             without `samples`.
@@ -306,9 +307,10 @@ def render_images(
     for path, history in (distributions or {}).items():
         images[tags.distribution_tag(path)] = (
             distribution_image(history, _LUT),
-            f"Colorful dimension of `{path}` (fastai): columns are the checks so far, rows the "
-            "histogram bins (symmetric log bins, largest values at the top), brightness "
-            "log(1 + count). Collapse, saturation and dying show as shapes.",
+            f"Colorful dimension of `{path}` (fastai): columns are the checks so far (past "
+            "512, each the mean of 2^j consecutive checks), rows the histogram bins (symmetric "
+            "log bins, largest values at the top), brightness log(1 + count). Collapse, "
+            "saturation and dying show as shapes.",
         )
     if samples is not None:
         for path, chosen in (topk or {}).items():

@@ -238,9 +238,12 @@ def _render(
         layers.extend(layer for layer in log.layers if layer not in layers)
     colours = figures.colours(layers)
     count = len(runs) * 2 + sum(1 for log in runs for layer in log.layers if log.grids.get(layer))
-    count += 3 * sum(1 for log in runs if log.histograms)
+    count += 2 * sum(1 for log in runs if log.histograms)
     learning = {log.name: figures.learning_figure(log, colours) for log in runs}
     count += sum(1 for figure in learning.values() if figure is not None)
+    # The signal curves, also for runs without histograms (written with histograms=False).
+    signal_curves = {log.name: figures.signals_figure(log, colours) for log in runs}
+    count += sum(1 for figure in signal_curves.values() if figure is not None)
     bar = _Progress(count, "drawing figures", "figures", stream=stream) if show else None
 
     def save(figure: Figure, name: str) -> bytes:
@@ -273,20 +276,21 @@ def _render(
 
     signal_cells = []
     for log in runs:
-        if not log.histograms:
-            signal_cells.append(f'<p class="missing">{_run_caption(log)}: no histograms logged</p>')
-            continue
         prefix = prefixes[log.name]
-        png = save(figures.histograms_figure(log), f"{prefix}-histograms.png")
-        cell = _figure_html(png, f"activation histograms of run {log.name}", _run_caption(log))
-        signal_curves = figures.signals_figure(log, colours)
-        if signal_curves is not None:
-            png = save(signal_curves, f"{prefix}-signals.png")
+        if log.histograms:
+            png = save(figures.histograms_figure(log), f"{prefix}-histograms.png")
+            cell = _figure_html(png, f"activation histograms of run {log.name}", _run_caption(log))
+        else:
+            cell = f'<p class="missing">{_run_caption(log)}: no histograms logged</p>'
+        signals_plot = signal_curves[log.name]
+        if signals_plot is not None:
+            png = save(signals_plot, f"{prefix}-signals.png")
             caption = f"{_run_caption(log)}: signal propagation, outliers, feature rank"
             cell += _figure_html(png, f"signals of run {log.name}", caption)
-        png = save(figures.distribution_figure(log), f"{prefix}-colorful-dimension.png")
-        caption = f"{_run_caption(log)}: colorful dimension"
-        cell += _figure_html(png, f"colorful dimension of run {log.name}", caption)
+        if log.histograms:
+            png = save(figures.distribution_figure(log), f"{prefix}-colorful-dimension.png")
+            caption = f"{_run_caption(log)}: colorful dimension"
+            cell += _figure_html(png, f"colorful dimension of run {log.name}", caption)
         signal_cells.append(cell)
 
     topk_rows = []
