@@ -177,3 +177,40 @@ def test_no_bounds_and_no_labels_measure_nothing(tmp_path: Path) -> None:
     assert monitor.last_update_ratios == {} and monitor.last_gradients == {}
     written = read_events(tmp_path).scalars
     assert not [t for t in written if "update_ratio" in t or t.startswith("gradient")]
+
+
+def test_gradient_accumulation_waits_for_the_applied_update(tmp_path: Path) -> None:
+    """With `gradient_accumulation_steps=2` the first step after the check applies nothing:
+    the ratio waits for the step that applies the update (step 2), equals numpy's over both,
+    and no "too low" alert comes from the step that did not move the weights."""
+    model = tiny_cnn()
+    model.compile(
+        keras.optimizers.Adam(1e-3, gradient_accumulation_steps=2),
+        "sparse_categorical_crossentropy",
+    )
+    recorder = Weights()
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False)
+    model.fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[recorder, monitor])
+    written = read_events(tmp_path).scalars["update_ratio/conv2"]
+    assert [s for s, _ in written] == [2]
+    assert written[0][1] == pytest.approx(ratio(recorder.seen[0], recorder.seen[2]), rel=1e-5)
+    assert 1e-5 < written[0][1] < 1e-1
+    assert not [a for a in monitor.alerts if a.kind == "learning_rate"]
+
+
+def test_frozen_and_zero_initialised_layers_raise_no_alert(tmp_path: Path) -> None:
+    """A frozen layer (trainable=False) is not measured, so it is never "too low"; a layer
+    whose weights are all zero at the snapshot (a zero-initialised head) has no ratio, which
+    would be infinite, so it is never "too high"."""
+    model = tiny_cnn()
+    model.get_layer("conv1").trainable = False
+    for v in model.get_layer("head").weights:
+        v.assign(np.zeros(v.shape, dtype="float32"))
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    # conv2 is left out: with a zero head it gets no gradient in that step, truly stuck.
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False, layers=["conv1", "head"])
+    model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    assert monitor.last_update_ratios == {}
+    assert not [a for a in monitor.alerts if a.kind == "learning_rate"]
+    written = read_events(tmp_path).scalars
+    assert "update_ratio/conv1" not in written and "update_ratio/head" not in written

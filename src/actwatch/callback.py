@@ -567,7 +567,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         """Copy the weights for the update ratio, after any revival (so the ratio is of one
         training step). A failure turns the ratio off for this fit, the check stands."""
         try:
-            self._updates.snapshot(step)
+            if self._updates.layers:
+                self._updates.snapshot(step, self._applied_updates())
         except Exception as exc:
             self._updates = UpdateRatios([])
             self._check_failed(
@@ -578,6 +579,15 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 exc,
                 exc=exc,
             )
+
+    def _applied_updates(self) -> int | None:
+        """How many updates the optimizer applied: its `iterations`, which a
+        `LossScaleOptimizer` does not advance on a step it skips and which counts whole
+        gradient-accumulation cycles; None without a readable counter."""
+        try:
+            return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        except Exception:  # no optimizer (not compiled) or an unreadable counter
+            return None
 
     def _measure_updates(
         self, *, submit: bool = True
@@ -596,6 +606,17 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         try:
             if hasattr(self.model, "jax_state_sync"):
                 self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
+            applied = self._applied_updates()
+            if applied is not None and self._updates.updates is not None:
+                moved = applied - self._updates.updates
+                if moved <= 0:  # a skipped or gradient-accumulation step: wait for an update
+                    return {}, ()
+                if moved > self._steps.per_execution:  # more than one execution: no ratio
+                    self._updates.cancel()
+                    return {}, ()
+            elif step - self._updates.step > self._steps.per_execution:
+                self._updates.cancel()  # batches ran without a batch hook: not one step
+                return {}, ()
             ratios = self._updates.measure()
             self.last_update_ratios = ratios
             learning_rate = self._learning_rate()

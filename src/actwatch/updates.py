@@ -5,10 +5,15 @@ For a layer with trainable weights W (kernel and bias taken as one vector), the 
 on the device at a check (`UpdateRatios.snapshot`) and compared with the weights once the
 next training batch has run (`UpdateRatios.measure`, called from a batch-begin hook, which
 keeps Keras' asynchronous batch dispatch on). With `steps_per_execution=k` one "step" is the
-k optimizer steps of one execution. A ratio near 1e-3 is healthy (CS231n notes, "Ratio of
-weights:updates"); `RatioTracker` alerts when a layer stays above `high` (the learning rate
-is too high) or below `low` while trainable (too low, or the layer is stuck) for
-`patience` measurements in a row.
+k optimizer steps of one execution. The comparison waits for the optimizer to have applied
+an update (its step counter moved: a `LossScaleOptimizer` step skipped for non-finite
+gradients, or a gradient-accumulation step, leaves the weights as they were and would read
+as a ratio of 0), and is dropped when more than one execution ran in between. A layer whose
+weights were all zero at the snapshot and moved has no ratio (it would be infinite).
+
+A ratio near 1e-3 is healthy (CS231n notes, "Ratio of weights:updates"); `RatioTracker`
+alerts when a layer stays above `high` (the learning rate is too high) or below `low` while
+trainable (too low, or the layer is stuck) for `patience` measurements in a row.
 """
 
 from __future__ import annotations
@@ -48,13 +53,15 @@ class UpdateRatios:
         self.layers = {w.path: w.layer for w in watched if _weights(w.layer)}
         self._before: dict[str, list[Any]] | None = None
         self.step: int | None = None  # the step of the snapshot
+        self.updates: int | None = None  # the optimizer updates applied at the snapshot
 
     @property
     def pending(self) -> bool:
         return self._before is not None
 
-    def snapshot(self, step: int) -> None:
-        """Copy the weights now (on the device), before the batch after step `step` runs."""
+    def snapshot(self, step: int, updates: int | None = None) -> None:
+        """Copy the weights now (on the device), before the batch after step `step` runs;
+        `updates` is how many optimizer updates were applied so far, when known."""
         if not self.layers:
             return
         self._before = {
@@ -62,14 +69,20 @@ class UpdateRatios:
             for path, layer in self.layers.items()
         }
         self.step = step
+        self.updates = updates
 
     def cancel(self) -> None:
         self._before = None
         self.step = None
+        self.updates = None
 
     def measure(self) -> dict[str, float]:
-        """`{path: ratio}` of the weights now against the snapshot; clears the snapshot."""
-        before, self._before = self._before, None
+        """`{path: ratio}` of the weights now against the snapshot; clears the snapshot.
+
+        A layer whose weights were all zero (and moved) or not finite at the snapshot has
+        no ratio; a step that made finite weights non-finite has an infinite one."""
+        before = self._before
+        self.cancel()
         if before is None:
             return {}
         ratios = {}
@@ -82,7 +95,10 @@ class UpdateRatios:
                 norm = norm + ops.sum(ops.square(old))
             d = float(keras.ops.convert_to_numpy(delta))
             n = float(keras.ops.convert_to_numpy(norm))
-            ratios[path] = math.sqrt(d) / math.sqrt(n) if n > 0 else (0.0 if d == 0 else math.inf)
+            if n == 0 and d == 0:
+                ratios[path] = 0.0  # all zero and not moving: stuck
+            elif n > 0 and math.isfinite(n):
+                ratios[path] = math.sqrt(d) / math.sqrt(n) if math.isfinite(d) else math.inf
         return ratios
 
 
