@@ -4,6 +4,7 @@ function, and the errors without a loss or with labels that do not fit."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -117,3 +118,45 @@ def test_labels_that_do_not_fit_are_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"stats_data.*y has 4 samples but x has 6"):
         model.fit(XD, YD, epochs=1, verbose=0, callbacks=[monitor])
+
+
+class OldLossNet(keras.Model):  # type: ignore[misc]
+    """The dense net, subclassed, with a `compute_loss` override written before Keras 3.3
+    (no `training` argument) and no compiled loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = keras.layers.Dense(5, activation="tanh", name="h")
+        self.out = keras.layers.Dense(3, name="out")
+
+    def call(self, x: Any) -> Any:
+        return self.out(self.h(x))
+
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None
+    ) -> Any:
+        return keras.ops.mean(keras.ops.square(y_pred - y))
+
+
+def test_sequential_and_subclassed_models() -> None:
+    """A Sequential model, and a subclassed one whose own `compute_loss` takes no
+    `training`: the hand-derived gradient, the weights untouched."""
+    keras.utils.set_random_seed(0)
+    sequential = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(5, activation="tanh", name="h"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    sequential.compile(optimizer="sgd", loss="mse")
+    subclassed = OldLossNet()
+    subclassed(XD[:1])
+    subclassed.compile(optimizer="sgd")
+    for model in (sequential, subclassed):
+        before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+        grads = actwatch.get_gradients(model, XD, YD, ["h"])
+        assert list(grads) == ["h"], model.name
+        np.testing.assert_allclose(grads["h"], numpy_gradient(model), rtol=1e-4, atol=1e-7)
+        for old, new in zip(before, model.weights, strict=True):
+            np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))

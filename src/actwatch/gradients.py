@@ -20,6 +20,7 @@ Per layer, two figures come from the gradients (`GradientStats`):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,12 @@ def check_loss(model: keras.Model) -> None:
             "not compiled with one. Call `model.compile(loss=...)` first (labels are given "
             "as `stats_data=(x, y)` or to `get_gradients(model, x, y)`)."
         )
+
+
+def _takes(function: Any, name: str) -> bool:
+    """Whether `function` accepts the keyword `name` (by name or through `**kwargs`)."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _first(x: Any) -> Any:
@@ -202,10 +209,13 @@ class GradientRunner:
             perturb.deltas.clear()
             perturb.deltas.update(zip(keys, deltas, strict=True))
 
+        # An override of `compute_loss` written before Keras 3.3 has no `training` argument.
+        kwargs = {"training": False} if _takes(model.compute_loss, "training") else {}
+
         def loss_of(x: Any, y: Any, sample_weight: Any, y_pred: Any) -> Any:
             with keras.StatelessScope():  # the loss's metrics are left as they are
                 return model.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs
                 )
 
         if backend == "jax":
