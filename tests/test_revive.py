@@ -153,3 +153,141 @@ def test_bad_revive_value(tmp_path: Path) -> None:
     """Only None and 'redo'; the message lists them and what was received."""
     with pytest.raises(ValueError, match=r"Expected None .* or 'redo'.*Received: revive='bogus'"):
         actwatch.ActivationMonitor(X[:2], tmp_path, revive="bogus")
+
+
+def bn_cnn(data_format: str, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    """conv-BN-relu-pool-flatten-dense in `data_format`, compiled with `optimizer`."""
+    keras.utils.set_random_seed(0)
+    first = data_format == "channels_first"
+    inputs = keras.Input((3, 16, 16) if first else (16, 16, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", data_format=data_format, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(axis=1 if first else -1, name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.MaxPooling2D(data_format=data_format, name="pool")(x)
+    x = keras.layers.Flatten(data_format=data_format, name="flatten")(x)
+    outputs = keras.layers.Dense(3, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.parametrize(
+    "data_format",
+    [
+        "channels_last",
+        pytest.param(
+            "channels_first",
+            marks=pytest.mark.skipif(
+                keras.backend.backend() == "tensorflow",
+                reason="TensorFlow's CPU kernels take channels_last only",
+            ),
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+        lambda: keras.optimizers.RMSprop(1e-2, momentum=0.9, centered=True),
+        lambda: keras.optimizers.Adam(1e-2, amsgrad=True),
+    ],
+    ids=["sgd_momentum", "rmsprop", "adam"],
+)
+def test_redo_through_batch_norm_and_flatten_keeps_the_output(
+    data_format: str, optimizer: Any
+) -> None:
+    """Reviving dead filters 1 and 4 of a conv followed by BatchNormalization, pooling and
+    Flatten (either data format): the predictions (inference and training mode) are unchanged, the
+    Dense rows fed by those channels through Flatten's index mapping are zero, the BN
+    channel is reset, and every optimizer slot of the changed entries is zero."""
+    first = data_format == "channels_first"
+    model = bn_cnn(data_format, optimizer())
+    x = np.moveaxis(X, -1, 1) if first else X
+    model.train_on_batch(x[:16], Y[:16])
+    model.train_on_batch(x[16:], Y[16:])
+    [target] = plan(model, resolve_layers(model, ["relu"]))
+    assert target.source == "relu" and [n.name for n in target.norms] == ["bn"]
+
+    def read(v: Any) -> np.ndarray:
+        return np.array(keras.ops.convert_to_numpy(v.value))
+
+    bn = model.get_layer("bn")
+    beta = read(bn.beta)
+    beta[[1, 4]] = -100.0  # channels 1 and 4 dead after the ReLU, in both modes
+    bn.beta.assign(beta)
+    moving = [read(bn.moving_mean), read(bn.moving_variance)]
+    predictions = [keras.ops.convert_to_numpy(model(x, training=t)) for t in (False, True)]
+    for variable, value in zip((bn.moving_mean, bn.moving_variance), moving, strict=True):
+        variable.assign(value)  # as before the call in training mode, which moved them
+    Reviver(model, [target], patience=1).revive(target, np.array([1, 4]))
+    assert read(bn.gamma)[[1, 4]].tolist() == [1.0, 1.0]
+    assert read(bn.moving_variance)[[1, 4]].tolist() == [1.0, 1.0]
+    for t, before in zip((False, True), predictions, strict=True):
+        after = keras.ops.convert_to_numpy(model(x, training=t))
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    head = model.get_layer("head").kernel
+    # Pooled (6, 8, 8) or (8, 8, 6), flattened channels last either way (Flatten's format).
+    channel = np.arange(head.shape[0]) % 6
+    rows = np.flatnonzero(np.isin(channel, [1, 4]))
+    assert len(rows) == 2 * 64 and np.all(read(head)[rows] == 0)
+    assert np.all(read(head)[np.flatnonzero(~np.isin(channel, [1, 4]))].any(axis=1))
+    edits = {
+        id(head): (..., rows, slice(None)),
+        id(model.get_layer("conv").kernel): (..., [1, 4]),
+        id(model.get_layer("conv").bias): [1, 4],
+        id(bn.gamma): [1, 4],
+        id(bn.beta): [1, 4],
+    }
+    counts = set()
+    for variable in model.trainable_variables:
+        if id(variable) not in edits:
+            continue
+        prefix = variable.path.replace("/", "_") + "_"
+        slots = [s for s in model.optimizer.variables if str(s.name).startswith(prefix)]
+        for slot in slots:
+            assert np.all(read(slot)[edits[id(variable)]] == 0), slot.name
+        counts.add(len(slots))
+    assert len(counts) == 1 and counts.pop() >= 1  # every slot of every changed weight
+
+
+def test_batch_norm_on_another_axis_is_rejected() -> None:
+    """A BatchNormalization that does not normalize the channel axis cannot be reset per
+    filter: a ValueError that names it."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(axis=1, name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    with pytest.raises(ValueError, match=r"'relu'.*'bn' normalizes axis 1, not the channel axis 3"):
+        plan(model, resolve_layers(model, ["relu"]))
+
+
+def test_watched_only_after_flatten_is_rejected() -> None:
+    """A producer watched only after a Flatten (its filters mixed with positions there)
+    cannot be revived from that mask: a ValueError, not a revival of the wrong units."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.1, name="drop")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    with pytest.raises(ValueError, match=r"'drop'.*watched only after a Flatten"):
+        plan(model, resolve_layers(model, ["drop"]))
+
+
+def test_revival_is_marked_on_the_watched_row(tmp_path: Path) -> None:
+    """conv -> BN -> ReLU, the ReLU watched (the linear conv is not, by default): filters
+    dead at the ReLU are revived in the conv, and the count is written on the ReLU's row
+    (`revived_filters/relu`), where the report's heatmap marks it."""
+    model = bn_cnn("channels_last", keras.optimizers.Adam(1e-7))
+    bias = model.get_layer("conv").bias
+    values = keras.ops.convert_to_numpy(bias).copy()
+    values[[1, 4]] = -100.0  # dead in inference mode: BN's moving statistics are 0 and 1
+    bias.assign(values)
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, stats_data=X, images=False, revive="redo")
+    model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    revived = [(a.layer, a.filters, a.step) for a in monitor.alerts if a.kind == "revived"]
+    assert revived == [("conv", (1, 4), 0)]
+    scalars = read_events(tmp_path).scalars
+    assert scalars["revived_filters/relu"] == [(0, 2.0)]
+    assert "revived_filters/conv" not in scalars

@@ -472,8 +472,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 )
             if self._reviver is not None:
                 network = {**network, "revived_filters": float(self._reviver.total)}
-                for alert in revivals:
-                    layers.setdefault(alert.layer, {})["revived_filters"] = float(alert.count)
+                for alert in revivals:  # on the watched row whose dead filters were revived
+                    source = self._reviver.source(alert.layer)
+                    layers.setdefault(source, {})["revived_filters"] = float(alert.count)
             # Before drawing; the colorful dimension's history is kept for drawn layers only.
             histograms = histogram_values(result.stats, self._histories, set(result.maps))
             if self._sink is not None:

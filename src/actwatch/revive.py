@@ -171,6 +171,7 @@ def plan(model: keras.Model, watched: Sequence[WatchedLayer]) -> list[Target]:
     targets: list[Target] = []
     covered: set[str] = set()
     problems: dict[str, str] = {}
+    unreached: list[str] = []  # problems of chains that reached no watched layer
     for producer in layers:
         if not _is_plain(producer):
             continue
@@ -179,6 +180,7 @@ def plan(model: keras.Model, watched: Sequence[WatchedLayer]) -> list[Target]:
             continue
         channels_first = getattr(producer, "data_format", None) == "channels_first"
         chain: list[Any] = [producer]
+        flattened: set[int] = set()  # chain layers after a Flatten: positions and channels mixed
         found: list[Consumer] = []
         norms: list[Any] = []
         problem = None
@@ -217,13 +219,24 @@ def plan(model: keras.Model, watched: Sequence[WatchedLayer]) -> list[Target]:
                     flat = grid.reshape(-1)
                     c = int(flat.max()) + 1
                     chain.append(nxt)
+                    flattened.add(id(nxt))
                     stack.append((nxt.output, [np.flatnonzero(flat == k) for k in range(c)]))
                 elif isinstance(nxt, _PASS_THROUGH) or (
                     isinstance(nxt, keras.layers.BatchNormalization) and ids is None
                 ):
                     if isinstance(nxt, keras.layers.BatchNormalization):
+                        rank = len(tensor.shape)
+                        channel = 1 if channels_first and rank > 2 else rank - 1
+                        if int(nxt.axis) % rank != channel:
+                            problem = (
+                                f"BatchNormalization '{nxt.name}' normalizes axis {nxt.axis}, "
+                                f"not the channel axis {channel}"
+                            )
+                            break
                         norms.append(nxt)
                     chain.append(nxt)
+                    if ids is not None:
+                        flattened.add(id(nxt))
                     if ids is not None and not isinstance(
                         nxt, (keras.layers.Activation, keras.layers.ReLU, keras.layers.Dropout)
                     ):
@@ -233,21 +246,32 @@ def plan(model: keras.Model, watched: Sequence[WatchedLayer]) -> list[Target]:
                 else:
                     problem = f"its output reaches {type(nxt).__name__} '{nxt.name}'"
                     break
-        sources = [watched_by_layer[id(lyr)] for lyr in chain if id(lyr) in watched_by_layer]
-        if not sources:
+        watched_here = [watched_by_layer[id(lyr)] for lyr in chain if id(lyr) in watched_by_layer]
+        if not watched_here:
+            if problem is not None and (len(chain) > 1 or id(out) not in outputs):
+                # Its watched successors were not reached: say why, for them.
+                unreached.append(f"layer '{producer.name}': {problem}")
             continue
+        # The dead filters are read where the producer's channels are still channels.
+        sources = [w for w in watched_here if id(w.layer) not in flattened]
+        if problem is None and found and not sources:
+            problem = (
+                "it is watched only after a Flatten, where its filters are mixed with "
+                "positions; watch a layer before the Flatten"
+            )
         if problem is not None or not found:
             problem = problem or "no Conv/Dense layer consumes its output"
-            for w in sources:
+            for w in watched_here:
                 problems[w.path] = f"layer '{producer.name}' ({type(producer).__name__}): {problem}"
             continue
         targets.append(Target(producer.name, producer, sources[0].path, found, norms))
-        covered.update(w.path for w in sources)
+        covered.update(w.path for w in watched_here)
     for w in watched:
         if w.path not in covered and w.path not in problems:
             problems[w.path] = (
                 "no Conv/Dense layer of the model's top-level graph produces its filters "
                 "through channel-preserving layers"
+                + (f" ({', '.join(unreached)})" if unreached else "")
             )
     if problems:
         listed = "; ".join(f"'{p}': {why}" for p, why in problems.items())
@@ -274,13 +298,14 @@ def _slots(optimizer: Any, variable: Any) -> list[Any]:
 
 def _assign(variable: Any, optimizer: Any, edit: Any, value: Any = 0.0) -> None:
     """Set `variable[edit]` to `value` (an array or a number) and its optimizer slots'
-    entries there to zero."""
+    entries there to zero; the moving average of the weights (`use_ema=True`, slot
+    `{path}_average`) gets the new weights there instead."""
     array = np.array(keras.ops.convert_to_numpy(variable.value))
     array[edit] = value if np.isscalar(value) else value[edit]
     variable.assign(array)
     for slot in _slots(optimizer, variable):
         values = np.array(keras.ops.convert_to_numpy(slot.value))
-        values[edit] = 0
+        values[edit] = array[edit] if str(slot.name).endswith("_average") else 0
         slot.assign(values)
 
 
