@@ -105,6 +105,7 @@ class TestReport:
             "00-run1-filters-03-pool2.png",
             "00-run1-histograms.png",
             "00-run1-learning-rate.png",
+            "00-run1-signals.png",
             "00-run1-sparsity.png",
         ]
         assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal

@@ -294,7 +294,9 @@ def reduce_topk(a: Any, k: int, filters: int) -> dict[str, Any]:
     a = a[..., :filters]
     masked = ops.where(ops.isfinite(a), a, ops.full_like(a, -np.inf))
     peaks = ops.transpose(ops.max(masked, axis=1))  # (F, N)
-    where = ops.transpose(ops.cast(ops.argmax(masked, axis=1), "int32"))  # (F, N)
+    # Positions go through the transpose as float32 (exact below 2^24): TensorFlow's oneDNN
+    # build prints an error line for an int32 transpose on CPUs without AVX-512.
+    where = ops.transpose(ops.cast(ops.argmax(masked, axis=1), "float32"))  # (F, N)
     if keras.backend.backend() == "torch":
         # torch.topk does not order ties (a dead ReLU filter peaks at 0 on every sample):
         # a stable sort of -peaks puts the lower sample index first, as JAX and TF's top_k.
@@ -303,7 +305,7 @@ def reduce_topk(a: Any, k: int, filters: int) -> dict[str, Any]:
     else:
         values, indices = ops.top_k(peaks, kk, sorted=True)
         indices = ops.cast(indices, "int32")
-    positions = ops.take_along_axis(where, indices, axis=1)
+    positions = ops.cast(ops.take_along_axis(where, indices, axis=1), "int32")
     return {"indices": indices, "positions": positions, "values": values}
 
 
