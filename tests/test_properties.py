@@ -22,6 +22,7 @@ from actwatch.grids import (
     PALETTE,
     filter_grid,
     grid_layout,
+    heat_maps,
     normalize_maps,
 )
 from actwatch.png import PaletteImage, encode_png
@@ -136,6 +137,26 @@ def test_normalized_maps_match_reference(acts: Activations) -> None:
     expected = ref.normalize_maps(a)
     # float32 on the device against float64 here: a code may differ by one at a .5 boundary.
     assert int(np.abs(codes.astype(int) - expected.astype(int)).max(initial=0)) <= 1
+
+
+@DEVICE_SETTINGS
+@given(activations())
+@example(_EDGES[0])
+@example(_EDGES[1])
+def test_finite_maps_take_the_short_path_to_the_same_codes(acts: Activations) -> None:
+    """normalize_maps / heat_maps with `finite` (the fast check, every value finite) give
+    exactly the codes of the path that sets NaN and Inf apart."""
+    a = np.where(np.isfinite(acts.values), acts.values, 0.0).astype(np.float32)
+    x = ops.convert_to_tensor(a)
+    for draw in (normalize_maps, heat_maps):
+        careful = ops.convert_to_numpy(draw(x))
+        fast = ops.convert_to_numpy(draw(x, True))
+        assert fast.dtype == np.uint8 and np.array_equal(fast, careful)
+    dense = ops.convert_to_tensor(a[:, 0, 0, :])
+    assert np.array_equal(
+        ops.convert_to_numpy(normalize_maps(dense, True)),
+        ops.convert_to_numpy(normalize_maps(dense)),
+    )
 
 
 @DEVICE_SETTINGS

@@ -477,6 +477,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     layers.setdefault(source, {})["revived_filters"] = float(alert.count)
             # Before drawing; the colorful dimension's history is kept for drawn layers only.
             histograms = histogram_values(result.stats, self._histories, set(result.maps))
+            # Before the hand-off: once the sink's thread renders, it holds the GIL in turns
+            # with this one (5 ms slices), so host work after `submit` blocks training longer.
+            self._snapshot(step)
             if self._sink is not None:
                 render = functools.partial(
                     render_images,
@@ -496,7 +499,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     histograms=histograms,
                 )
             self._act(decision)
-            self._snapshot(step)
             self.timings = {"device": device, "blocking": time.perf_counter() - start}
         except Exception as exc:
             self._check_failed(

@@ -75,16 +75,27 @@ def default_drawn(shapes: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[
     return [path for path, _ in shapes if path in chosen]
 
 
-def normalize_maps(x: Any) -> Any:
+def normalize_maps(x: Any, finite: bool = False) -> Any:
     """Scale maps to uint8 codes over their positions.
 
     `x` is float32 of shape `(N, H, W, F)` (each filter map scaled over H and W) or `(N, F)`
-    (Dense: each sample scaled over its F units). Returns uint8 of the same shape.
+    (Dense: each sample scaled over its F units). Returns uint8 of the same shape. With
+    `finite`, the caller vouches that every value is finite (the check's statistics found
+    so), and the full-size passes that set NaN and Inf apart are left out.
     """
     axes = (1, 2) if len(x.shape) == 4 else (1,)
-    finite = ops.isfinite(x)
-    lo = ops.min(ops.where(finite, x, np.inf), axis=axes, keepdims=True)
-    hi = ops.max(ops.where(finite, x, -np.inf), axis=axes, keepdims=True)
+    if finite:
+        lo = ops.min(x, axis=axes, keepdims=True)
+        hi = ops.max(x, axis=axes, keepdims=True)
+        spread = hi - lo
+        varied = spread > 0.0
+        scale = ops.where(varied, 254.0 / ops.where(varied, spread, 1.0), 0.0)
+        flat = ops.where(varied, 0.0, ops.where(hi > 0.0, 127.0, 0.0))
+        # The careful path's arithmetic, so both give the same codes (at most 254).
+        return ops.cast(ops.round((x - ops.where(varied, lo, 0.0)) * scale + flat), "uint8")
+    finite_values = ops.isfinite(x)
+    lo = ops.min(ops.where(finite_values, x, np.inf), axis=axes, keepdims=True)
+    hi = ops.max(ops.where(finite_values, x, -np.inf), axis=axes, keepdims=True)
     spread = hi - lo
     varied = spread > 0.0
     # Per-map scale and offset on the small (N, 1, 1, F) tensors, so the full-size tensor is
@@ -92,14 +103,14 @@ def normalize_maps(x: Any) -> Any:
     scale = ops.where(varied, 254.0 / ops.where(varied, spread, 1.0), 0.0)
     flat = ops.where(varied, 0.0, ops.where(hi > 0.0, 127.0, 0.0))
     value = ops.round((x - ops.where(varied, lo, 0.0)) * scale + flat)
-    value = ops.where(finite, ops.minimum(value, 254.0), float(NONFINITE))
+    value = ops.where(finite_values, ops.minimum(value, 254.0), float(NONFINITE))
     return ops.cast(value, "uint8")
 
 
-def heat_maps(x: Any) -> Any:
-    """Mean over channels of `(N, H, W, C)`, scaled per probe to uint8 0..255."""
-    finite = ops.isfinite(x)
-    m = ops.mean(ops.where(finite, x, ops.zeros_like(x)), axis=-1)
+def heat_maps(x: Any, finite: bool = False) -> Any:
+    """Mean over channels of `(N, H, W, C)`, scaled per probe to uint8 0..255 (non-finite
+    values count as 0; with `finite` the caller vouches there are none)."""
+    m = ops.mean(x if finite else ops.where(ops.isfinite(x), x, ops.zeros_like(x)), axis=-1)
     lo = ops.min(m, axis=(1, 2), keepdims=True)
     hi = ops.max(m, axis=(1, 2), keepdims=True)
     spread = hi - lo

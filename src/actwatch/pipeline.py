@@ -161,9 +161,13 @@ class CheckPipeline:
                 if draw and layer.path in chosen:
                     probes = a[stats_samples:] if stats_samples else a
                     maps = _as_maps(probes, layer.rank, max_side)
-                    item["maps"] = normalize_maps(maps[..., :max_filters])
+                    # The fast path's figures stand only where every value of `sample` is
+                    # finite (`ok`); when the probes are that sample, the maps need not
+                    # set NaN and Inf apart (a check that is not `ok` is redone carefully).
+                    finite = not careful and not stats_samples
+                    item["maps"] = normalize_maps(maps[..., :max_filters], finite)
                     if layer.rank > 2:
-                        item["heat"] = heat_maps(maps)
+                        item["heat"] = heat_maps(maps, finite)
                 out.append(item)
             if signals and histograms:  # every layer's histogram in one call
                 counts = histogram_counts(flats)
