@@ -14,6 +14,7 @@ from PIL import Image
 import actwatch
 from actwatch import tags
 from actwatch.grids import DRAW_ALL_UP_TO, default_drawn
+from actwatch.layers import resolve_layers
 from actwatch.runs import read_run
 
 from .helpers import read_events
@@ -153,7 +154,8 @@ def test_report_heatmap_stays_readable_at_250_layers(tmp_path: Path) -> None:
 
 def test_default_leaves_out_linear_convs_that_feed_an_activation() -> None:
     """conv -> BN -> ReLU and conv -> ReLU: only the ReLU is watched by default; a linear conv
-    feeding an addition, and a conv with its own activation, stay watched."""
+    feeding an addition that no activation follows (a linear bottleneck), and a conv with its
+    own activation, stay watched; a residual block's convs into BN -> Add -> ReLU do not."""
     inputs = keras.Input((8, 8, 3))
     a = L.Conv2D(4, 3, padding="same", name="a_conv")(inputs)
     a = L.ReLU(name="a_relu")(L.BatchNormalization(name="a_bn")(a))
@@ -161,9 +163,13 @@ def test_default_leaves_out_linear_convs_that_feed_an_activation() -> None:
     b = L.Activation("relu", name="b_relu")(b)
     c = L.Conv2D(4, 1, name="c_conv")(b)  # linear, into an addition: kept
     d = L.Conv2D(4, 1, activation="relu", name="d_conv")(b)
-    out = L.Add(name="add")([c, d])
+    added = L.Add(name="add")([c, d])
+    # A ResNet bottleneck's end: last conv -> BN -> Add(shortcut conv -> BN) -> ReLU.
+    e = L.BatchNormalization(name="e_bn")(L.Conv2D(4, 1, name="e_conv")(added))
+    s = L.BatchNormalization(name="s_bn")(L.Conv2D(4, 1, name="s_conv")(added))
+    out = L.Activation("relu", name="out")(L.Add(name="add2")([e, s]))
     model = keras.Model(inputs, out)
-    watched = [w.path for w in actwatch.layers.resolve_layers(model, None)]
-    assert watched == ["a_relu", "b_relu", "c_conv", "d_conv"]
-    named = actwatch.layers.resolve_layers(model, ["a_conv", "a_relu"])
-    assert [w.path for w in named] == ["a_conv", "a_relu"]
+    watched = [w.path for w in resolve_layers(model, None)]
+    assert watched == ["a_relu", "b_relu", "c_conv", "d_conv", "out"]
+    named = resolve_layers(model, ["a_conv", "a_relu", "e_conv"])
+    assert [w.path for w in named] == ["a_conv", "a_relu", "e_conv"]

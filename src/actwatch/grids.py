@@ -60,7 +60,7 @@ def default_drawn(shapes: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[
     article shows conv1 to conv5). Beyond, the first watched layer and the last one of each
     spatial resolution: the picture of each stage of the network as it leaves that stage.
     Maps of 1x1 (squeeze-and-excitation gates) are not a stage; Dense outputs count as one.
-    ResNet50 at 224 px (70 watched layers) draws 5: `conv1_relu` (112 px), then the output
+    ResNet50 at 224 px (50 watched layers) draws 5: `conv1_relu` (112 px), then the output
     of each of its four stages (56, 28, 14 and 7 px).
     """
     if len(shapes) <= DRAW_ALL_UP_TO:

@@ -272,13 +272,16 @@ _NORMALIZATION_TYPES: tuple[type[Any], ...] = (
 
 def _linear_before_activation(table: Sequence[tuple[str, Any]]) -> set[str]:
     """Paths of linear convolutions (no activation of their own) of a graph whose output goes
-    into an activation layer, directly or through one normalization layer: conv -> BN -> ReLU.
+    into an activation layer, directly or through normalization layers and additions:
+    conv -> BN -> ReLU, and a residual block's last conv -> BN -> Add -> ReLU (and its
+    shortcut conv -> BN -> Add -> ReLU).
 
     The default selection leaves them out: the activation after them carries the signal, and
     watching both doubles the cost of a check on a ResNet-style network for figures that say
-    little ("dead" means nothing on a linear output). A linear convolution that feeds no
-    activation (only an addition, a linear bottleneck) stays watched; one that feeds an
-    activation and something else is left out too. Named explicitly, any is watched.
+    little ("dead" means nothing on a linear output). A linear convolution whose output
+    reaches no activation (a linear bottleneck: MobileNetV2's and EfficientNet's projections
+    go into an addition and on to the next block's convolution) stays watched; one that feeds
+    an activation and something else is left out too. Named explicitly, any is watched.
     Only public tensors are compared (`layer.output` of one layer is `layer.input` of the next).
     """
 
@@ -289,15 +292,23 @@ def _linear_before_activation(table: Sequence[tuple[str, Any]]) -> set[str]:
             return None
 
     fed_into_activation: set[int] = set()
-    normalizations: list[Any] = []
+    passing: list[Any] = []  # layers an activation's input may come through
     for _, layer in table:
         if isinstance(layer, _ACTIVATION_TYPES):
             fed_into_activation.add(id(tensor(layer, "input")))
-        elif isinstance(layer, _NORMALIZATION_TYPES):
-            normalizations.append(layer)
-    for layer in normalizations:
-        if id(tensor(layer, "output")) in fed_into_activation:
-            fed_into_activation.add(id(tensor(layer, "input")))
+        elif isinstance(layer, (*_NORMALIZATION_TYPES, keras.layers.Add)):
+            passing.append(layer)
+    grown = True
+    while grown:  # back from each activation through normalizations and additions
+        grown = False
+        for layer in passing:
+            if id(tensor(layer, "output")) not in fed_into_activation:
+                continue
+            inputs = tensor(layer, "input")
+            for t in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+                if id(t) not in fed_into_activation:
+                    fed_into_activation.add(id(t))
+                    grown = True
     fed_into_activation.discard(id(None))
     skipped = set()
     for path, layer in table:

@@ -164,7 +164,7 @@ def layout(layers: Sequence[str]) -> layout_pb2.Layout:
 
     Up to `CHART_LINES` layers, one chart per metric with every layer in it, all in one
     category. Beyond, each metric has a category of its own, with one chart per run of at most
-    `CHART_LINES` consecutive layers (a ResNet50's 70 layers: 6 charts of 10-12 lines), titled
+    `CHART_LINES` consecutive layers (a ResNet50's 50 layers: 5 charts, the last of 2 lines), titled
     by the first and last layer of the run. The network's headline figures get a chart too.
     """
     runs = [list(layers[i : i + CHART_LINES]) for i in range(0, len(layers), CHART_LINES)]
