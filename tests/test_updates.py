@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.layers import resolve_layers
+from actwatch.layers import resolve_layers, weight_sources
 from actwatch.updates import RatioTracker, UpdateRatios
 
 from .helpers import data, read_events, tiny_cnn
@@ -50,6 +50,61 @@ def test_ratio_equals_numpy_over_one_train_on_batch() -> None:
     for name, value in ratios.items():
         assert value == pytest.approx(ratio(before[name], weights(model, name)), rel=1e-5)
         assert 1e-4 < value < 1  # one Adam step at 1e-2 moved it
+
+
+def residual_net() -> keras.Model:
+    """conv -> BN -> ReLU, then a residual block's end: conv -> BN -> Add(shortcut conv ->
+    BN) -> ReLU; the default watches the two ReLUs only (the convs are linear)."""
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    a = L.ReLU(name="a_relu")(
+        L.BatchNormalization(name="a_bn")(L.Conv2D(4, 3, name="a_conv")(inputs))
+    )
+    b = L.BatchNormalization(name="b_bn")(L.Conv2D(6, 1, name="b_conv")(a))
+    s = L.BatchNormalization(name="s_bn")(L.Conv2D(6, 1, name="s_conv")(a))
+    out = L.ReLU(name="out")(L.Add(name="add")([b, s]))
+    logits = L.Dense(3)(L.GlobalAveragePooling2D()(out))
+    model = keras.Model(inputs, logits)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_an_activation_gets_the_ratio_of_the_linear_convs_that_make_it() -> None:
+    """With conv -> BN -> ReLU watched as its ReLU only, the ReLU's ratio is its conv's (kernel
+    and bias); after a residual addition, that of both convs into it, as one vector."""
+    model = residual_net()
+    watched = resolve_layers(model, None)
+    assert [w.path for w in watched] == ["a_relu", "out"]
+    updates = UpdateRatios(watched, weight_sources(model, watched))
+    assert {p: [layer.name for layer in ls] for p, ls in updates.layers.items()} == {
+        "a_relu": ["a_conv"],
+        "out": ["b_conv", "s_conv"],
+    }
+    assert UpdateRatios(watched).layers == {}  # without sources: no weights of their own
+    sources = {"a_relu": ["a_conv"], "out": ["b_conv", "s_conv"]}
+    before = {p: np.concatenate([weights(model, n) for n in ns]) for p, ns in sources.items()}
+    x = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    updates.snapshot(0)
+    model.train_on_batch(x, np.arange(8) % 3)
+    ratios = updates.measure()
+    for path, names in sources.items():
+        after = np.concatenate([weights(model, n) for n in names])
+        assert ratios[path] == pytest.approx(ratio(before[path], after), rel=1e-5)
+        assert 1e-4 < ratios[path] < 1
+
+
+def test_the_monitor_writes_the_ratio_of_a_watched_relu(tmp_path: Path) -> None:
+    """In a fit with default layers, `update_ratio/{relu}` is written from its conv."""
+    model = residual_net()
+    x = np.random.default_rng(1).random((16, 16, 16, 3), dtype=np.float32)
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, images=False)
+    model.fit(x, np.arange(16) % 3, batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    assert set(monitor.last_update_ratios) == {"a_relu", "out"}
+    events = read_events(tmp_path)
+    assert [s for s, _ in events.scalars["update_ratio/out"]] == [1]
 
 
 def test_ratio_in_fit_is_the_first_training_step(tmp_path: Path) -> None:

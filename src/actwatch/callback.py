@@ -19,7 +19,7 @@ from ._steps import StepCounter
 from .alerts import Alert, AlertTracker, Decision
 from .gradients import GradientRunner, GradientStats, gradient_stats, reduce_gradients
 from .grids import default_drawn, render_images
-from .layers import check_layer_specs, resolve_drawn, resolve_layers
+from .layers import check_layer_specs, resolve_drawn, resolve_layers, weight_sources
 from .pipeline import CheckPipeline
 from .probes import (
     ProbeBatch,
@@ -328,7 +328,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             if self.revive is None
             else Reviver(model, plan(model, watched), patience=self.patience)
         )
-        self._updates = UpdateRatios(watched if self.update_ratio_bounds is not None else [])
+        self._updates = (
+            UpdateRatios(watched, weight_sources(model, watched))
+            if self.update_ratio_bounds is not None
+            else UpdateRatios([])
+        )
         low, high = self.update_ratio_bounds or DEFAULT_BOUNDS
         self._ratios = RatioTracker(low=low, high=high, patience=self.patience)
         self._chief = is_chief(model)

@@ -36,6 +36,7 @@ __all__ = [
     "check_layer_specs",
     "resolve_drawn",
     "resolve_layers",
+    "weight_sources",
 ]
 
 LayerSpec: TypeAlias = "str | re.Pattern[str] | keras.layers.Layer"
@@ -270,11 +271,53 @@ _NORMALIZATION_TYPES: tuple[type[Any], ...] = (
 )
 
 
+def _tensor(layer: Any, attribute: str) -> Any:
+    try:
+        return getattr(layer, attribute)
+    except (AttributeError, ValueError, RuntimeError):  # not called, or called twice
+        return None
+
+
+def _linear_feeders(table: Sequence[tuple[str, Any]]) -> dict[int, list[tuple[str, Any]]]:
+    """Per activation layer of a graph (by `id`), the linear convolutions (no activation of
+    their own) whose output goes into it, directly or through normalization layers and
+    additions: conv -> BN -> ReLU, and a residual block's last and shortcut convs -> BN ->
+    Add -> ReLU. Only public tensors are compared (`layer.output` of one layer is
+    `layer.input` of the next)."""
+    producers = {}
+    order = {path: i for i, (path, _) in enumerate(table)}  # network order
+    for path, layer in table:
+        output = _tensor(layer, "output")
+        if output is not None:
+            producers[id(output)] = (path, layer)
+    feeders: dict[int, list[tuple[str, Any]]] = {}
+    for _, layer in table:
+        if not isinstance(layer, _ACTIVATION_TYPES):
+            continue
+        found: list[tuple[str, Any]] = []
+        stack, seen = [_tensor(layer, "input")], set()
+        while stack:  # back through normalizations and additions
+            t = stack.pop()
+            if t is None or id(t) in seen or id(t) not in producers:
+                continue
+            seen.add(id(t))
+            path, producer = producers[id(t)]
+            if isinstance(producer, (*_NORMALIZATION_TYPES, keras.layers.Add)):
+                inputs = _tensor(producer, "input")
+                stack.extend(inputs if isinstance(inputs, (list, tuple)) else [inputs])
+            elif (
+                isinstance(producer, _DEFAULT_TYPES)
+                and not isinstance(producer, (*_POOLING_TYPES, *_ACTIVATION_TYPES))
+                and getattr(getattr(producer, "activation", None), "__name__", None) == "linear"
+            ):
+                found.append((path, producer))
+        if found:
+            feeders[id(layer)] = sorted(found, key=lambda item: order[item[0]])
+    return feeders
+
+
 def _linear_before_activation(table: Sequence[tuple[str, Any]]) -> set[str]:
-    """Paths of linear convolutions (no activation of their own) of a graph whose output goes
-    into an activation layer, directly or through normalization layers and additions:
-    conv -> BN -> ReLU, and a residual block's last conv -> BN -> Add -> ReLU (and its
-    shortcut conv -> BN -> Add -> ReLU).
+    """Paths of linear convolutions whose output goes into an activation (`_linear_feeders`).
 
     The default selection leaves them out: the activation after them carries the signal, and
     watching both doubles the cost of a check on a ResNet-style network for figures that say
@@ -282,43 +325,23 @@ def _linear_before_activation(table: Sequence[tuple[str, Any]]) -> set[str]:
     reaches no activation (a linear bottleneck: MobileNetV2's and EfficientNet's projections
     go into an addition and on to the next block's convolution) stays watched; one that feeds
     an activation and something else is left out too. Named explicitly, any is watched.
-    Only public tensors are compared (`layer.output` of one layer is `layer.input` of the next).
     """
+    return {path for found in _linear_feeders(table).values() for path, _ in found}
 
-    def tensor(layer: Any, attribute: str) -> Any:
-        try:
-            return getattr(layer, attribute)
-        except (AttributeError, ValueError, RuntimeError):  # not called, or called twice
-            return None
 
-    fed_into_activation: set[int] = set()
-    passing: list[Any] = []  # layers an activation's input may come through
-    for _, layer in table:
-        if isinstance(layer, _ACTIVATION_TYPES):
-            fed_into_activation.add(id(tensor(layer, "input")))
-        elif isinstance(layer, (*_NORMALIZATION_TYPES, keras.layers.Add)):
-            passing.append(layer)
-    grown = True
-    while grown:  # back from each activation through normalizations and additions
-        grown = False
-        for layer in passing:
-            if id(tensor(layer, "output")) not in fed_into_activation:
-                continue
-            inputs = tensor(layer, "input")
-            for t in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
-                if id(t) not in fed_into_activation:
-                    fed_into_activation.add(id(t))
-                    grown = True
-    fed_into_activation.discard(id(None))
-    skipped = set()
-    for path, layer in table:
-        linear = getattr(getattr(layer, "activation", None), "__name__", None) == "linear"
-        convolution = isinstance(layer, _DEFAULT_TYPES) and not isinstance(
-            layer, (*_POOLING_TYPES, *_ACTIVATION_TYPES)
-        )
-        if convolution and linear and id(tensor(layer, "output")) in fed_into_activation:
-            skipped.add(path)
-    return skipped
+def weight_sources(model: keras.Model, watched: Sequence[WatchedLayer]) -> dict[str, list[Any]]:
+    """Per watched activation, the linear convolutions that make its filters and are not
+    watched themselves (`_linear_feeders`: conv -> BN -> ReLU, residual convs -> BN -> Add
+    -> ReLU): the weights its update-to-weight ratio is measured on."""
+    table = [(path, layer) for path, layer, anchor in walk(model) if anchor is None]
+    feeders = _linear_feeders(table)
+    own = {id(w.layer) for w in watched}
+    sources = {}
+    for w in watched:
+        found = [layer for _, layer in feeders.get(id(w.layer), []) if id(layer) not in own]
+        if found:
+            sources[w.path] = found
+    return sources
 
 
 def _never_called(

@@ -10,6 +10,9 @@ an update (its step counter moved: a `LossScaleOptimizer` step skipped for non-f
 gradients, or a gradient-accumulation step, leaves the weights as they were and would read
 as a ratio of 0), and is dropped when more than one execution ran in between. A layer whose
 weights were all zero at the snapshot and moved has no ratio (it would be infinite).
+A watched activation without weights of its own (conv -> BN -> ReLU, a residual block's
+convs -> BN -> Add -> ReLU, where the default watches the ReLU only) gets the ratio of the
+linear convolutions that make its filters, their weights taken as one vector.
 
 A ratio near 1e-3 is healthy (CS231n notes, "Ratio of weights:updates"); `RatioTracker`
 alerts when a layer stays above `high` (the learning rate is too high) or below `low` while
@@ -47,10 +50,22 @@ class UpdateRatios:
     Args:
         watched: the watched layers; those with trainable weights are measured (a layer
             reachable twice, as a pooling layer's input is not, is measured once per path).
+        sources: for watched layers without weights of their own (an activation after a
+            linear convolution and BatchNormalization), the layers whose weights stand for
+            theirs (`layers.weight_sources`), taken as one vector.
     """
 
-    def __init__(self, watched: Sequence[WatchedLayer]) -> None:
-        self.layers = {w.path: w.layer for w in watched if _weights(w.layer)}
+    def __init__(
+        self,
+        watched: Sequence[WatchedLayer],
+        sources: Mapping[str, Sequence[Any]] | None = None,
+    ) -> None:
+        self.layers: dict[str, list[Any]] = {}
+        for w in watched:
+            own = [w.layer] if _weights(w.layer) else []
+            found = own or [layer for layer in (sources or {}).get(w.path, ()) if _weights(layer)]
+            if found:
+                self.layers[w.path] = found
         self._before: dict[str, list[Any]] | None = None
         self.step: int | None = None  # the step of the snapshot
         self.updates: int | None = None  # the optimizer updates applied at the snapshot
@@ -65,8 +80,8 @@ class UpdateRatios:
         if not self.layers:
             return
         self._before = {
-            path: [ops.copy(v.value) for v in _weights(layer)]
-            for path, layer in self.layers.items()
+            path: [ops.copy(v.value) for layer in layers for v in _weights(layer)]
+            for path, layers in self.layers.items()
         }
         self.step = step
         self.updates = updates
@@ -86,10 +101,11 @@ class UpdateRatios:
         if before is None:
             return {}
         ratios = {}
-        for path, layer in self.layers.items():
+        for path, layers in self.layers.items():
             delta = ops.zeros(())
             norm = ops.zeros(())
-            for old, v in zip(before[path], _weights(layer), strict=True):
+            now = [v for layer in layers for v in _weights(layer)]
+            for old, v in zip(before[path], now, strict=True):
                 old = ops.cast(old, "float32")
                 delta = delta + ops.sum(ops.square(ops.cast(v.value, "float32") - old))
                 norm = norm + ops.sum(ops.square(old))
