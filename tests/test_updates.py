@@ -96,6 +96,23 @@ def test_an_activation_gets_the_ratio_of_the_linear_convs_that_make_it() -> None
         assert 1e-4 < ratios[path] < 1
 
 
+def test_the_weight_copy_is_capped_in_network_order(caplog: pytest.LogCaptureFixture) -> None:
+    """Beyond `max_bytes` of weights, later layers get no ratio, said once in the log."""
+    model = residual_net()
+    watched = resolve_layers(model, None)
+    sources = weight_sources(model, watched)
+    full = UpdateRatios(watched, sources)
+    # float32: a_conv 3x3x3x4 + 4, b_conv and s_conv 1x1x4x6 + 6 each
+    assert full.bytes == 4 * (3 * 3 * 3 * 4 + 4 + 2 * (4 * 6 + 6))
+    with caplog.at_level("INFO", logger="actwatch"):
+        capped = UpdateRatios(watched, sources, max_bytes=full.bytes - 1)
+    assert list(capped.layers) == ["a_relu"] and capped.left_out == ["out"]
+    assert "get no ratio (first: 'out')" in caplog.text
+    capped.snapshot(0)
+    model.train_on_batch(np.ones((2, 16, 16, 3), "float32"), np.arange(2))
+    assert set(capped.measure()) == {"a_relu"}
+
+
 def test_the_monitor_writes_the_ratio_of_a_watched_relu(tmp_path: Path) -> None:
     """In a fit with default layers, `update_ratio/{relu}` is written from its conv."""
     model = residual_net()

@@ -29,15 +29,28 @@ import keras
 import numpy as np
 from keras import ops
 
+from ._logging import logger
 from .alerts import Alert
 from .layers import WatchedLayer
 
-__all__ = ["DEFAULT_BOUNDS", "HEALTHY_RATIO", "RatioTracker", "UpdateRatios"]
+__all__ = ["DEFAULT_BOUNDS", "HEALTHY_RATIO", "MAX_SNAPSHOT_BYTES", "RatioTracker", "UpdateRatios"]
 
 #: The healthy update-to-weight ratio (CS231n notes).
 HEALTHY_RATIO = 1e-3
 #: Default bounds: two orders of magnitude either side of `HEALTHY_RATIO`.
 DEFAULT_BOUNDS = (1e-5, 1e-1)
+
+
+#: At most this many bytes of weights are copied for the update ratio at a check (in network
+#: order; layers beyond get no ratio): ResNet50's watched convolutions hold 94 MB, ConvNeXtTiny's
+#: 110 MB; a billion-parameter model would otherwise hold a second copy of itself.
+MAX_SNAPSHOT_BYTES = 256 * 2**20
+
+
+def _nbytes(variable: Any) -> int:
+    """Bytes of a variable: its dtype's name ends in its width (`float32`, `bfloat16`)."""
+    bits = "".join(c for c in str(variable.dtype) if c.isdigit()) or "8"
+    return int(np.prod(variable.shape)) * max(1, int(bits) // 8)
 
 
 def _weights(layer: Any) -> list[Any]:
@@ -59,13 +72,31 @@ class UpdateRatios:
         self,
         watched: Sequence[WatchedLayer],
         sources: Mapping[str, Sequence[Any]] | None = None,
+        max_bytes: int = MAX_SNAPSHOT_BYTES,
     ) -> None:
         self.layers: dict[str, list[Any]] = {}
+        self.left_out: list[str] = []  # watched layers with weights beyond `max_bytes`
+        total = 0
         for w in watched:
             own = [w.layer] if _weights(w.layer) else []
             found = own or [layer for layer in (sources or {}).get(w.path, ()) if _weights(layer)]
-            if found:
-                self.layers[w.path] = found
+            if not found:
+                continue
+            size = sum(_nbytes(v) for layer in found for v in _weights(layer))
+            if total + size > max_bytes:
+                self.left_out.append(w.path)
+                continue
+            total += size
+            self.layers[w.path] = found
+        self.bytes = total  # what one snapshot holds
+        if self.left_out:
+            logger.info(
+                "actwatch: the update ratio copies at most %.0f MB of weights a check; %d "
+                "watched layer(s) beyond that get no ratio (first: %r).",
+                max_bytes / 2**20,
+                len(self.left_out),
+                self.left_out[0],
+            )
         self._before: dict[str, list[Any]] | None = None
         self.step: int | None = None  # the step of the snapshot
         self.updates: int | None = None  # the optimizer updates applied at the snapshot
