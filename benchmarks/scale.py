@@ -206,6 +206,8 @@ class EpochEnd(keras.callbacks.Callback):
 
     def record(self) -> None:
         if self.monitor is not None and self.monitor.timings is not self._seen:
+            if self._seen is not None and self.checks:  # the update ratio came after the copy
+                self.checks[-1].update(self._seen)
             self._seen = self.monitor.timings
             self.checks.append(dict(self.monitor.timings))
 
@@ -251,6 +253,12 @@ class Row:
     def blocking_fit(self) -> float:
         """Median blocking of the checks in the healthy fit after the first one."""
         return statistics.median(c["blocking"] for c in self.fit_checks[1:])
+
+    @property
+    def update_ratio_fit(self) -> float:
+        """Median time the update ratio's comparison took at the batch after a check."""
+        values = [c["update_ratio"] for c in self.fit_checks if "update_ratio" in c]
+        return statistics.median(values) if values else float("nan")
 
     @property
     def blocking_alone(self) -> float:
@@ -413,6 +421,7 @@ def table(rows: list[Row]) -> list[str]:
         ("probes' forward at an epoch end", [ms(r.forward_fit) for r in rows]),
         ("blocking per check, in fit", [ms(r.blocking_fit) for r in rows]),
         ("  each check in fit", [per_check(r) for r in rows]),
+        ("update ratio, at the batch after", [ms(r.update_ratio_fit) for r in rows]),
         ("blocking per check, alone", [ms(r.blocking_alone) for r in rows]),
         ("  of which the device call", [ms(r.device_alone) for r in rows]),
         ("first check (compiles)", [ms(r.first_check) for r in rows]),

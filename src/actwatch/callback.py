@@ -245,6 +245,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._updates = UpdateRatios([])
         self._reviver: Reviver | None = None
         self._revived_at_snapshot: set[str] = set()  # layers revived at the snapshot's check
+        #: What the last check blocked the training thread for, in seconds: `blocking` (all
+        #: of it), `device` (the compiled call), and `update_ratio` (the comparison of the
+        #: weights, at the first batch after the check).
         self.timings: dict[str, float] = {}
         self._last_sink_stats: SinkStats | None = None
         self._sink: Sink | None = None
@@ -623,7 +626,10 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     return {}, ()
             elif step - self._updates.step > self._steps.per_execution:
                 self._updates.cancel()  # batches ran without a batch hook: not one step
+            start = time.perf_counter()
                 return {}, ()
+            # The last check's timings gain the measurement, taken at the batch after it.
+            self.timings["update_ratio"] = time.perf_counter() - start
             ratios = self._updates.measure()
             self.last_update_ratios = ratios
             learning_rate = self._learning_rate()
