@@ -1,8 +1,10 @@
 """Gradients of activations: exact against a numpy reference, GraMa's dormancy, the notebook
-function, and the errors without a loss or with labels that do not fit."""
+function, the errors without a loss or with labels that do not fit, and the check's one
+compiled call (forward and backward) on the labelled samples alone."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,13 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.gradients import GradientStats
+from actwatch import ActwatchWarning
+from actwatch.extract import Extractor
+from actwatch.gradients import GradientStats, LossGradients
+from actwatch.pipeline import CheckPipeline
 
 from .helpers import data, read_events, tiny_cnn
+from .test_subclassed import Untraceable, ours
 
 RNG = np.random.default_rng(0)
 XD = RNG.normal(size=(6, 4)).astype("float32")
@@ -160,3 +166,120 @@ def test_sequential_and_subclassed_models() -> None:
         np.testing.assert_allclose(grads["h"], numpy_gradient(model), rtol=1e-4, atol=1e-7)
         for old, new in zip(before, model.weights, strict=True):
             np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+
+
+def test_a_check_with_labels_is_one_compiled_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `stats_data=(x, y)` each check is one call of one runner, forward and backward,
+    traced once (TensorFlow, JAX; PyTorch runs eagerly), and its gradient figures are those of
+    `get_gradients` on the same data."""
+    calls: list[bool] = []
+    traces: list[int] = []
+    runner, forward = Extractor._runner, LossGradients.forward
+
+    def counted_runner(self: Extractor, reduce: Any, gradients: Any) -> Any:
+        run = runner(self, reduce, gradients)
+        return lambda *data: (calls.append(gradients is not None), run(*data))[1]
+
+    def counted_forward(self: LossGradients, *args: Any) -> Any:
+        traces.append(1)
+        return forward(self, *args)
+
+    monkeypatch.setattr(Extractor, "_runner", counted_runner)
+    monkeypatch.setattr(LossGradients, "forward", counted_forward)
+    model = dense_net()
+    monitor = actwatch.ActivationMonitor(
+        XD[:2], tmp_path, layers=["h"], stats_data=(XD, YD), images=False
+    )
+    model.fit(XD, YD, batch_size=6, epochs=1, verbose=0, callbacks=[monitor])
+    assert calls == [True, True]  # two checks, each one call with the gradients
+    assert len(traces) == (2 if keras.backend.backend() == "torch" else 1)
+    monkeypatch.undo()
+    grads = actwatch.get_gradients(model, XD, YD, ["h"])["h"]
+    got = monitor.last_gradients["h"]
+    assert got.rms == pytest.approx(float(np.sqrt(np.mean(grads**2))), rel=1e-5)
+    np.testing.assert_allclose(got.filter_mean_abs, np.abs(grads).mean(axis=0), rtol=1e-5)
+
+
+def test_the_probes_do_not_enter_the_loss() -> None:
+    """The check's batch is the labelled statistics samples, then the probes: the loss is
+    computed on the labelled samples alone, so probes that would change it if they entered
+    (huge, or a copy of a sample) leave the gradient figures as they are."""
+    model = dense_net()
+    watched = actwatch.layers.resolve_layers(model, ["h"])
+    weight = np.array([1, 0, 2, 1, 0.5, 1], dtype="float32")
+    expected = numpy_gradient(model, weight)
+    for probes in (1000 * XD[:2], XD[:3]):
+        pipeline = CheckPipeline(
+            model, watched, stats_samples=len(XD), draw=False, labels=(YD, weight)
+        )
+        got = pipeline.run(np.concatenate([XD, probes])).gradients["h"]
+        assert got.rms == pytest.approx(float(np.sqrt(np.mean(expected**2))), rel=1e-4)
+        np.testing.assert_allclose(
+            got.filter_mean_abs, np.abs(expected).mean(axis=0), rtol=1e-4, atol=1e-8
+        )
+
+
+def test_failing_gradients_cost_the_gradients_not_the_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure of the backward pass is logged once; every check still brings back its
+    activation statistics, without gradients, and the fit goes on."""
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("no backward pass today")
+
+    monkeypatch.setattr(LossGradients, "forward", broken)
+    model = dense_net()
+    monitor = actwatch.ActivationMonitor(
+        XD[:2], tmp_path, layers=["h"], stats_data=(XD, YD), images=False
+    )
+    with caplog.at_level("WARNING", logger="actwatch"):
+        model.fit(XD, YD, batch_size=6, epochs=2, verbose=0, callbacks=[monitor])
+    assert monitor._check_failed.count == 1
+    assert "gradients of activations failed (RuntimeError" in caplog.text
+    assert "no backward pass today" in caplog.text
+    assert monitor.last_gradients == {} and "h" in monitor.last_stats
+    scalars = read_events(tmp_path).scalars
+    assert [s for s, _ in scalars["zero_fraction/h"]] == [0, 1, 2]
+    assert "gradient_rms/h" not in scalars
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax", reason="jax.grad, like jax.jit, needs a traceable call"
+)
+def test_untraceable_call_gets_its_gradients_eagerly(tmp_path: Path) -> None:
+    """A `call` the compiler cannot trace gets its gradients in the eager check (one
+    ActwatchWarning), equal to those of the same network written traceably."""
+    keras.utils.set_random_seed(0)
+    x = RNG.normal(size=(8, 12, 12, 3)).astype("float32")
+    y = RNG.normal(size=(8, 1)).astype("float32")
+    model, twin = Untraceable(), Traceable()
+    model(x[:1])
+    twin(x[:1])
+    twin.set_weights(model.get_weights())
+    for m in (model, twin):
+        m.compile(keras.optimizers.SGD(1e-3), "mse", run_eagerly=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grads = actwatch.get_gradients(model, x, y, ["conv"])["conv"]
+    assert len(ours(caught)) == (0 if keras.backend.backend() == "torch" else 1)
+    expected = actwatch.get_gradients(twin, x, y, ["conv"])["conv"]
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(grads, expected, rtol=1e-4, atol=1e-8)
+    monitor = actwatch.ActivationMonitor(
+        x[:2], tmp_path, layers=["conv"], stats_data=(x, y), images=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ActwatchWarning)
+        model.fit(x, y, epochs=1, batch_size=8, callbacks=[monitor], verbose=0)
+    assert monitor._check_failed.count == 0
+    assert monitor.last_gradients["conv"].rms > 0
+
+
+class Traceable(Untraceable):
+    """`Untraceable` without the test its `call` turns into a Python bool (never true here)."""
+
+    def call(self, x: Any) -> Any:
+        return self.head(keras.ops.mean(self.conv(x), axis=(1, 2)))

@@ -2,7 +2,9 @@
 
 `Extractor` reads every watched output (from `layers.resolve_layers`) in a single forward
 pass, compiled once, with whatever reductions the caller adds, by the backend's compiler:
-`tf.function`, `jax.jit` over `stateless_call`, or a plain call under `torch.no_grad()`.
+`tf.function`, `jax.jit` over `stateless_call`, or a plain call under `torch.no_grad()`;
+with labels, the same call also takes the loss's gradients with respect to those outputs
+(`gradients.LossGradients`).
 Where every watched layer sits in graph models, the extractor is one functional model of their
 outputs (the fast path), with each nested model tapped once in its own graph. Layers inside a
 custom layer's or a subclassed model's `call` are captured while it runs (`capture.Capture`).
@@ -13,6 +15,7 @@ is checked eagerly, with one `ActwatchWarning`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +25,7 @@ import keras
 
 from ._warnings import ActwatchWarning
 from .capture import Capture, inference, takes_training
+from .gradients import LossGradients
 from .layers import WatchedLayer
 from .tree import is_graph_model, iter_layers, walk
 
@@ -137,15 +141,32 @@ class Extractor:
     `Capture`): in a graph model, the extractor also outputs each such custom layer, so that
     it runs; for a subclassed model, the model itself is called.
 
+    With `gradients`, the model itself is called, every watched output captured (and
+    perturbed, `gradients.LossGradients`), so that the same call also gives the prediction
+    the loss is differentiated from: `make_gradient_runner` then brings back the loss's
+    gradients with the outputs. (A tap model of a nested model runs it a second time beside
+    the prediction's path, so the taps cannot serve the gradients.)
+
     Args:
         model: the model being watched.
         watched: the layers to read, from `resolve_layers`.
+        gradients: also the loss's gradients with respect to the watched outputs; the
+            model must have a compiled loss (`ValueError` otherwise). Defaults to False.
     """
 
-    def __init__(self, model: keras.Model, watched: Sequence[WatchedLayer]) -> None:
+    def __init__(
+        self, model: keras.Model, watched: Sequence[WatchedLayer], *, gradients: bool = False
+    ) -> None:
         anchors = {path: anchor for path, _, anchor in walk(model)}
         self.watched = list(watched)
         self._name = model.name
+        self._gradients = LossGradients(model, watched) if gradients else None
+        if self._gradients is not None:
+            self._graph: list[int] = []
+            self._captured = list(range(len(watched)))
+            self._capture: Capture = self._gradients.perturb
+            self.model = model
+            return
         self._graph = [i for i, w in enumerate(watched) if anchors.get(w.path) is None]
         self._captured = [i for i, w in enumerate(watched) if anchors.get(w.path) is not None]
         self._capture = Capture([watched[i].layer for i in self._captured])
@@ -160,12 +181,11 @@ class Extractor:
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
         self.model = keras.Model(inputs, outputs, name="actwatch_extractor")
 
-    def _assemble(self, outputs: list[Any]) -> list[Any]:
+    def _assemble(self, outputs: list[Any], captured: dict[int, Any]) -> list[Any]:
         """The watched outputs in order: the graph's, then the captured ones in place."""
         result: list[Any] = [None] * len(self.watched)
         for k, index in enumerate(self._graph):
             result[index] = outputs[k]
-        captured = self._capture.outputs
         for index in self._captured:
             layer = self.watched[index]
             if id(layer.layer) not in captured:
@@ -186,66 +206,97 @@ class Extractor:
         the compiler cannot trace (a tensor turned into a Python bool or number) is run
         eagerly instead, with one `ActwatchWarning`.
         """
+        return self._runner(lambda outputs, _: reduce(outputs), None)
+
+    def make_gradient_runner(
+        self, reduce: Callable[[list[Any], list[Any]], T]
+    ) -> Callable[[Any, Any, Any], T]:
+        """Return `run(inputs, y, sample_weight)`: `reduce(outputs, gradients)` compiled once,
+        with numpy leaves (an extractor built with `gradients` only).
+
+        As `make_runner`, and the same forward pass is differentiated: `gradients` are the
+        compiled loss's gradients with respect to the watched outputs, in order, each of its
+        layer's output shape cut to the labelled rows. `y` (and `sample_weight`, or None)
+        label the leading samples of `inputs`; the loss is computed on those alone.
+        """
+        if self._gradients is None:
+            raise ValueError("make_gradient_runner needs an Extractor built with gradients=True")
+        return self._runner(reduce, self._gradients)
+
+    def _runner(
+        self, reduce: Callable[[list[Any], Any], T], gradients: LossGradients | None
+    ) -> Callable[..., T]:
+        """`run(x, *labels)`: one forward pass (and with `gradients`, its backward pass),
+        compiled by the backend's compiler, then `reduce(outputs, gradients or None)`."""
         backend = keras.backend.backend()
         model = self.model
         capture = self._capture
         assemble = self._assemble
 
-        def eager(x: Any) -> Any:
+        def forward(call: Callable[[Any], Any], x: Any, *labels: Any) -> Any:
             capture.outputs.clear()
-            with inference():
-                return reduce(assemble(_as_list(model(x, training=False))))
+            if gradients is None:
+                return reduce(assemble(_as_list(call(x)), capture.outputs), None)
+            captured, grads = gradients.forward(call, x, *labels)
+            return reduce(assemble([], captured), grads)
 
-        compiled: Callable[[Any], Any] | None = None
+        def call(x: Any) -> Any:
+            return model(x, training=False)
+
+        def eager(*data: Any) -> Any:
+            with inference():
+                return forward(call, *data)
+
+        compiled: Callable[..., Any] | None = None
         compiler = ""
         if backend == "jax":
             import jax
 
-            def pure(trainable: Any, non_trainable: Any, x: Any) -> Any:
-                capture.outputs.clear()
-                outputs, _ = model.stateless_call(trainable, non_trainable, x, **flags)
-                return reduce(assemble(_as_list(outputs)))
+            def pure(trainable: Any, non_trainable: Any, *data: Any) -> Any:
+                def stateless(x: Any) -> Any:
+                    return model.stateless_call(trainable, non_trainable, x, **flags)[0]
+
+                return forward(stateless, *data)
 
             # `stateless_call` passes keyword arguments to `call` as they are.
             flags = {"training": False} if takes_training(model) else {}
             jitted = jax.jit(pure)
             compiler = "jax.jit"
 
-            def compiled(x: Any) -> Any:
+            def compiled(*data: Any) -> Any:
                 return jitted(
                     [v.value for v in model.trainable_variables],
                     [v.value for v in model.non_trainable_variables],
-                    x,
+                    *data,
                 )
 
         elif backend == "tensorflow":
             import tensorflow as tf
 
-            def call(x: Any) -> Any:
-                capture.outputs.clear()
-                return reduce(assemble(_as_list(model(x, training=False))))
-
-            compiled = tf.function(call, reduce_retracing=True)
+            compiled = tf.function(functools.partial(forward, call), reduce_retracing=True)
             compiler = "tf.function"
 
-        # torch (and numpy, future backends): the eager call under torch.no_grad().
+        # torch (and numpy, future backends): the eager call under torch.no_grad() (the
+        # gradients' forward and backward pass under torch.enable_grad()).
 
-        def run(x: Any) -> T:
+        def run(*data: Any) -> T:
             nonlocal compiled
+            if gradients is not None:
+                gradients.prepare(*data)
             try:
                 with capture.installed():
                     if compiled is None:
-                        result = eager(x)
+                        result = eager(*data)
                     else:
                         try:
-                            result = compiled(x)
+                            result = compiled(*data)
                         # What a trace raises on a tensor turned into a Python value:
                         # jax's Tracer*ConversionError / ConcretizationTypeError and
                         # tf.function's OperatorNotAllowedInGraphError are TypeErrors,
                         # np.asarray of a graph tensor a NotImplementedError. Anything else
                         # (out of memory, say) is a failed check, not a reason to go eager.
                         except (TypeError, NotImplementedError) as exc:
-                            result = eager(x)  # a real error raises here again
+                            result = eager(*data)  # a real error raises here again
                             compiled = None
                             warnings.warn(
                                 f"actwatch: {compiler} cannot trace the `call` of model "
@@ -256,6 +307,8 @@ class Extractor:
                             )
             finally:
                 capture.outputs.clear()
+                if gradients is not None:
+                    gradients.perturb.deltas.clear()
             return keras.tree.map_structure(keras.ops.convert_to_numpy, result)  # type: ignore[no-any-return]
 
         return run

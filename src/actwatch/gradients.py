@@ -3,11 +3,12 @@
 The loss is the model's compiled loss (`model.compute_loss`, the loss given to `compile()`,
 plus weight penalties), on labelled data, with the model in inference mode. Each watched
 layer's output gets a zero tensor added at its first call (`capture.Perturb`), and the
-gradient is taken with respect to those zeros by the backend's own machinery, compiled once:
-`jax.grad` over `stateless_call` under `jax.jit`, `tf.GradientTape` under `tf.function`, torch
-autograd (eager). The loss is the mean over the batch, so the gradients are those of a batch
-mean, as in training. Nothing is written to the model or its metrics: the loss is computed in
-a `keras.StatelessScope`.
+gradient is taken with respect to those zeros by the backend's own machinery, in the same
+compiled call that reads the activations (`extract.Extractor.make_gradient_runner`): one
+forward and one backward pass per check, `jax.grad` over `stateless_call` under `jax.jit`,
+`tf.GradientTape` under `tf.function`, torch autograd (eager). The loss is the mean over the
+labelled samples, so the gradients are those of a batch mean, as in training. Nothing is
+written to the model or its metrics: the loss is computed in a `keras.StatelessScope`.
 
 Per layer, two figures come from the gradients (`GradientStats`):
 
@@ -29,10 +30,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from .capture import Perturb, takes_training, trace
+from .capture import Perturb, inference, trace
 from .layers import WatchedLayer
 
-__all__ = ["GradientRunner", "GradientStats", "check_loss", "gradient_stats", "reduce_gradients"]
+__all__ = ["GradientStats", "LossGradients", "check_loss", "gradient_stats", "reduce_gradients"]
 
 
 @dataclass(frozen=True)
@@ -120,40 +121,47 @@ def _first(x: Any) -> Any:
     return x[0] if isinstance(x, (list, tuple)) else x
 
 
+def _rows(x: Any, rows: int) -> Any:
+    """The first `rows` samples of the feed (an array, or a list of arrays)."""
+    return [a[:rows] for a in x] if isinstance(x, (list, tuple)) else x[:rows]
+
+
 def _head(x: Any) -> Any:
     """One sample of the feed (an array, or a list of arrays)."""
-    return [a[:1] for a in x] if isinstance(x, (list, tuple)) else x[:1]
+    return _rows(x, 1)
 
 
-class GradientRunner:
-    """The loss's gradients with respect to the watched layers' outputs, compiled once.
+class LossGradients:
+    """The compiled loss's gradients with respect to the watched layers' outputs, taken in the
+    forward pass that also reads those outputs (`extract.Extractor`'s gradient runner).
 
-    `run(x, y, sample_weight)` returns `reduce(gradients)` with numpy leaves, the gradients
-    in the order of `watched`, each of its layer's output shape (the layer's own layout).
+    `perturb` is the capture to install around the call: it keeps each watched layer's
+    output of its first call and adds a zero tensor to it, the tensor the gradient is taken
+    by. `forward(call, x, y, sample_weight)` runs `call(x)` (the model's prediction) once,
+    under the backend's autodiff, and returns the captured outputs (`{id(layer): tensor}`)
+    and the gradients in the order of `watched`, of the labelled rows only: `y` labels the
+    leading samples of `x` (all of them, or the statistics samples before the probes), the
+    loss is computed on those rows alone, and the gradient of each watched output is cut to
+    them. The model runs in inference mode, where a sample's outputs do not depend on the
+    other samples, so the rows after them change nothing.
 
     Args:
         model: a compiled model (its loss is differentiated).
         watched: the layers whose outputs' gradients are wanted.
-        reduce: what to compute on the device from the gradients; defaults to the gradients.
     """
 
-    def __init__(
-        self,
-        model: keras.Model,
-        watched: Sequence[WatchedLayer],
-        reduce: Callable[[list[Any]], Any] | None = None,
-    ) -> None:
+    def __init__(self, model: keras.Model, watched: Sequence[WatchedLayer]) -> None:
         check_loss(model)
         self.model = model
         self.watched = list(watched)
-        self._reduce = reduce or (lambda grads: list(grads))
-        self._perturb = Perturb([w.layer for w in self.watched])
+        self.perturb = Perturb([w.layer for w in self.watched])
         self._keys = [id(w.layer) for w in self.watched]
         self._specs: list[tuple[tuple[int, ...], str]] | None = None
-        self._compiled: Callable[..., Any] | None = None
 
-    def _shapes(self, x: Any) -> list[tuple[tuple[int, ...], str]]:
-        """Each watched output's shape without the batch axis, and dtype (one eager call)."""
+    def prepare(self, x: Any, y: Any, sample_weight: Any) -> None:
+        """The eager work before the first (compiled) call: the watched outputs' shapes, and
+        the compiled loss built on one sample (it creates its metrics the first time it
+        runs, which a stateless scope or a trace cannot)."""
         if self._specs is None:
             specs = trace(self.model, [w.layer for w in self.watched], _head(x))
             missing = [w.path for w in self.watched if id(w.layer) not in specs]
@@ -165,133 +173,75 @@ class GradientRunner:
             self._specs = [
                 (tuple(int(d) for d in specs[k].shape[1:]), str(specs[k].dtype)) for k in self._keys
             ]
-        return self._specs
-
-    def _build_loss(self, x: Any, y: Any, sample_weight: Any) -> None:
-        """Build the compiled loss eagerly on one sample (it creates its metrics the first
-        time it runs, which a stateless scope or a trace cannot)."""
         loss = getattr(self.model, "_compile_loss", None)  # read only: has it been built?
         if loss is None or getattr(loss, "built", True):
             return
         head = _head(x)
-        y_pred = self.model(head, training=False)
-        weight = None if sample_weight is None else sample_weight[:1]
-        self.model.compute_loss(x=head, y=_head(y), y_pred=y_pred, sample_weight=weight)
+        with inference():
+            y_pred = self.model(head, training=False)
+            weight = None if sample_weight is None else sample_weight[:1]
+            self.model.compute_loss(x=head, y=_head(y), y_pred=y_pred, sample_weight=weight)
 
-    def run(self, x: Any, y: Any, sample_weight: Any = None) -> Any:
-        """`reduce(gradients)` for the batch `x` with labels `y` (numpy leaves)."""
-        specs = self._shapes(x)
-        self._build_loss(x, y, sample_weight)
-        if self._compiled is None:
-            self._compiled = self._compile(specs)
-        try:
-            with self._perturb.installed():
-                result = self._compiled(x, y, sample_weight)
-        finally:
-            self._perturb.outputs.clear()
-            self._perturb.deltas.clear()
-        return keras.tree.map_structure(keras.ops.convert_to_numpy, result)
-
-    def _compile(self, specs: list[tuple[tuple[int, ...], str]]) -> Callable[..., Any]:
-        backend = keras.backend.backend()
+    def forward(
+        self, call: Callable[[Any], Any], x: Any, y: Any, sample_weight: Any
+    ) -> tuple[dict[int, Any], list[Any]]:
+        """`(captured outputs, gradients)` of one forward pass `call(x)` (see the class)."""
+        assert self._specs is not None, "prepare() first"
         model = self.model
-        perturb = self._perturb
-        keys = self._keys
-        reduce = self._reduce
-        flags = {"training": False} if takes_training(model) else {}
-
-        def zeros(x: Any) -> list[Any]:
-            batch = _first(x).shape[0]
-            return [ops.zeros((batch, *shape), dtype=dtype) for shape, dtype in specs]
-
-        def arm(deltas: Sequence[Any]) -> None:
-            perturb.outputs.clear()
-            perturb.deltas.clear()
-            perturb.deltas.update(zip(keys, deltas, strict=True))
-
+        perturb = self.perturb
+        rows = int(keras.tree.flatten(y)[0].shape[0])
+        batch = int(_first(x).shape[0])
+        deltas = [ops.zeros((batch, *shape), dtype=dtype) for shape, dtype in self._specs]
         # An override of `compute_loss` written before Keras 3.3 has no `training` argument.
         kwargs = {"training": False} if _takes(model.compute_loss, "training") else {}
 
-        def loss_of(x: Any, y: Any, sample_weight: Any, y_pred: Any) -> Any:
+        def loss_of(deltas: Sequence[Any]) -> Any:
+            perturb.outputs.clear()
+            perturb.deltas.clear()
+            perturb.deltas.update(zip(self._keys, deltas, strict=True))
+            y_pred = keras.tree.map_structure(lambda t: t[:rows], call(x))
             with keras.StatelessScope():  # the loss's metrics are left as they are
                 return model.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs
+                    x=_rows(x, rows), y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs
                 )
 
+        backend = keras.backend.backend()
         if backend == "jax":
             import jax
 
-            def loss_fn(deltas: list[Any], trainable: Any, non_trainable: Any, *data: Any) -> Any:
-                x, y, sample_weight = data
-                arm(deltas)
-                y_pred, _ = model.stateless_call(trainable, non_trainable, x, **flags)
-                return loss_of(x, y, sample_weight, y_pred)
+            def differentiated(deltas: list[Any]) -> tuple[Any, dict[int, Any]]:
+                return loss_of(deltas), dict(perturb.outputs)
 
-            grad = jax.grad(loss_fn)
-
-            def pure(trainable: Any, non_trainable: Any, x: Any, y: Any, sw: Any) -> Any:
-                return reduce(list(grad(zeros(x), trainable, non_trainable, x, y, sw)))
-
-            jitted = jax.jit(pure)
-
-            def run_jax(x: Any, y: Any, sample_weight: Any) -> Any:
-                return jitted(
-                    [v.value for v in model.trainable_variables],
-                    [v.value for v in model.non_trainable_variables],
-                    x,
-                    y,
-                    sample_weight,
-                )
-
-            return run_jax
-
-        if backend == "tensorflow":
+            grads, outputs = jax.grad(differentiated, has_aux=True)(deltas)
+        elif backend == "tensorflow":
             import tensorflow as tf
 
-            def run_tf(x: Any, y: Any, sample_weight: Any) -> Any:
-                deltas = zeros(x)
-                with tf.GradientTape() as tape:
-                    tape.watch(deltas)
-                    arm(deltas)
-                    y_pred = model(x, **flags)
-                    loss = loss_of(x, y, sample_weight, y_pred)
-                grads = tape.gradient(loss, deltas)
-                return reduce(
-                    [
-                        tf.zeros_like(d) if g is None else g
-                        for g, d in zip(grads, deltas, strict=True)
-                    ]
-                )
-
-            compiled: Callable[..., Any] = tf.function(run_tf, reduce_retracing=True)
-            return compiled
-
-        if backend == "torch":
+            with tf.GradientTape() as tape:
+                tape.watch(deltas)
+                loss = loss_of(deltas)
+            outputs = dict(perturb.outputs)
+            grads = tape.gradient(loss, deltas)
+        elif backend == "torch":
             import torch
 
-            def run_torch(x: Any, y: Any, sample_weight: Any) -> Any:
-                deltas = [d.requires_grad_() for d in zeros(x)]
-                arm(deltas)
-                with torch.enable_grad():
-                    y_pred = model(x, **flags)
-                    y_t = keras.tree.map_structure(ops.convert_to_tensor, y)
-                    w_t = None if sample_weight is None else ops.convert_to_tensor(sample_weight)
-                    loss = loss_of(x, y_t, w_t, y_pred)
-                    grads = torch.autograd.grad(loss, deltas, allow_unused=True)
-                with torch.no_grad():
-                    return reduce(
-                        [
-                            torch.zeros_like(d) if g is None else g
-                            for g, d in zip(grads, deltas, strict=True)
-                        ]
-                    )
-
-            return run_torch
-
-        raise NotImplementedError(
-            f"Gradients of activations are computed on the JAX, TensorFlow and PyTorch backends; "
-            f"this is {backend!r}."
-        )
+            deltas = [d.requires_grad_() for d in deltas]
+            y = keras.tree.map_structure(ops.convert_to_tensor, y)
+            if sample_weight is not None:
+                sample_weight = ops.convert_to_tensor(sample_weight)
+            with torch.enable_grad():
+                loss = loss_of(deltas)
+                grads = torch.autograd.grad(loss, deltas, allow_unused=True)
+            outputs = {k: v.detach() for k, v in perturb.outputs.items()}
+        else:
+            raise NotImplementedError(
+                "Gradients of activations are computed on the JAX, TensorFlow and PyTorch "
+                f"backends; this is {backend!r}."
+            )
+        grads = [
+            ops.zeros_like(d[:rows]) if g is None else g[:rows]
+            for g, d in zip(grads, deltas, strict=True)
+        ]
+        return outputs, grads
 
 
 def gradient_stats(

@@ -20,7 +20,6 @@ from matplotlib.figure import Figure
 
 from .extract import Extractor
 from .figures import filters_figure, heatmaps_figure
-from .gradients import GradientRunner
 from .layers import WatchedLayer, resolve_layers
 from .pipeline import CheckPipeline, CheckResult
 from .probes import (
@@ -76,8 +75,8 @@ def get_gradients(
     preprocess: Preprocess = None,
 ) -> dict[str, np.ndarray]:
     """The compiled loss's gradient with respect to each watched layer's output (keract's
-    `get_gradients_of_activations`), in one compiled backward pass, the model in inference
-    mode.
+    `get_gradients_of_activations`), in one compiled forward and backward pass (the
+    callback's own), the model in inference mode.
 
     Args:
         model: a model compiled with a loss (`model.compile(loss=...)`).
@@ -96,7 +95,8 @@ def get_gradients(
     watched = resolve_layers(model, layers, batch.feed())
     labels = keras.tree.map_structure(np.asarray, y)
     weight = None if sample_weight is None else np.asarray(sample_weight)
-    grads = GradientRunner(model, watched).run(batch.feed(), labels, weight)
+    run = Extractor(model, watched, gradients=True).make_gradient_runner(lambda _, grads: grads)
+    grads = run(batch.feed(), labels, weight)
     return {w.path: array for w, array in zip(watched, grads, strict=True)}
 
 

@@ -1,4 +1,5 @@
-"""One check's device work: forward pass, statistics and uint8 maps in one compiled call.
+"""One check's device work: forward pass, statistics and uint8 maps in one compiled call
+(with labels, the gradients of activations too: the same call's backward pass).
 
 Shared by the callback and the notebook functions, so both read activations the same way.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from .extract import Extractor
+from .gradients import GradientStats, gradient_stats, reduce_gradients
 from .grids import heat_maps, normalize_maps
 from .layers import WatchedLayer
 from .signals import (
@@ -38,13 +40,15 @@ class CheckResult:
 
     `maps` holds uint8 codes `(probes, H, W, F)` or `(probes, F)` for Dense outputs, at most
     `max_filters` filters; `heat` holds uint8 `(probes, H, W)` (absent for Dense outputs);
-    `topk` the top-k statistics samples of each drawn filter (when asked for).
+    `topk` the top-k statistics samples of each drawn filter (when asked for); `gradients`
+    the gradient figures of every layer (with labels).
     """
 
     stats: dict[str, LayerStats]
     maps: dict[str, np.ndarray]
     heat: dict[str, np.ndarray]
     topk: dict[str, TopK] = field(default_factory=dict)
+    gradients: dict[str, GradientStats] = field(default_factory=dict)
 
 
 def _channels_last(a: Any, layer: WatchedLayer) -> Any:
@@ -107,6 +111,11 @@ class CheckPipeline:
         topk: for each drawn filter of each drawn layer (with `draw`), bring back the `topk`
             statistics samples whose activation peaks highest, and where. 0 (the default)
             brings back none.
+        labels: `(y, sample_weight)` (`sample_weight` may be None) of the `stats_samples`
+            leading samples: the check's call also takes the compiled loss's gradients with
+            respect to every watched output on those samples (one backward pass), and brings
+            back their figures (`CheckResult.gradients`). The model must have been compiled
+            with a loss (`ValueError` otherwise). Defaults to None: no gradients.
     """
 
     def __init__(
@@ -124,6 +133,7 @@ class CheckPipeline:
         histograms: bool = True,
         feature_rank: bool = True,
         topk: int = 0,
+        labels: tuple[Any, Any] | None = None,
     ) -> None:
         self.watched = list(watched)
         self.dormant_threshold = dormant_threshold
@@ -175,23 +185,50 @@ class CheckPipeline:
                     item["signals"]["histogram"] = counts[i]
             return out
 
-        extractor = Extractor(model, self.watched)
-        self._run = extractor.make_runner(reduce)
-        self._make_careful: Callable[[], Callable[[Any], Any]] = lambda: extractor.make_runner(
-            functools.partial(reduce, careful=True)
+        extractor = Extractor(model, self.watched, gradients=labels is not None)
+        self._make_runner: Callable[[bool], Callable[[Any], Any]] = lambda careful: (
+            extractor.make_runner(functools.partial(reduce, careful=careful))
         )
+        self._run: Callable[[Any], Any] | None = None  # without gradients: compiled when needed
         self._run_careful: Callable[[Any], Any] | None = None  # compiled when first needed
+        self._run_labelled: Callable[[Any], Any] | None = None  # with the gradients
+        if labels is not None:
+            reduce_grads = reduce_gradients(self.watched)
+            run_labelled = extractor.make_gradient_runner(
+                lambda outputs, grads: (reduce(outputs), reduce_grads(grads))
+            )
+            self._run_labelled = lambda x: run_labelled(x, *labels)
+
+    @property
+    def gradients(self) -> bool:
+        """Whether the checks bring back gradient figures."""
+        return self._run_labelled is not None
+
+    def drop_gradients(self) -> None:
+        """Bring back no gradients from now on (when they failed): the checks go on."""
+        self._run_labelled = None
 
     def run(self, inputs: Any) -> CheckResult:
-        """Run one check on `inputs` (an array, or a list for multi-input models)."""
+        """Run one check on `inputs` (an array, or a list for multi-input models).
+
+        A check where a layer's fast statistics are not `ok` is run again carefully, without
+        the backward pass: the gradient figures are the first call's.
+        """
         stats: dict[str, LayerStats] = {}
         maps: dict[str, np.ndarray] = {}
         heat: dict[str, np.ndarray] = {}
         topk: dict[str, TopK] = {}
-        items = self._run(inputs)
+        gradients: dict[str, GradientStats] = {}
+        if self._run_labelled is not None:
+            items, raw = self._run_labelled(inputs)
+            gradients = gradient_stats(raw, self.watched, self.dormant_threshold)
+        else:
+            if self._run is None:
+                self._run = self._make_runner(False)
+            items = self._run(inputs)
         if not all(bool(item["stats"]["ok"]) for item in items):
             if self._run_careful is None:
-                self._run_careful = self._make_careful()
+                self._run_careful = self._make_runner(True)
             items = self._run_careful(inputs)
         for layer, item in zip(self.watched, items, strict=True):
             del item["stats"]["ok"]
@@ -204,4 +241,4 @@ class CheckPipeline:
                 maps[layer.path] = item["maps"]
             if "heat" in item:
                 heat[layer.path] = item["heat"]
-        return CheckResult(stats=stats, maps=maps, heat=heat, topk=topk)
+        return CheckResult(stats=stats, maps=maps, heat=heat, topk=topk, gradients=gradients)
