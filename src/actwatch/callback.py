@@ -17,10 +17,10 @@ from ._distribute import is_chief
 from ._logging import WarnOnce, logger
 from ._steps import StepCounter
 from .alerts import Alert, AlertTracker, Decision
-from .gradients import GradientRunner, GradientStats, gradient_stats, reduce_gradients
+from .gradients import GradientStats
 from .grids import default_drawn, render_images
 from .layers import check_layer_specs, resolve_drawn, resolve_layers, weight_sources
-from .pipeline import CheckPipeline
+from .pipeline import CheckPipeline, CheckResult
 from .probes import (
     ProbeBatch,
     check_preprocess,
@@ -284,15 +284,13 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._samples = probes.display  # pictures of the statistics samples (top-k)
         self._histories = HistogramHistory()
         stats_samples = 0
-        self._gradients: tuple[GradientRunner, tuple[Any, Any, Any]] | None = None
+        labels = None
         if self._stats_source is not None:  # one batch: statistics samples, then the probes
             stats = prepare_probes(self._stats_source, inputs, self.preprocess)
             stats_samples = stats.size
             self._samples = stats.display
-            if self._stats_labels is not None:
-                y, weight = _labels(self._stats_labels, stats.size)
-                runner = GradientRunner(model, watched, reduce_gradients(watched))
-                self._gradients = (runner, (stats.feed(), y, weight))
+            if self._stats_labels is not None:  # the gradients: the check's backward pass
+                labels = _labels(self._stats_labels, stats.size)
             batch = tuple(
                 np.concatenate([s, p]) for s, p in zip(stats.inputs, probes.inputs, strict=True)
             )
@@ -309,6 +307,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             histograms=self.histograms,
             feature_rank=self.feature_rank,
             topk=self.topk,
+            labels=labels,
         )
         paths = tuple(w.path for w in watched)
         self._remembered = (
@@ -457,7 +456,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             assert self._tracker is not None
             start = time.perf_counter()
             ratio_scalars, ratio_alerts = self._measure_updates(submit=False)
-            result = self._pipeline.run(self._feed)
+            result = self._run_pipeline()
             device = time.perf_counter() - start
             learning_rate = self._learning_rate()
             decision = self._tracker.update(
@@ -467,7 +466,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             layers = {path: s.scalars() for path, s in result.stats.items()}
             network = NetworkStats.of(result.stats).scalars()
             self._figures = tags.logs_figures(network, layers if self.log_per_layer else None)
-            self.last_gradients = self._gradient_stats()
+            self.last_gradients = result.gradients
             for path, g in self.last_gradients.items():
                 layers[path] = {**layers[path], **g.scalars()}
             revivals = self._revive(result.stats, step, epoch, learning_rate)
@@ -517,15 +516,15 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 exc=exc,
             )
 
-    def _gradient_stats(self) -> dict[str, GradientStats]:
-        """The gradient figures of this check, with labels given; else none."""
-        if self._gradients is None:
-            return {}
-        runner, data = self._gradients
+    def _run_pipeline(self) -> CheckResult:
+        """This check's device work. With labels, a failure there costs the gradients (the
+        check runs again without them, and so does the rest of this fit), not the check."""
         try:
-            return gradient_stats(runner.run(*data), runner.watched, self.dormant_threshold)
-        except Exception as exc:  # the check's activation figures stand; no gradients again
-            self._gradients = None
+            return self._pipeline.run(self._feed)
+        except Exception as exc:
+            if not self._pipeline.gradients:
+                raise
+            self._pipeline.drop_gradients()
             self._check_failed(
                 "actwatch: the gradients of activations failed (%s: %s); this fit goes on "
                 "without them.",
@@ -533,7 +532,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 exc,
                 exc=exc,
             )
-            return {}
+            return self._pipeline.run(self._feed)
 
     def _revive(
         self, stats: Mapping[str, LayerStats], step: int, epoch: int | None, lr: float | None
