@@ -7,11 +7,11 @@ printed apart):
 - the update-to-weight ratio: the device copy of the watched kernels at a check
   (`UpdateRatios.snapshot`) plus the comparison after the next training step
   (`UpdateRatios.measure`);
-- the gradients of activations (`stats_data=(x, y)`): one compiled backward pass over the
-  statistics samples with the per-layer reductions (`GradientRunner` with
-  `reduce_gradients`), against the forward pass alone (the extractor, each output reduced
-  to its sum) and the check's forward pass with the default statistics (`CheckPipeline`
-  without maps) on the same samples;
+- the gradients of activations (`stats_data=(x, y)`): the check with labels, one compiled
+  forward and backward pass over the statistics samples with the default statistics and the
+  gradients' per-layer reductions (`CheckPipeline(labels=...)` without maps), against the
+  forward pass alone (the extractor, each output reduced to its sum) and the check without
+  labels (`CheckPipeline` without maps) on the same samples;
 - one training step (`train_on_batch`, batch 32), for scale.
 
     KERAS_BACKEND=jax python benchmarks/learning_rate.py
@@ -61,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from actwatch.demo import build_model, make_dataset, seed_everything
     from actwatch.extract import Extractor
-    from actwatch.gradients import GradientRunner, reduce_gradients
     from actwatch.layers import resolve_layers
     from actwatch.pipeline import CheckPipeline
     from actwatch.updates import UpdateRatios
@@ -82,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     step_first, step = timed(lambda: model.train_on_batch(xb, yb), args.repeats)
     updates = UpdateRatios(watched)
     weights = sum(
-        int(keras.ops.size(v)) for layer in updates.layers.values() for v in layer.trainable_weights
+        int(keras.ops.size(v))
+        for found in updates.layers.values()
+        for layer in found
+        for v in layer.trainable_weights
     )
 
     def ratio() -> None:
@@ -94,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     alone_first, alone_ms = timed(lambda: alone(xs), args.repeats)
     forward = CheckPipeline(model, watched, draw=False)
     fwd_first, fwd = timed(lambda: forward.run(xs), args.repeats)
-    runner = GradientRunner(model, watched, reduce_gradients(watched))
-    grad_first, grad = timed(lambda: runner.run(xs, ys), args.repeats)
+    labelled = CheckPipeline(model, watched, draw=False, labels=(ys, None))
+    grad_first, grad = timed(lambda: labelled.run(xs), args.repeats)
 
     print(f"training step (batch 32)           {step:8.1f}   (first {step_first:.0f})")
     print(
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"forward pass alone                 {alone_ms:8.1f}   (first {alone_first:.0f})")
     print(f"check forward + statistics         {fwd:8.1f}   (first {fwd_first:.0f})")
-    print(f"gradients of activations + GraMa   {grad:8.1f}   (first {grad_first:.0f})")
+    print(f"check with labels (+ gradients)    {grad:8.1f}   (first {grad_first:.0f})")
     return 0
 
 

@@ -625,11 +625,11 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                     return {}, ()
             elif step - self._updates.step > self._steps.per_execution:
                 self._updates.cancel()  # batches ran without a batch hook: not one step
-            start = time.perf_counter()
                 return {}, ()
+            start = time.perf_counter()
+            ratios = self._updates.measure()
             # The last check's timings gain the measurement, taken at the batch after it.
             self.timings["update_ratio"] = time.perf_counter() - start
-            ratios = self._updates.measure()
             self.last_update_ratios = ratios
             learning_rate = self._learning_rate()
             alerts = tuple(
