@@ -141,7 +141,7 @@ class OldLossNet(keras.Model):  # type: ignore[misc]
     def compute_loss(
         self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None
     ) -> Any:
-        return keras.ops.mean(keras.ops.square(y_pred - y))
+        return keras.ops.mean(keras.ops.square(y_pred - keras.ops.convert_to_tensor(y)))
 
 
 def test_sequential_and_subclassed_models() -> None:
@@ -182,9 +182,9 @@ def test_a_check_with_labels_is_one_compiled_call(
         run = runner(self, reduce, gradients)
         return lambda *data: (calls.append(gradients is not None), run(*data))[1]
 
-    def counted_forward(self: LossGradients, *args: Any) -> Any:
+    def counted_forward(self: LossGradients, *args: Any, **kwargs: Any) -> Any:
         traces.append(1)
-        return forward(self, *args)
+        return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(Extractor, "_runner", counted_runner)
     monkeypatch.setattr(LossGradients, "forward", counted_forward)
@@ -227,7 +227,7 @@ def test_failing_gradients_cost_the_gradients_not_the_checks(
     """A failure of the backward pass is logged once; every check still brings back its
     activation statistics, without gradients, and the fit goes on."""
 
-    def broken(*args: Any) -> Any:
+    def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no backward pass today")
 
     monkeypatch.setattr(LossGradients, "forward", broken)
@@ -237,7 +237,7 @@ def test_failing_gradients_cost_the_gradients_not_the_checks(
     )
     with caplog.at_level("WARNING", logger="actwatch"):
         model.fit(XD, YD, batch_size=6, epochs=2, verbose=0, callbacks=[monitor])
-    assert monitor._check_failed.count == 1
+    assert monitor._gradients_failed.count == 1 and monitor._check_failed.count == 0
     assert "gradients of activations failed (RuntimeError" in caplog.text
     assert "no backward pass today" in caplog.text
     assert monitor.last_gradients == {} and "h" in monitor.last_stats
@@ -274,7 +274,7 @@ def test_untraceable_call_gets_its_gradients_eagerly(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ActwatchWarning)
         model.fit(x, y, epochs=1, batch_size=8, callbacks=[monitor], verbose=0)
-    assert monitor._check_failed.count == 0
+    assert monitor._check_failed.count == 0 and monitor._gradients_failed.count == 0
     assert monitor.last_gradients["conv"].rms > 0
 
 

@@ -258,6 +258,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._tracker: AlertTracker | None = None
         self._tracked: tuple[weakref.ref[Any], tuple[str, ...]] | None = None
         self._check_failed = WarnOnce("actwatch: a later check failed")
+        self._gradients_failed = WarnOnce("actwatch: the gradients of activations failed")
         self._hook_failed = WarnOnce("actwatch: on_alert raised")
 
     # Keras hooks --------------------------------------------------------------------------
@@ -276,6 +277,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.timings = {}
         self._stopping = False
         self._check_failed.reset()
+        self._gradients_failed.reset()
         self._hook_failed.reset()
         inputs = model_inputs(model)
         probes = prepare_probes(self._probe_source, inputs, self.preprocess)
@@ -309,6 +311,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             topk=self.topk,
             labels=labels,
         )
+        self._pipeline.check_labels(self._feed)  # labels the loss refuses: an error now
         paths = tuple(w.path for w in watched)
         self._remembered = (
             self._tracker is not None
@@ -525,14 +528,17 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             if not self._pipeline.gradients:
                 raise
             self._pipeline.drop_gradients()
-            self._check_failed(
+            # Rerun first: when the check fails without the gradients too, the gradients
+            # were not the cause, and the check's own failure is what `_check` says.
+            result = self._pipeline.run(self._feed)
+            self._gradients_failed(
                 "actwatch: the gradients of activations failed (%s: %s); this fit goes on "
                 "without them.",
                 type(exc).__name__,
                 exc,
                 exc=exc,
             )
-            return self._pipeline.run(self._feed)
+            return result
 
     def _revive(
         self, stats: Mapping[str, LayerStats], step: int, epoch: int | None, lr: float | None

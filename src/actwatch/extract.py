@@ -223,6 +223,13 @@ class Extractor:
             raise ValueError("make_gradient_runner needs an Extractor built with gradients=True")
         return self._runner(reduce, self._gradients)
 
+    def prepare(self, x: Any, y: Any, sample_weight: Any) -> None:
+        """The gradients' eager work before the first compiled call (`LossGradients.prepare`):
+        a `ValueError` when the labels do not fit the loss or a watched layer is not called.
+        The first run does it anyway; call it to fail before training instead."""
+        if self._gradients is not None:
+            self._gradients.prepare(x, y, sample_weight)
+
     def _runner(
         self, reduce: Callable[[list[Any], Any], T], gradients: LossGradients | None
     ) -> Callable[..., T]:
@@ -233,11 +240,16 @@ class Extractor:
         capture = self._capture
         assemble = self._assemble
 
-        def forward(call: Callable[[Any], Any], x: Any, *labels: Any) -> Any:
+        def forward(
+            call: Callable[[Any], Any],
+            x: Any,
+            *labels: Any,
+            state: Sequence[tuple[Any, Any]] | None = None,
+        ) -> Any:
             capture.outputs.clear()
             if gradients is None:
                 return reduce(assemble(_as_list(call(x)), capture.outputs), None)
-            captured, grads = gradients.forward(call, x, *labels)
+            captured, grads = gradients.forward(call, x, *labels, state=state)
             return reduce(assemble([], captured), grads)
 
         def call(x: Any) -> Any:
@@ -256,7 +268,8 @@ class Extractor:
                 def stateless(x: Any) -> Any:
                     return model.stateless_call(trainable, non_trainable, x, **flags)[0]
 
-                return forward(stateless, *data)
+                state = list(zip(model.trainable_variables, trainable, strict=True))
+                return forward(stateless, *data, state=state)
 
             # `stateless_call` passes keyword arguments to `call` as they are.
             flags = {"training": False} if takes_training(model) else {}

@@ -117,6 +117,11 @@ def _takes(function: Any, name: str) -> bool:
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
+def _loss_flags(model: keras.Model) -> dict[str, Any]:
+    # An override of `compute_loss` written before Keras 3.3 has no `training` argument.
+    return {"training": False} if _takes(model.compute_loss, "training") else {}
+
+
 def _first(x: Any) -> Any:
     return x[0] if isinstance(x, (list, tuple)) else x
 
@@ -157,6 +162,7 @@ class LossGradients:
         self.perturb = Perturb([w.layer for w in self.watched])
         self._keys = [id(w.layer) for w in self.watched]
         self._specs: list[tuple[tuple[int, ...], str]] | None = None
+        self._ready = False  # the loss built and the labels checked
 
     def prepare(self, x: Any, y: Any, sample_weight: Any) -> None:
         """The eager work before the first (compiled) call: the watched outputs' shapes, and
@@ -173,34 +179,68 @@ class LossGradients:
             self._specs = [
                 (tuple(int(d) for d in specs[k].shape[1:]), str(specs[k].dtype)) for k in self._keys
             ]
-        loss = getattr(self.model, "_compile_loss", None)  # read only: has it been built?
-        if loss is None or getattr(loss, "built", True):
+        if self._ready:
             return
         head = _head(x)
+        y_head = keras.tree.map_structure(lambda a: a[:1], y)
+        weight = None if sample_weight is None else sample_weight[:1]
+        loss = getattr(self.model, "_compile_loss", None)  # read only: has it been built?
         with inference():
             y_pred = self.model(head, training=False)
-            weight = None if sample_weight is None else sample_weight[:1]
-            self.model.compute_loss(x=head, y=_head(y), y_pred=y_pred, sample_weight=weight)
+            # The labels as the compiled call will use them, on one sample: labels the loss
+            # refuses are an error now, before training, not a failure at every check.
+            state = [(v, v.value) for v in self.model.trainable_variables]
+            try:
+                if loss is not None and not getattr(loss, "built", True):
+                    self.model.compute_loss(x=head, y=y_head, y_pred=y_pred, sample_weight=weight)
+                with keras.StatelessScope(state_mapping=state):
+                    self.model.compute_loss(
+                        x=head,
+                        y=y_head,
+                        y_pred=y_pred,
+                        sample_weight=weight,
+                        **_loss_flags(self.model),
+                    )
+            except Exception as exc:
+                raise ValueError(
+                    f"The labels of `stats_data` do not go into the compiled loss of model "
+                    f"{self.model.name!r} ({type(exc).__name__}: {exc}). Give them as `fit` "
+                    "takes them for this model: `stats_data=(x, y)` or `(x, y, sample_weight)`, "
+                    "with `y` shaped as the loss given to `compile()` expects."
+                ) from exc
+        self._ready = True
 
     def forward(
-        self, call: Callable[[Any], Any], x: Any, y: Any, sample_weight: Any
+        self,
+        call: Callable[[Any], Any],
+        x: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        state: Sequence[tuple[Any, Any]] | None = None,
     ) -> tuple[dict[int, Any], list[Any]]:
-        """`(captured outputs, gradients)` of one forward pass `call(x)` (see the class)."""
+        """`(captured outputs, gradients)` of one forward pass `call(x)` (see the class).
+
+        `state` pairs the model's trainable variables with the values the loss reads them at
+        (its weight penalties): under `jax.jit` the traced values `stateless_call` ran with;
+        by default the variables' own values."""
         assert self._specs is not None, "prepare() first"
         model = self.model
+        if state is None:
+            state = [(v, v.value) for v in model.trainable_variables]
         perturb = self.perturb
         rows = int(keras.tree.flatten(y)[0].shape[0])
         batch = int(_first(x).shape[0])
         deltas = [ops.zeros((batch, *shape), dtype=dtype) for shape, dtype in self._specs]
-        # An override of `compute_loss` written before Keras 3.3 has no `training` argument.
-        kwargs = {"training": False} if _takes(model.compute_loss, "training") else {}
+        kwargs = _loss_flags(model)
 
         def loss_of(deltas: Sequence[Any]) -> Any:
             perturb.outputs.clear()
             perturb.deltas.clear()
             perturb.deltas.update(zip(self._keys, deltas, strict=True))
             y_pred = keras.tree.map_structure(lambda t: t[:rows], call(x))
-            with keras.StatelessScope():  # the loss's metrics are left as they are
+            # The loss's metrics are left as they are; weight penalties read `state`.
+            with keras.StatelessScope(state_mapping=state):
                 return model.compute_loss(
                     x=_rows(x, rows), y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs
                 )

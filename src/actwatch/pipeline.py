@@ -192,17 +192,24 @@ class CheckPipeline:
         self._run: Callable[[Any], Any] | None = None  # without gradients: compiled when needed
         self._run_careful: Callable[[Any], Any] | None = None  # compiled when first needed
         self._run_labelled: Callable[[Any], Any] | None = None  # with the gradients
+        self._prepare: Callable[[Any], None] = lambda inputs: None
         if labels is not None:
             reduce_grads = reduce_gradients(self.watched)
             run_labelled = extractor.make_gradient_runner(
                 lambda outputs, grads: (reduce(outputs), reduce_grads(grads))
             )
             self._run_labelled = lambda x: run_labelled(x, *labels)
+            self._prepare = lambda x: extractor.prepare(x, *labels)
 
     @property
     def gradients(self) -> bool:
         """Whether the checks bring back gradient figures."""
         return self._run_labelled is not None
+
+    def check_labels(self, inputs: Any) -> None:
+        """With labels, raise `ValueError` now if the loss refuses them (one sample, eager)."""
+        if self._run_labelled is not None:
+            self._prepare(inputs)
 
     def drop_gradients(self) -> None:
         """Bring back no gradients from now on (when they failed): the checks go on."""
