@@ -91,19 +91,7 @@ def test_statistics_and_maps_are_the_same_with_labels() -> None:
     ).run(feed)
     assert labelled.gradients and not plain.gradients
     assert set(plain.stats) == set(labelled.stats) and set(plain.maps) == set(labelled.maps)
-    for path in plain.stats:
-        a, b = _fields(plain.stats[path]), _fields(labelled.stats[path])
-        for name, value in a.items():
-            if value is None or isinstance(value, (bool, int, str)):
-                assert b[name] == value, (path, name)
-            else:
-                np.testing.assert_allclose(
-                    np.asarray(b[name], dtype=float),
-                    np.asarray(value, dtype=float),
-                    rtol=1e-5,
-                    atol=1e-6,
-                    err_msg=f"{path}.{name}",
-                )
+    _same_stats(plain.stats, labelled.stats)
         diff = np.abs(plain.maps[path].astype(int) - labelled.maps[path].astype(int))
         assert diff.max() <= 1, path
 
