@@ -92,6 +92,7 @@ def test_statistics_and_maps_are_the_same_with_labels() -> None:
     assert labelled.gradients and not plain.gradients
     assert set(plain.stats) == set(labelled.stats) and set(plain.maps) == set(labelled.maps)
     _same_stats(plain.stats, labelled.stats)
+    for path in plain.maps:
         diff = np.abs(plain.maps[path].astype(int) - labelled.maps[path].astype(int))
         assert diff.max() <= 1, path
 
