@@ -96,6 +96,35 @@ def test_an_activation_gets_the_ratio_of_the_linear_convs_that_make_it() -> None
         assert 1e-4 < ratios[path] < 1
 
 
+class TimingsAtBatch(keras.callbacks.Callback):  # type: ignore[misc]
+    """Copies the monitor's timings at the end of each batch (after its batch-begin hook)."""
+
+    def __init__(self, monitor: actwatch.ActivationMonitor) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.seen: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.seen.append(dict(self.monitor.timings))
+
+
+def test_the_comparison_is_timed_in_the_checks_timings(tmp_path: Path) -> None:
+    """`monitor.timings["update_ratio"]`: the comparison at the batch after a check, added to
+    that check's timings (benchmarks/scale.py reports it)."""
+    model = residual_net()
+    x = np.random.default_rng(2).random((16, 16, 16, 3), dtype=np.float32)
+    monitor = actwatch.ActivationMonitor(x[:2], tmp_path, images=False)
+    timings = TimingsAtBatch(monitor)
+    model.fit(x, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0, callbacks=[monitor, timings])
+    # The check before training copies the weights; batch 0 trains; batch 1's hook compares.
+    first, second = timings.seen
+    assert first["blocking"] > 0 and "update_ratio" not in first
+    assert second == {**first, "update_ratio": second["update_ratio"]}
+    assert 0 < second["update_ratio"] < 60
+    assert set(monitor.last_update_ratios) == {"a_relu", "out"}
+    assert "update_ratio" not in monitor.timings  # the epoch-end check's: nothing after it
+
+
 def test_the_weight_copy_is_capped_in_network_order(caplog: pytest.LogCaptureFixture) -> None:
     """Beyond `max_bytes` of weights, later layers get no ratio, said once in the log."""
     model = residual_net()

@@ -1,7 +1,8 @@
 """Gradients of activations: the loss's gradient with respect to each watched layer's output.
 
 The loss is the model's compiled loss (`model.compute_loss`, the loss given to `compile()`,
-plus weight penalties), on labelled data, with the model in inference mode. Each watched
+plus weight penalties; not activity regularizers or `add_loss` terms, which would count the
+probes that share the call), on labelled data, with the model in inference mode. Each watched
 layer's output gets a zero tensor added at its first call (`capture.Perturb`), and the
 gradient is taken with respect to those zeros by the backend's own machinery, in the same
 compiled call that reads the activations (`extract.Extractor.make_gradient_runner`): one
@@ -165,9 +166,10 @@ class LossGradients:
         self._ready = False  # the loss built and the labels checked
 
     def prepare(self, x: Any, y: Any, sample_weight: Any) -> None:
-        """The eager work before the first (compiled) call: the watched outputs' shapes, and
-        the compiled loss built on one sample (it creates its metrics the first time it
-        runs, which a stateless scope or a trace cannot)."""
+        """The eager work before the first (compiled) call: the watched outputs' shapes, the
+        compiled loss built on one sample (it creates its metrics the first time it runs,
+        which a stateless scope or a trace cannot), and the labels tried on that sample:
+        `ValueError` when a watched layer is not called or the loss refuses the labels."""
         if self._specs is None:
             specs = trace(self.model, [w.layer for w in self.watched], _head(x))
             missing = [w.path for w in self.watched if id(w.layer) not in specs]
@@ -203,10 +205,11 @@ class LossGradients:
                     )
             except Exception as exc:
                 raise ValueError(
-                    f"The labels of `stats_data` do not go into the compiled loss of model "
-                    f"{self.model.name!r} ({type(exc).__name__}: {exc}). Give them as `fit` "
-                    "takes them for this model: `stats_data=(x, y)` or `(x, y, sample_weight)`, "
-                    "with `y` shaped as the loss given to `compile()` expects."
+                    f"The labels of `stats_data` (or `get_gradients`' `y`) do not go into the "
+                    f"compiled loss of model {self.model.name!r} ({type(exc).__name__}: {exc}). "
+                    "Give them as `fit` takes them for this model: `stats_data=(x, y)` or "
+                    "`(x, y, sample_weight)`, with `y` shaped as the loss given to `compile()` "
+                    "expects."
                 ) from exc
         self._ready = True
 
