@@ -45,7 +45,7 @@ os.environ.setdefault("ACTWATCH_BLOCK_TENSORFLOW", "1")
 from tensorboard.compat.proto import event_pb2  # noqa: E402
 
 from actwatch.dashboard.events_index import RunIndex  # noqa: E402
-from actwatch.records import EVENT_FILE_PREFIX, RecordWriter, read_records  # noqa: E402
+from actwatch.events.records import EVENT_FILE_PREFIX, RecordWriter, read_records  # noqa: E402
 from tests.chromium import DevTools, chromium_session  # noqa: E402
 from tests.tensorboard_server import Server, tensorboard_server  # noqa: E402
 

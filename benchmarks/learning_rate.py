@@ -59,11 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import keras
 
+    from actwatch.check.extract import Extractor
+    from actwatch.check.layers import resolve_layers
+    from actwatch.check.pipeline import CheckPipeline
     from actwatch.demo import build_model, make_dataset, seed_everything
-    from actwatch.extract import Extractor
-    from actwatch.layers import resolve_layers
-    from actwatch.pipeline import CheckPipeline
-    from actwatch.updates import UpdateRatios
+    from actwatch.diagnose.updates import UpdateRatios
 
     seed_everything(0)
     model = build_model(args.size)

@@ -92,7 +92,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sink-priority",
-        choices=["idle", "nice", "normal"],  # actwatch.sink.PRIORITIES (keras not imported yet)
+        choices=[
+            "idle",
+            "nice",
+            "normal",
+        ],  # actwatch.events.sink.PRIORITIES (keras not imported yet)
         default="idle",
         help="the background writer thread's CPU priority, passed to actwatch's Sink "
         "(idle is SCHED_IDLE on Linux, actwatch's default).",
@@ -121,7 +125,7 @@ import keras  # noqa: E402
 
 import actwatch  # noqa: E402
 from actwatch.demo import build_model, make_dataset, seed_everything  # noqa: E402
-from actwatch.sink import SinkStats  # noqa: E402
+from actwatch.events.sink import SinkStats  # noqa: E402
 
 # Measuring ------------------------------------------------------------------------------
 
@@ -722,7 +726,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _watched(model: keras.Model) -> list[Any]:
-    from actwatch.layers import resolve_layers
+    from actwatch.check.layers import resolve_layers
 
     return list(resolve_layers(model, None))
 

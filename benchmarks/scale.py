@@ -82,7 +82,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sink-priority",
-        choices=["idle", "nice", "normal"],  # actwatch.sink.PRIORITIES (keras not imported yet)
+        choices=[
+            "idle",
+            "nice",
+            "normal",
+        ],  # actwatch.events.sink.PRIORITIES (keras not imported yet)
         default="idle",
         help="the background writer thread's CPU priority (idle: actwatch's default).",
     )
@@ -113,8 +117,8 @@ import keras  # noqa: E402
 
 import actwatch  # noqa: E402
 from actwatch.demo import make_dataset, seed_everything  # noqa: E402
+from actwatch.events.runs import read_run  # noqa: E402
 from actwatch.report import write_report  # noqa: E402
-from actwatch.runs import read_run  # noqa: E402
 
 APPLICATIONS = {
     "resnet50": "ResNet50",

@@ -42,13 +42,13 @@ def main() -> None:
 
     import keras
 
+    from actwatch.check.layers import resolve_layers
+    from actwatch.check.maps import _LUT, default_drawn
+    from actwatch.check.pipeline import CheckPipeline
+    from actwatch.check.probes import _display_from_array
+    from actwatch.check.signals import HistogramHistory, distribution_image, topk_image
     from actwatch.demo import build_model, make_dataset, seed_everything
-    from actwatch.grids import _LUT, default_drawn
-    from actwatch.layers import resolve_layers
-    from actwatch.pipeline import CheckPipeline
-    from actwatch.png import encode_png
-    from actwatch.probes import _display_from_array
-    from actwatch.signals import HistogramHistory, distribution_image, topk_image
+    from actwatch.render.png import encode_png
 
     seed_everything(0)
     model = build_model(args.size)
@@ -133,7 +133,7 @@ def monitor_checks(model: Any, probes: np.ndarray, checks: int, stats: np.ndarra
     import tempfile
 
     import actwatch
-    from actwatch.pipeline import CheckPipeline
+    from actwatch.check.pipeline import CheckPipeline
 
     stats_data = stats if len(stats) else None
     monitors = {
@@ -181,7 +181,7 @@ def monitor_checks(model: Any, probes: np.ndarray, checks: int, stats: np.ndarra
 
 
 def default_drawn_rule() -> Any:
-    from actwatch.grids import default_drawn
+    from actwatch.check.maps import default_drawn
 
     return default_drawn
 

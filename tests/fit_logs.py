@@ -10,7 +10,7 @@ import numpy as np
 
 import actwatch
 from actwatch import tags
-from actwatch.sink import Sink
+from actwatch.events.sink import Sink
 
 from .helpers import data, tiny_cnn
 

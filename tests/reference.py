@@ -109,7 +109,7 @@ def normalize_maps(x: np.ndarray) -> np.ndarray:
     return value.astype(np.uint8)
 
 
-# Signals (actwatch.signals) -----------------------------------------------------------------
+# Signals (actwatch.check.signals) -----------------------------------------------------------------
 
 
 def finite_values(a: np.ndarray) -> np.ndarray:

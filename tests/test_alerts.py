@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.alerts import AlertTracker, Decision
-from actwatch.stats import LayerStats
+from actwatch.check.stats import LayerStats
+from actwatch.diagnose.alerts import AlertTracker, Decision
 
 from .helpers import data
 from .test_callback import dead_conv_model

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.layers import resolve_layers
-from actwatch.stats import LayerStats
+from actwatch.check.layers import resolve_layers
+from actwatch.check.stats import LayerStats
 
 from . import reference as ref
 from .helpers import read_events

@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from actwatch import summaries, tags
-from actwatch.alerts import Alert
 from actwatch.dashboard.events_index import LogdirIndex, RunIndex, parse_alerts
 from actwatch.dashboard.plugin import ActwatchPlugin
-from actwatch.records import EVENT_FILE_PREFIX, RecordWriter, frame
-from actwatch.sink import Sink
+from actwatch.diagnose.alerts import Alert
+from actwatch.events.records import EVENT_FILE_PREFIX, RecordWriter, frame
+from actwatch.events.sink import Sink
 
 from .chromium import DevTools, chromium_session
 from .fit_logs import fit_run

@@ -14,9 +14,9 @@ import pytest
 
 import actwatch
 from actwatch import ActwatchWarning
-from actwatch.extract import Extractor
-from actwatch.gradients import GradientStats, LossGradients
-from actwatch.pipeline import CheckPipeline
+from actwatch.check.extract import Extractor
+from actwatch.check.gradients import GradientStats, LossGradients
+from actwatch.check.pipeline import CheckPipeline
 
 from .helpers import data, read_events, tiny_cnn
 from .test_subclassed import Untraceable, ours
@@ -207,7 +207,7 @@ def test_the_probes_do_not_enter_the_loss() -> None:
     computed on the labelled samples alone, so probes that would change it if they entered
     (huge, or a copy of a sample) leave the gradient figures as they are."""
     model = dense_net()
-    watched = actwatch.layers.resolve_layers(model, ["h"])
+    watched = actwatch.check.layers.resolve_layers(model, ["h"])
     weight = np.array([1, 0, 2, 1, 0.5, 1], dtype="float32")
     expected = numpy_gradient(model, weight)
     for probes in (1000 * XD[:2], XD[:3]):

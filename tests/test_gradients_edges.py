@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.gradients import LossGradients
-from actwatch.layers import resolve_layers
-from actwatch.pipeline import CheckPipeline
+from actwatch.check.gradients import LossGradients
+from actwatch.check.layers import resolve_layers
+from actwatch.check.pipeline import CheckPipeline
 
 from .helpers import data, tiny_cnn
 
@@ -267,12 +267,12 @@ def test_a_failing_check_is_not_reported_as_failing_gradients(
     """With labels, a failure of the check itself (here the statistics' reduction, which the
     rerun without gradients hits again) is said at WARNING as the check's failure, not as the
     gradients' (which had their own warn-once and would have spent the check's)."""
-    import actwatch.pipeline
+    import actwatch.check.pipeline
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("statistics broken")
 
-    monkeypatch.setattr(actwatch.pipeline, "reduce_layer", broken)
+    monkeypatch.setattr(actwatch.check.pipeline, "reduce_layer", broken)
     model = _dense_net()
     monitor = actwatch.ActivationMonitor(
         XD[:2], tmp_path, layers=["h"], stats_data=(XD, YD), images=False

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import actwatch
+from actwatch.check.signals import HISTOGRAM_EDGES, HISTOGRAM_SAMPLE
 from actwatch.notebook import get_activations
-from actwatch.signals import HISTOGRAM_EDGES, HISTOGRAM_SAMPLE
 
 from . import reference as ref
 from .helpers import data, tiny_cnn

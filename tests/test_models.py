@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.stats import LayerStats
+from actwatch.check.stats import LayerStats
 
 from . import reference as ref
 from .helpers import read_events
@@ -105,8 +105,8 @@ def test_nested_models_run_once_per_check(tmp_path: Path) -> None:
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, L.Dense(2)(L.Flatten()(outer(inputs))))
     paths = ["outer/o1", "outer/deep/d1", "outer/deep/d2", "outer/o2"]
-    watched = actwatch.layers.resolve_layers(model, paths)
-    extractor = actwatch.extract.Extractor(model, watched)
+    watched = actwatch.check.layers.resolve_layers(model, paths)
+    extractor = actwatch.check.extract.Extractor(model, watched)
     taps = sorted(layer.name for layer in extractor.model.layers if "actwatch_tap" in layer.name)
     assert taps == ["actwatch_tap_outer", "actwatch_tap_outer_deep"]
     x = images(size=8)

@@ -11,7 +11,7 @@ import pytest
 from keras import ops
 
 import actwatch
-from actwatch.stats import LayerStats, reduce_layer, summarize
+from actwatch.check.stats import LayerStats, reduce_layer, summarize
 
 from . import reference as ref
 from .helpers import data, read_events

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import actwatch
-from actwatch.grids import heatmap_overlay
+from actwatch.check.maps import heatmap_overlay
 
 from . import reference as ref
 from .fit_logs import dying_cnn

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import actwatch
-from actwatch.probes import model_inputs, prepare_probes, read_probe_source
+from actwatch.check.probes import model_inputs, prepare_probes, read_probe_source
 
 from .helpers import data, tiny_cnn
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from keras import ops
 from PIL import Image
 
-from actwatch.grids import (
+from actwatch.check.maps import (
     DEAD_RGB,
     GUTTER_RGB,
     MIN_TILE,
@@ -25,8 +25,8 @@ from actwatch.grids import (
     heat_maps,
     normalize_maps,
 )
-from actwatch.png import PaletteImage, encode_png
-from actwatch.stats import reduce_layer, summarize
+from actwatch.check.stats import reduce_layer, summarize
+from actwatch.render.png import PaletteImage, encode_png
 
 from . import reference as ref
 

@@ -1,4 +1,4 @@
-"""`actwatch.records` alone: TFRecord framing written and read back, offsets, damaged files."""
+"""`actwatch.events.records` alone: TFRecord framing written and read back, offsets, damage."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import google_crc32c
 import pytest
 from tensorboard.compat.proto import event_pb2
 
-from actwatch.records import (
+from actwatch.events.records import (
     EVENT_FILE_PREFIX,
     EventFileWriter,
     RecordError,

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from actwatch import report, runs, tags
-from actwatch.sink import Sink
+from actwatch.events.sink import Sink
 
 from .chromium import chromium_session
 from .fit_logs import MATH_LAYER, SCRIPT_LAYER, fit_run, write_script_run
@@ -146,7 +146,7 @@ class TestReading:
         assert copy.name in caplog.text
 
     def test_reading_api_is_still_reachable_from_report(self) -> None:
-        """`actwatch.report` re-exports what moved to `actwatch.runs` (public API unchanged)."""
+        """`actwatch.report` re-exports what moved to `actwatch.events.runs` (API unchanged)."""
         assert report.RunLog is runs.RunLog
         assert report.find_runs is runs.find_runs
         assert report.read_run is runs.read_run

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.layers import resolve_layers
-from actwatch.revive import Reviver, plan
+from actwatch.check.layers import resolve_layers
+from actwatch.diagnose.revive import Reviver, plan
 
 from .helpers import data, read_events
 

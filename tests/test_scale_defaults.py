@@ -13,9 +13,9 @@ from PIL import Image
 
 import actwatch
 from actwatch import tags
-from actwatch.grids import DRAW_ALL_UP_TO, default_drawn
-from actwatch.layers import resolve_layers
-from actwatch.runs import read_run
+from actwatch.check.layers import resolve_layers
+from actwatch.check.maps import DRAW_ALL_UP_TO, default_drawn
+from actwatch.events.runs import read_run
 
 from .helpers import read_events
 
@@ -131,7 +131,7 @@ def test_dead_figures_only_where_outputs_are_relu_like(tmp_path: Path) -> None:
 def test_report_heatmap_stays_readable_at_250_layers(tmp_path: Path) -> None:
     """The report's dead-fraction heatmap of a 250-layer run is one figure under 2,000 px
     tall, and the curves colour layers by depth instead of a 250-entry legend."""
-    from actwatch.sink import Sink
+    from actwatch.events.sink import Sink
 
     layers = [f"stage{i // 50}/conv{i}" for i in range(250)]
     sink = Sink(str(tmp_path / "run"), layout=tags.layout(layers))

@@ -15,13 +15,10 @@ from keras import ops
 
 import actwatch
 from actwatch import tags
-from actwatch.grids import _LUT
-from actwatch.layers import resolve_layers
-from actwatch.notebook import get_activations
-from actwatch.pipeline import CheckPipeline
-from actwatch.report import write_report
-from actwatch.runs import read_run
-from actwatch.signals import (
+from actwatch.check.layers import resolve_layers
+from actwatch.check.maps import _LUT
+from actwatch.check.pipeline import CheckPipeline
+from actwatch.check.signals import (
     HISTOGRAM_EDGES,
     HISTOGRAM_SAMPLE,
     MEDIAN_SAMPLE,
@@ -39,7 +36,10 @@ from actwatch.signals import (
     topk_from_device,
     topk_image,
 )
-from actwatch.stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
+from actwatch.check.stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
+from actwatch.events.runs import read_run
+from actwatch.notebook import get_activations
+from actwatch.report import write_report
 
 from . import reference as ref
 from .helpers import data, read_events, tiny_cnn

@@ -22,9 +22,9 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 import actwatch
 from actwatch import summaries, tags
-from actwatch.png import encode_png
-from actwatch.records import EventFileWriter, read_records
-from actwatch.sink import ImageRender, Sink
+from actwatch.events.records import EventFileWriter, read_records
+from actwatch.events.sink import ImageRender, Sink
+from actwatch.render.png import encode_png
 
 from .fit_logs import dying_cnn
 from .helpers import data, read_events

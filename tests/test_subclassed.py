@@ -94,7 +94,7 @@ def oracle(model: Net, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def no_wrapper_left(model: keras.Model) -> None:
-    for _, layer in actwatch.tree.iter_layers(model):
+    for _, layer in actwatch.check.tree.iter_layers(model):
         assert "call" not in vars(layer), layer.name
     assert "call" not in vars(model)
 

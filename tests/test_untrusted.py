@@ -14,8 +14,8 @@ from PIL import Image
 
 import actwatch
 from actwatch import cli
+from actwatch.check.probes import read_probe_source
 from actwatch.inspection import load_model
-from actwatch.probes import read_probe_source
 
 from .helpers import tiny_cnn
 

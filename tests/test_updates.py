@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.layers import resolve_layers, weight_sources
-from actwatch.updates import RatioTracker, UpdateRatios
+from actwatch.check.layers import resolve_layers, weight_sources
+from actwatch.diagnose.updates import RatioTracker, UpdateRatios
 
 from .helpers import data, read_events, tiny_cnn
 

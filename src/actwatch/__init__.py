@@ -13,27 +13,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import report as report  # the documented `actwatch.report.write_report`
-    from ._warnings import ActwatchWarning
-    from .alerts import Alert
-    from .callback import ActivationMonitor
-    from .notebook import (
+    from actwatch import report as report  # the documented `actwatch.report.write_report`
+    from actwatch._warnings import ActwatchWarning
+    from actwatch.check.stats import LayerStats
+    from actwatch.diagnose.alerts import Alert
+    from actwatch.fit.callback import ActivationMonitor
+    from actwatch.notebook import (
         activation_stats,
         get_activations,
         get_gradients,
         plot_filters,
         plot_heatmaps,
     )
-    from .stats import LayerStats
 
 # The public names load on first use (PEP 562), so `import actwatch` does not import Keras and
 # its backend: the `actwatch` command (cli.py) quiets TensorFlow's C++ start-up log before
 # Keras loads TensorFlow. `from actwatch import ActivationMonitor` works as usual.
 _HOMES = {
-    "ActivationMonitor": ".callback",
+    "ActivationMonitor": ".fit.callback",
     "ActwatchWarning": "._warnings",
-    "Alert": ".alerts",
-    "LayerStats": ".stats",
+    "Alert": ".diagnose.alerts",
+    "LayerStats": ".check.stats",
     "activation_stats": ".notebook",
     "get_activations": ".notebook",
     "get_gradients": ".notebook",

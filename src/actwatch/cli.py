@@ -103,7 +103,7 @@ def _positive_int(text: str) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from actwatch.demo import run_demo
 
     default_run = f"lr_{args.lr:g}" + ("_redo" if args.revive else "")
     run_dir = os.path.join(args.log_dir, args.run or default_run)
@@ -123,7 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("Open them with:")
     print(f"  tensorboard --logdir {args.log_dir}")
     print("and open its actwatch tab: every check of every layer, runs side by side.")
-    from .report import write_report
+    from actwatch.report import write_report
 
     page = write_report(args.log_dir, args.report)
     print(f"Report of every run under {args.log_dir}: {page.resolve()}")
@@ -131,7 +131,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from actwatch.report import write_report
 
     page = write_report(args.logdir, args.output)
     print(f"Report written to {page.resolve()}")
@@ -140,7 +140,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .inspection import inspect_model
+    from actwatch.inspection import inspect_model
 
     page = inspect_model(
         args.model,
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(func=_report)
 
-    from .inspection import PREPROCESS
+    from actwatch.inspection import PREPROCESS
 
     inspect = commands.add_parser(
         "inspect",

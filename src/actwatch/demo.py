@@ -19,7 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from ._logging import logger
+from actwatch._logging import logger
 
 __all__ = [
     "CLASSES",
@@ -185,7 +185,7 @@ def run_demo(
     """
     import time
 
-    from .callback import ActivationMonitor
+    from actwatch.fit.callback import ActivationMonitor
 
     seed_everything(seed)
     if data_dir is not None:

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _html, figures
-from .layers import resolve_layers
-from .notebook import look
-from .stats import LayerStats
+from actwatch.check.layers import resolve_layers
+from actwatch.check.stats import LayerStats
+from actwatch.notebook import look
+from actwatch.render import figures
+from actwatch.render import html as _html
 
 __all__ = ["PREPROCESS", "inspect_model", "load_model"]
 

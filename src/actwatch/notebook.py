@@ -18,18 +18,18 @@ import keras
 import numpy as np
 from matplotlib.figure import Figure
 
-from .extract import Extractor
-from .figures import filters_figure, heatmaps_figure
-from .layers import WatchedLayer, resolve_layers
-from .pipeline import CheckPipeline, CheckResult
-from .probes import (
+from actwatch.check.extract import Extractor
+from actwatch.check.layers import WatchedLayer, resolve_layers
+from actwatch.check.pipeline import CheckPipeline, CheckResult
+from actwatch.check.probes import (
     ProbeBatch,
     check_preprocess,
     model_inputs,
     prepare_probes,
     read_probe_source,
 )
-from .stats import LayerStats
+from actwatch.check.stats import LayerStats
+from actwatch.render.figures import filters_figure, heatmaps_figure
 
 __all__ = ["activation_stats", "get_activations", "get_gradients", "plot_filters", "plot_heatmaps"]
 
@@ -109,9 +109,9 @@ def activation_stats(
     preprocess: Preprocess = None,
 ) -> dict[str, LayerStats]:
     """Per-layer statistics (zero fraction, dead and dormant filters, Hoyer, mean) for `x`,
-    and the signals of `actwatch.signals`: `rms`, `channel_mean_sq`, `channel_var`,
+    and the signals of `actwatch.check.signals`: `rms`, `channel_mean_sq`, `channel_var`,
     `max_abs`, `outlier_ratio`, `erank`, `srank` and the activation `histogram` (counts over
-    `actwatch.signals.HISTOGRAM_EDGES`) of each `LayerStats`; `scalars()` lists them all."""
+    `actwatch.check.signals.HISTOGRAM_EDGES`) of each `LayerStats`; `scalars()` lists them all."""
     batch = _batch(model, x, preprocess)
     watched = resolve_layers(model, layers, batch.feed())
     pipeline = CheckPipeline(model, watched, dormant_threshold=dormant_threshold, draw=False)

@@ -28,8 +28,10 @@ from typing import TextIO
 
 from matplotlib.figure import Figure
 
-from . import _html, figures, tags
-from .runs import RunLog, event_files, find_runs, read_run
+from actwatch.events import tags
+from actwatch.events.runs import RunLog, event_files, find_runs, read_run
+from actwatch.render import figures
+from actwatch.render import html as _html
 
 __all__ = ["RunLog", "find_runs", "read_run", "write_report"]
 

@@ -45,9 +45,9 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
-from .. import tags
-from .._logging import WarnOnce, logger
-from ..records import (
+from actwatch._logging import WarnOnce, logger
+from actwatch.events import tags
+from actwatch.events.records import (
     EVENT_FILE_PREFIX,
     RecordError,
     masked_crc32c,

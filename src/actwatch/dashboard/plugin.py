@@ -42,8 +42,8 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from .._logging import logger
-from .events_index import LogdirIndex, RunIndex
+from actwatch._logging import logger
+from actwatch.dashboard.events_index import LogdirIndex, RunIndex
 
 __all__ = ["PLUGIN_NAME", "ActwatchPlugin"]
 

@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 
 import keras
 
-from ._warnings import ActwatchWarning
-from .capture import Capture, inference, takes_training
-from .gradients import LossGradients
-from .layers import WatchedLayer
-from .tree import is_graph_model, iter_layers, walk
+from actwatch._warnings import ActwatchWarning
+from actwatch.check.capture import Capture, inference, takes_training
+from actwatch.check.gradients import LossGradients
+from actwatch.check.layers import WatchedLayer
+from actwatch.check.tree import is_graph_model, iter_layers, walk
 
 __all__ = ["Extractor"]
 

@@ -16,11 +16,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from .extract import Extractor
-from .gradients import GradientStats, gradient_stats, reduce_gradients
-from .grids import heat_maps, normalize_maps
-from .layers import WatchedLayer
-from .signals import (
+from actwatch.check.extract import Extractor
+from actwatch.check.gradients import GradientStats, gradient_stats, reduce_gradients
+from actwatch.check.layers import WatchedLayer
+from actwatch.check.maps import heat_maps, normalize_maps
+from actwatch.check.signals import (
     HISTOGRAM_SAMPLE,
     TopK,
     reduce_signals,
@@ -28,8 +28,8 @@ from .signals import (
     sample_values,
     topk_from_device,
 )
-from .signals import histograms as histogram_counts
-from .stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
+from actwatch.check.signals import histograms as histogram_counts
+from actwatch.check.stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
 
 __all__ = ["CheckPipeline", "CheckResult", "DrawRule"]
 

@@ -29,9 +29,9 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
-from . import tags
-from .records import EVENT_FILE_PREFIX, read_records
-from .signals import bin_counts
+from actwatch.check.signals import bin_counts
+from actwatch.events import tags
+from actwatch.events.records import EVENT_FILE_PREFIX, read_records
 
 __all__ = ["RunLog", "event_files", "find_runs", "read_run"]
 

@@ -555,7 +555,7 @@ def histogram_values(
     value are left out. The histograms of the layers in `remember` (all when None) are also
     added to `history` when given (the colorful dimension of the drawn layers).
     """
-    from . import tags
+    from actwatch.events import tags
 
     out: dict[str, tuple[np.ndarray, str]] = {}
     for path, s in stats.items():

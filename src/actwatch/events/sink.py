@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from . import summaries, tags
-from ._logging import WarnOnce, logger
-from .png import PaletteImage, encode_png
-from .records import EventFileWriter
+from actwatch._logging import WarnOnce, logger
+from actwatch.events import summaries, tags
+from actwatch.events.records import EventFileWriter
+from actwatch.render.png import PaletteImage, encode_png
 
 __all__ = [
     "DEFAULT_MAX_PENDING_BYTES",

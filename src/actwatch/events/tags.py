@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 if TYPE_CHECKING:
-    from .alerts import Alert
+    from actwatch.diagnose.alerts import Alert
 
 __all__ = [
     "ALERTS",
@@ -71,7 +71,7 @@ METRICS: dict[str, str] = {
     "mean": "Mean activation.",
     "nonfinite": "Number of NaN or Inf activations.",
 }
-#: Per-layer signal metrics (see `actwatch.signals`) -> description (Markdown). Written per
+#: Per-layer signal metrics (see `actwatch.check.signals`) -> description (Markdown). Written per
 #: layer only (no `network/` figure), and left out of the custom-scalars layout.
 SIGNAL_METRICS: dict[str, str] = {
     "rms": (
@@ -99,8 +99,9 @@ SIGNAL_METRICS: dict[str, str] = {
         "averaged features holding 99% of their sum; at most min(samples, channels)."
     ),
 }
-#: Learning-rate metrics (see `actwatch.updates`, `actwatch.gradients`, `actwatch.revive`) ->
-#: description (Markdown), per layer and (`update_ratio`, `revived_filters`) for the network.
+#: Learning-rate metrics (see `actwatch.diagnose.updates`, `actwatch.check.gradients`,
+#: `actwatch.diagnose.revive`) -> description (Markdown), per layer and (`update_ratio`,
+#: `revived_filters`) for the network.
 LEARNING_METRICS: dict[str, str] = {
     "update_ratio": (
         "Update-to-weight ratio ||W_after - W_before|| / ||W_before|| of the layer's trainable "

@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from .stats import LayerStats
+from actwatch.check.stats import LayerStats
 
 __all__ = ["Alert", "AlertTracker", "Decision"]
 

@@ -30,9 +30,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from ._logging import logger
-from .alerts import Alert
-from .layers import WatchedLayer
+from actwatch._logging import logger
+from actwatch.check.layers import WatchedLayer
+from actwatch.diagnose.alerts import Alert
 
 __all__ = ["DEFAULT_BOUNDS", "HEALTHY_RATIO", "MAX_SNAPSHOT_BYTES", "RatioTracker", "UpdateRatios"]
 

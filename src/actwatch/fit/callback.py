@@ -11,28 +11,28 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import tags
-from ._args import flag, fraction, positive_int
-from ._distribute import is_chief
-from ._logging import WarnOnce, logger
-from ._steps import StepCounter
-from .alerts import Alert, AlertTracker, Decision
-from .gradients import GradientStats
-from .grids import default_drawn, render_images
-from .layers import check_layer_specs, resolve_drawn, resolve_layers, weight_sources
-from .pipeline import CheckPipeline, CheckResult
-from .probes import (
+from actwatch._logging import WarnOnce, logger
+from actwatch.check.gradients import GradientStats
+from actwatch.check.layers import check_layer_specs, resolve_drawn, resolve_layers, weight_sources
+from actwatch.check.maps import default_drawn, render_images
+from actwatch.check.pipeline import CheckPipeline, CheckResult
+from actwatch.check.probes import (
     ProbeBatch,
     check_preprocess,
     model_inputs,
     prepare_probes,
     read_probe_source,
 )
-from .revive import Reviver, check_revive, plan
-from .signals import HistogramHistory, check_outlier_ratio, histogram_values
-from .sink import Sink, SinkStats, check_log_dir
-from .stats import LayerStats, NetworkStats
-from .updates import DEFAULT_BOUNDS, RatioTracker, UpdateRatios
+from actwatch.check.signals import HistogramHistory, check_outlier_ratio, histogram_values
+from actwatch.check.stats import LayerStats, NetworkStats
+from actwatch.diagnose.alerts import Alert, AlertTracker, Decision
+from actwatch.diagnose.revive import Reviver, check_revive, plan
+from actwatch.diagnose.updates import DEFAULT_BOUNDS, RatioTracker, UpdateRatios
+from actwatch.events import tags
+from actwatch.events.sink import Sink, SinkStats, check_log_dir
+from actwatch.fit.args import flag, fraction, positive_int
+from actwatch.fit.distribute import is_chief
+from actwatch.fit.steps import StepCounter
 
 __all__ = ["ActivationMonitor"]
 
@@ -108,7 +108,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         log_per_layer: also put every layer's figures in `logs` (keys
             `actwatch_<metric>/<layer>`). Defaults to False: the progress bar prints them all.
         histograms: write every layer's activation histogram (`histogram/<layer>`, fixed
-            symmetric log bins: see `actwatch.signals`) and, for drawn layers, the colorful
+            symmetric log bins: see `actwatch.check.signals`) and, for drawn layers, the colorful
             dimension image (`distribution/<layer>`). Defaults to True.
         feature_rank: write every layer's effective rank and srank of its spatially averaged
             features (`erank/<layer>`, `srank/<layer>`), at most min(samples, channels).

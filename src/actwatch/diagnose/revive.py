@@ -26,8 +26,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from .layers import WatchedLayer
-from .tree import is_graph_model
+from actwatch.check.layers import WatchedLayer
+from actwatch.check.tree import is_graph_model
 
 __all__ = ["REVIVE_MODES", "Reviver", "check_revive", "plan"]
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from .signals import signals_from_device
+from actwatch.check.signals import signals_from_device
 
 __all__ = [
     "SIGNAL_INPUTS",

@@ -21,9 +21,9 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
-from . import tags
-from .png import PaletteImage
-from .signals import TopK, distribution_image, topk_image
+from actwatch.check.signals import TopK, distribution_image, topk_image
+from actwatch.events import tags
+from actwatch.render.png import PaletteImage
 
 __all__ = [
     "DRAW_ALL_UP_TO",

@@ -27,8 +27,8 @@ from typing import Any, TypeAlias
 
 import keras
 
-from .capture import trace
-from .tree import walk
+from actwatch.check.capture import trace
+from actwatch.check.tree import walk
 
 __all__ = [
     "LayerSpec",

@@ -133,7 +133,7 @@ def trace(model: keras.Model, layers: Sequence[Any], sample: Any = None) -> dict
     built it with (unknown sizes other than the batch are 32).
     """
     if sample is None:
-        from .probes import model_inputs
+        from actwatch.check.probes import model_inputs
 
         try:
             inputs = model_inputs(model)

@@ -19,11 +19,11 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import tags
-from .grids import filter_grid, heatmap_overlay
-from .pipeline import CheckResult
-from .runs import RunLog
-from .signals import bin_label, colorful_dimension
+from actwatch.check.maps import filter_grid, heatmap_overlay
+from actwatch.check.pipeline import CheckResult
+from actwatch.check.signals import bin_label, colorful_dimension
+from actwatch.events import tags
+from actwatch.events.runs import RunLog
 
 __all__ = [
     "CURVES",

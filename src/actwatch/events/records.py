@@ -32,7 +32,7 @@ from typing import BinaryIO, NamedTuple
 import google_crc32c
 from tensorboard.compat.proto import event_pb2
 
-from ._logging import logger
+from actwatch._logging import logger
 
 __all__ = [
     "EVENT_FILE_PREFIX",

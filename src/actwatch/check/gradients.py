@@ -31,8 +31,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from .capture import Perturb, inference, trace
-from .layers import WatchedLayer
+from actwatch.check.capture import Perturb, inference, trace
+from actwatch.check.layers import WatchedLayer
 
 __all__ = ["GradientStats", "LossGradients", "check_loss", "gradient_stats", "reduce_gradients"]
 

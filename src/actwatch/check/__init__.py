@@ -1,0 +1,1 @@
+"""One check's device work: layers, capture, probes, one compiled call (Keras-bound)."""

@@ -1,0 +1,1 @@
+"""The event-file format, written and read: tags, records, summaries, writer, reader."""

@@ -1,0 +1,1 @@
+"""The callback and each fit: arguments, schedule, steps, distribution (Keras-bound)."""

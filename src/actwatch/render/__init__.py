@@ -1,0 +1,1 @@
+"""Pictures from arrays: PNG, tiles, matplotlib figures, HTML pages (Keras-free)."""
