@@ -42,13 +42,15 @@ def main() -> None:
 
     import keras
 
+    from actwatch.check.images import default_drawn
     from actwatch.check.layers import resolve_layers
-    from actwatch.check.maps import _LUT, default_drawn
+    from actwatch.check.maps import _LUT
     from actwatch.check.pipeline import CheckPipeline
     from actwatch.check.probes import _display_from_array
-    from actwatch.check.signals import HistogramHistory, distribution_image, topk_image
     from actwatch.demo import build_model, make_dataset, seed_everything
+    from actwatch.events.histograms import HistogramHistory
     from actwatch.render.png import encode_png
+    from actwatch.render.tiles import distribution_image, topk_image
 
     seed_everything(0)
     model = build_model(args.size)
@@ -181,7 +183,7 @@ def monitor_checks(model: Any, probes: np.ndarray, checks: int, stats: np.ndarra
 
 
 def default_drawn_rule() -> Any:
-    from actwatch.check.maps import default_drawn
+    from actwatch.check.images import default_drawn
 
     return default_drawn
 

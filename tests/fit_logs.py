@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 import actwatch
-from actwatch import tags
+from actwatch.events import tags
 from actwatch.events.sink import Sink
 
 from .helpers import data, tiny_cnn

@@ -20,8 +20,8 @@ from keras.src.utils.python_utils import is_default
 from PIL import Image
 
 import actwatch
-from actwatch import tags
-from actwatch.check.maps import MIN_TILE, grid_layout
+from actwatch.events import tags
+from actwatch.render.tiles import MIN_TILE, grid_layout
 
 from . import reference as ref
 from .helpers import data, read_events, tiny_cnn

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actwatch import summaries, tags
 from actwatch.dashboard.events_index import LogdirIndex, RunIndex, parse_alerts
 from actwatch.dashboard.plugin import ActwatchPlugin
 from actwatch.diagnose.alerts import Alert
+from actwatch.events import summaries, tags
 from actwatch.events.records import EVENT_FILE_PREFIX, RecordWriter, frame
 from actwatch.events.sink import Sink
 

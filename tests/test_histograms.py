@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import actwatch
-from actwatch.check.signals import HISTOGRAM_EDGES, HISTOGRAM_SAMPLE
+from actwatch.check.signals import HISTOGRAM_SAMPLE
+from actwatch.events.histograms import HISTOGRAM_EDGES
 from actwatch.notebook import get_activations
 
 from . import reference as ref

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import actwatch
-from actwatch.check.maps import heatmap_overlay
+from actwatch.render.tiles import heatmap_overlay
 
 from . import reference as ref
 from .fit_logs import dying_cnn
@@ -152,7 +152,7 @@ class TestPlots:
 
     def test_dollar_signs_in_titles_are_plain_text(self) -> None:
         """A `$` in a layer path (legal on JAX and PyTorch) is not parsed as matplotlib math."""
-        from actwatch import figures
+        from actwatch.render import figures
 
         title = "cost$\\bad{$"  # broken math: drawing it as math would raise
         panels = [(title, np.zeros((4, 4, 3), np.uint8))]

@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 from keras import ops
 from PIL import Image
 
-from actwatch.check.maps import (
+from actwatch.check.maps import heat_maps, normalize_maps
+from actwatch.check.stats import reduce_layer, summarize
+from actwatch.render.png import PaletteImage, encode_png
+from actwatch.render.tiles import (
     DEAD_RGB,
     GUTTER_RGB,
     MIN_TILE,
@@ -22,11 +25,7 @@ from actwatch.check.maps import (
     PALETTE,
     filter_grid,
     grid_layout,
-    heat_maps,
-    normalize_maps,
 )
-from actwatch.check.stats import reduce_layer, summarize
-from actwatch.render.png import PaletteImage, encode_png
 
 from . import reference as ref
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actwatch import report, runs, tags
+from actwatch import report
+from actwatch.events import runs, tags
 from actwatch.events.sink import Sink
 
 from .chromium import chromium_session

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 import actwatch
-from actwatch import tags
+from actwatch.check.images import DRAW_ALL_UP_TO, default_drawn
 from actwatch.check.layers import resolve_layers
-from actwatch.check.maps import DRAW_ALL_UP_TO, default_drawn
+from actwatch.events import tags
 from actwatch.events.runs import read_run
 
 from .helpers import read_events

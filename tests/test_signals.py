@@ -14,31 +14,30 @@ from keras import layers as L
 from keras import ops
 
 import actwatch
-from actwatch import tags
 from actwatch.check.layers import resolve_layers
 from actwatch.check.maps import _LUT
 from actwatch.check.pipeline import CheckPipeline
 from actwatch.check.signals import (
-    HISTOGRAM_EDGES,
     HISTOGRAM_SAMPLE,
     MEDIAN_SAMPLE,
-    THUMB,
-    HistogramHistory,
-    bin_counts,
-    colorful_dimension,
-    distribution_image,
-    histogram_buckets,
     histograms,
     reduce_signals,
     reduce_topk,
     sample_stride,
     sample_values,
     topk_from_device,
-    topk_image,
 )
 from actwatch.check.stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
+from actwatch.events import tags
+from actwatch.events.histograms import (
+    HISTOGRAM_EDGES,
+    HistogramHistory,
+    bin_counts,
+    histogram_buckets,
+)
 from actwatch.events.runs import read_run
 from actwatch.notebook import get_activations
+from actwatch.render.tiles import THUMB, colorful_dimension, distribution_image, topk_image
 from actwatch.report import write_report
 
 from . import reference as ref

@@ -21,7 +21,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 import actwatch
-from actwatch import summaries, tags
+from actwatch.events import summaries, tags
 from actwatch.events.records import EventFileWriter, read_records
 from actwatch.events.sink import ImageRender, Sink
 from actwatch.render.png import encode_png

@@ -22,7 +22,6 @@ from actwatch.check.layers import WatchedLayer
 from actwatch.check.maps import heat_maps, normalize_maps
 from actwatch.check.signals import (
     HISTOGRAM_SAMPLE,
-    TopK,
     reduce_signals,
     reduce_topk,
     sample_values,
@@ -30,6 +29,7 @@ from actwatch.check.signals import (
 )
 from actwatch.check.signals import histograms as histogram_counts
 from actwatch.check.stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
+from actwatch.render.tiles import TopK
 
 __all__ = ["CheckPipeline", "CheckResult", "DrawRule"]
 

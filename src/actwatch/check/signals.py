@@ -56,28 +56,20 @@ out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
-from PIL import Image
+
+from actwatch.events.histograms import FIRST_HALF_OCTAVE, HISTOGRAM_EDGES, LOG_BINS
+from actwatch.render.tiles import TopK
 
 __all__ = [
-    "FLOAT32_MAX",
-    "HISTOGRAM_EDGES",
     "HISTOGRAM_SAMPLE",
     "MEDIAN_SAMPLE",
     "SRANK_DELTA",
-    "HistogramHistory",
-    "TopK",
-    "bin_counts",
-    "bin_label",
-    "colorful_dimension",
-    "distribution_image",
-    "histogram_buckets",
     "histograms",
     "ranks",
     "reduce_signals",
@@ -86,24 +78,8 @@ __all__ = [
     "sample_values",
     "signals_from_device",
     "topk_from_device",
-    "topk_image",
 ]
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-#: Half octaves of |a| with a bin of their own on each side of zero: 2^-20 (about 1e-6) to
-#: 2^20 (about 1e6), two bins an octave (edges 2^j and 1.5 * 2^j).
-_LOG_BINS = 80
-_LOW_EXPONENT = -20
-_FIRST_HALF_OCTAVE = 2 * (_LOW_EXPONENT + 127)  # float32 bits >> 22 of 2^-20
-_POSITIVE = np.array(
-    [m * 2.0**j for j in range(_LOW_EXPONENT, -_LOW_EXPONENT) for m in (1.0, 1.5)]
-    + [2.0**-_LOW_EXPONENT]
-)
-#: Fixed histogram edges (float32, increasing): -max, -2^20 ... -2^-20, 2^-20 ... 2^20, +max.
-HISTOGRAM_EDGES: np.ndarray = np.concatenate(
-    [[-FLOAT32_MAX], -_POSITIVE[::-1], _POSITIVE, [FLOAT32_MAX]]
-).astype(np.float32)
-HISTOGRAM_EDGES.setflags(write=False)
 #: At most this many values of a layer go into the median of |a|.
 MEDIAN_SAMPLE = 4096
 #: At most this many values of a layer go into its histogram (all of them below: the demo
@@ -251,13 +227,13 @@ def histograms(flats: Sequence[Any]) -> Any:
 
 def _histograms_ops(flats: Sequence[Any], view: Any = ops.view) -> Any:
     bins = int(HISTOGRAM_EDGES.size - 1)
-    zero = _LOG_BINS + 1  # index of [-2^-20, 2^-20)
+    zero = LOG_BINS + 1  # index of [-2^-20, 2^-20)
     indices = []
     for i, flat in enumerate(flats):
         negative = flat < 0.0
         bits = view(ops.abs(flat), "int32") - ops.cast(negative, "int32")
-        half_octave = ops.right_shift(bits, 22) - _FIRST_HALF_OCTAVE  # 0: [2^-20, 1.5 2^-20)
-        inner = ops.clip(half_octave, -1, _LOG_BINS)  # -1: the zero bin; _LOG_BINS: outer
+        half_octave = ops.right_shift(bits, 22) - FIRST_HALF_OCTAVE  # 0: [2^-20, 1.5 2^-20)
+        inner = ops.clip(half_octave, -1, LOG_BINS)  # -1: the zero bin; LOG_BINS: outer
         index = ops.where(negative, zero - 1 - inner, zero + 1 + inner)
         index = ops.where(ops.isfinite(flat), index, bins)  # non-finite: a bin dropped
         indices.append(index + i * (bins + 1))
@@ -312,216 +288,6 @@ def reduce_topk(a: Any, k: int, filters: int) -> dict[str, Any]:
 # Host side -------------------------------------------------------------------------------
 
 
-def histogram_buckets(
-    counts: np.ndarray, low: float | None = None, high: float | None = None
-) -> np.ndarray:
-    """TensorBoard's histogram tensor `[k, 3]` (left edge, right edge, count) of `counts`.
-
-    Only the bins from the first to the last non-empty one are kept; an outer bin's infinite-
-    looking edge (the largest float32) is replaced by the data's `low` / `high` when given,
-    so TensorBoard's axis spans the data. Shape `(0, 3)` when every count is 0.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    nonzero = np.flatnonzero(counts)
-    if nonzero.size == 0:
-        return np.zeros((0, 3), dtype=np.float64)
-    first, last = int(nonzero[0]), int(nonzero[-1])
-    edges = HISTOGRAM_EDGES.astype(np.float64)
-    out = np.stack([edges[first : last + 1], edges[first + 1 : last + 2], counts[first : last + 1]])
-    out = out.T.copy()
-    if low is not None and first == 0:
-        out[0, 0] = min(low, out[0, 1])
-    if high is not None and last == counts.size - 1:
-        out[-1, 1] = max(high, out[-1, 0])
-    return out
-
-
-def bin_counts(buckets: np.ndarray) -> np.ndarray:
-    """Counts over `HISTOGRAM_EDGES`' bins from a `[k, 3]` tensor of `histogram_buckets`."""
-    counts = np.zeros(HISTOGRAM_EDGES.size - 1, dtype=np.float64)
-    buckets = np.asarray(buckets, dtype=np.float64).reshape(-1, 3)
-    if buckets.size:
-        # Each bucket's midpoint lies inside its fixed bin (outer edges may be the data's).
-        mid = np.clip((buckets[:, 0] + buckets[:, 1]) / 2, -FLOAT32_MAX, FLOAT32_MAX)
-        edges = HISTOGRAM_EDGES.astype(np.float64)
-        index = np.clip(np.searchsorted(edges, mid, side="right") - 1, 0, counts.size - 1)
-        np.add.at(counts, index, buckets[:, 2])
-    return counts
-
-
-def bin_label(index: int) -> str:
-    """The range of bin `index`, e.g. `[0.5, 0.75)`."""
-    lo, hi = HISTOGRAM_EDGES[index], HISTOGRAM_EDGES[index + 1]
-    show = [
-        "-max" if v == -FLOAT32_MAX else "max" if v == FLOAT32_MAX else f"{v:.2g}" for v in (lo, hi)
-    ]
-    return f"[{show[0]}, {show[1]})"
-
-
-def colorful_dimension(history: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
-    """fastai's "colorful dimension": brightness `log(1 + count)` of bins (rows) x checks.
-
-    `history` holds one count vector over `HISTOGRAM_EDGES`' bins per check, oldest first.
-    Returns the `(rows, checks)` float image scaled to 0..1 (the largest bin at the top) and
-    the index of the bin of its first row; only the bins non-empty at some check are kept.
-    """
-    matrix = np.stack([np.asarray(h, dtype=np.float64) for h in history], axis=1)
-    used = np.flatnonzero(matrix.sum(axis=1) > 0)
-    if used.size == 0:
-        return np.zeros((1, matrix.shape[1])), 0
-    lo, hi = int(used[0]), int(used[-1])
-    body = np.log1p(matrix[lo : hi + 1])[::-1]
-    top = float(body.max())
-    return (body / top if top > 0 else body), hi
-
-
-def distribution_image(history: Sequence[np.ndarray], lut: np.ndarray) -> np.ndarray:
-    """The colorful dimension as an RGB uint8 image for TensorBoard: `lut` colours, each
-    check a column of at least 1 and at most 8 pixels, each bin a row of 3."""
-    body, _ = colorful_dimension(history)
-    checks = body.shape[1]
-    width = max(1, min(8, 512 // max(checks, 1)))
-    codes = np.round(body * 255).astype(np.uint8)
-    image: np.ndarray = lut.take(codes, axis=0)
-    return image.repeat(3, axis=0).repeat(width, axis=1)
-
-
-class HistogramHistory:
-    """Each check's histogram counts per layer, for the colorful dimension, in at most
-    `columns` columns a layer (host memory: at most `columns` + 1 vectors of
-    `len(HISTOGRAM_EDGES) - 1` float32 per layer, however long the fit).
-
-    Up to `columns` checks, a column is one check. Each time a layer's columns reach
-    `columns`, adjacent ones are merged in pairs (their mean) and from then on a column stands
-    for twice as many checks: 2^j consecutive checks after j merges, the last column the mean
-    of the checks so far of the current group. The image stays at most `columns` + 1 wide, so
-    drawing it costs the same at the ten-thousandth check as at the hundredth.
-    """
-
-    def __init__(self, columns: int = 512) -> None:
-        self.columns = max(2, int(columns) // 2 * 2)  # even: pairs merge evenly
-        self._done: dict[str, list[np.ndarray]] = {}  # full columns (means), oldest first
-        self._open: dict[str, tuple[np.ndarray, int]] = {}  # the current column: sum, checks
-        self._span: dict[str, int] = {}  # checks a full column stands for
-
-    def add(self, path: str, counts: np.ndarray) -> None:
-        counts = np.asarray(counts, dtype=np.float64)
-        if path in self._open:
-            total, checks = self._open[path]
-            total, checks = total + counts, checks + 1
-        else:
-            total, checks = counts.copy(), 1
-        span = self._span.setdefault(path, 1)
-        if checks < span:
-            self._open[path] = (total, checks)
-            return
-        self._open.pop(path, None)
-        done = self._done.setdefault(path, [])
-        done.append((total / checks).astype(np.float32))
-        if len(done) >= self.columns:  # half as many columns, each twice the checks
-            done[:] = [(done[i] + done[i + 1]) / 2 for i in range(0, len(done), 2)]
-            self._span[path] = 2 * span
-
-    def snapshot(self, paths: Sequence[str] | set[str]) -> dict[str, tuple[np.ndarray, ...]]:
-        """The columns of `paths` so far, oldest first, the current group's mean last (tuples
-        of arrays that later checks do not change)."""
-        out: dict[str, tuple[np.ndarray, ...]] = {}
-        for p in paths:
-            columns = list(self._done.get(p, ()))
-            if p in self._open:
-                total, checks = self._open[p]
-                columns.append((total / checks).astype(np.float32))
-            if columns:
-                out[p] = tuple(columns)
-        return out
-
-
-@dataclass(frozen=True)
-class TopK:
-    """One layer's top-k samples per drawn filter (host), from `reduce_topk`.
-
-    `indices[f, j]` is the sample with the j-th highest peak of filter `f`, `positions[f, j]`
-    the flattened position of that peak in the layer's `spatial` shape (channels last, no
-    batch or channel axis; `()` for Dense outputs), `values[f, j]` the peak.
-    """
-
-    indices: np.ndarray
-    positions: np.ndarray
-    values: np.ndarray
-    spatial: tuple[int, ...]
-
-    def peak_cells(self) -> np.ndarray:
-        """`(F, k, 2)` row and column of each peak in the layer's map (0, 0 for Dense)."""
-        spatial = self.spatial
-        if len(spatial) == 0:
-            return np.zeros((*self.positions.shape, 2), dtype=np.int64)
-        if len(spatial) == 1:
-            rows = np.zeros_like(self.positions)
-            return np.stack([rows, self.positions], axis=-1).astype(np.int64)
-        h_w = spatial[-2:]
-        inner = int(np.prod(spatial[-2:]))
-        flat = self.positions % inner  # 3-D maps: the position within its depth slice
-        return np.stack(np.unravel_index(flat, h_w), axis=-1).astype(np.int64)
-
-
-THUMB = 32  # thumbnail side in pixels
-_MARK_RGB = np.array([0, 255, 0], dtype=np.uint8)
-_GUTTER_RGB = np.array([32, 64, 96], dtype=np.uint8)
-_EMPTY_RGB = np.array([90, 90, 90], dtype=np.uint8)
-
-
-def _thumbnails(display: np.ndarray, indices: np.ndarray) -> dict[int, np.ndarray]:
-    """The pictures of the samples `indices` (only those: `stats_data` may hold hundreds)
-    resized (bilinear) to `THUMB` x `THUMB`, by sample index."""
-    return {
-        int(i): np.asarray(
-            Image.fromarray(display[int(i)]).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
-        )
-        for i in np.unique(indices)
-    }
-
-
-def _mark(tile: np.ndarray, row: int, col: int, spatial: tuple[int, ...]) -> None:
-    """Draw a square outline around the input area of map cell `(row, col)` on `tile`."""
-    h, w = (1, spatial[0]) if len(spatial) == 1 else spatial[-2:]
-    cy, cx = (row + 0.5) * THUMB / h, (col + 0.5) * THUMB / w
-    half = max(3.0, THUMB / max(h, w) / 2)
-    y0, y1 = int(max(0, cy - half)), int(min(THUMB - 1, cy + half))
-    x0, x1 = int(max(0, cx - half)), int(min(THUMB - 1, cx + half))
-    tile[y0 : y1 + 1, [x0, x1]] = _MARK_RGB
-    tile[[y0, y1], x0 : x1 + 1] = _MARK_RGB
-
-
-def topk_image(topk: TopK, display: np.ndarray, gutter: int = 4) -> np.ndarray:
-    """One RGB image of a layer's top-k strips: per drawn filter, its k samples side by side
-    (highest peak first), the peak's cell outlined in green (no mark for Dense outputs);
-    filters in a near-square grid, left to right, top to bottom. A filter without a finite
-    value gets grey tiles.
-    """
-    f, k = topk.indices.shape
-    shown = topk.indices[np.isfinite(topk.values)]
-    thumbs = _thumbnails(display, shown)
-    cells = topk.peak_cells()
-    cols = max(1, math.ceil(math.sqrt(f * THUMB / max(k * THUMB, 1))))
-    rows = math.ceil(f / cols)
-    cell_w, cell_h = k * (THUMB + 1) - 1 + gutter, THUMB + gutter
-    out = np.empty((rows * cell_h + gutter, cols * cell_w + gutter, 3), dtype=np.uint8)
-    out[:] = _GUTTER_RGB
-    for i in range(f):
-        r, c = divmod(i, cols)
-        y, x = gutter + r * cell_h, gutter + c * cell_w
-        for j in range(k):
-            left = x + j * (THUMB + 1)
-            if not np.isfinite(topk.values[i, j]):
-                out[y : y + THUMB, left : left + THUMB] = _EMPTY_RGB
-                continue
-            tile = thumbs[int(topk.indices[i, j])].copy()
-            if topk.spatial:
-                _mark(tile, int(cells[i, j, 0]), int(cells[i, j, 1]), topk.spatial)
-            out[y : y + THUMB, left : left + THUMB] = tile
-    return out
-
-
 def topk_from_device(item: Mapping[str, np.ndarray], spatial: tuple[int, ...]) -> TopK:
     return TopK(
         indices=np.asarray(item["indices"], dtype=np.int64),
@@ -542,34 +308,3 @@ def check_outlier_ratio(value: Any) -> float | None:
             f"Sun et al. 2024) or None. Received: outlier_ratio={value!r}"
         )
     return float(value)
-
-
-def histogram_values(
-    stats: Mapping[str, Any],
-    history: HistogramHistory | None = None,
-    remember: Collection[str] | None = None,
-) -> dict[str, tuple[np.ndarray, str]]:
-    """Every layer's histogram of one check as `{tag: ([k, 3] buckets, description)}`.
-
-    `stats` maps layer paths to `LayerStats`; layers without a histogram or without a finite
-    value are left out. The histograms of the layers in `remember` (all when None) are also
-    added to `history` when given (the colorful dimension of the drawn layers).
-    """
-    from actwatch.events import tags
-
-    out: dict[str, tuple[np.ndarray, str]] = {}
-    for path, s in stats.items():
-        if s.histogram is None:
-            continue
-        if history is not None and (remember is None or path in remember):
-            history.add(path, s.histogram)
-        low, high = s.value_range if s.value_range is not None else (None, None)
-        buckets = histogram_buckets(s.histogram, low, high)
-        if buckets.shape[0]:
-            out[tags.histogram_tag(path)] = (
-                buckets,
-                f"Activations of layer `{path}` on the statistics data: symmetric log bins "
-                "(a bin around 0, two an octave from 2^-20 to 2^20 each side), the same at every "
-                "check; non-finite values left out.",
-            )
-    return out

@@ -237,7 +237,7 @@ class LayerStats:
     outlier_ratio: float | None = None
     erank: float | None = None
     srank: float | None = None
-    #: Counts over `signals.HISTOGRAM_EDGES`' bins (int64), and the finite values' range.
+    #: Counts over `actwatch.events.histograms.HISTOGRAM_EDGES`' bins (int64), and the finite values' range.
     histogram: np.ndarray | None = None
     value_range: tuple[float, float] | None = None
 

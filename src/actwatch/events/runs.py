@@ -29,8 +29,8 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
-from actwatch.check.signals import bin_counts
 from actwatch.events import tags
+from actwatch.events.histograms import bin_counts
 from actwatch.events.records import EVENT_FILE_PREFIX, read_records
 
 __all__ = ["RunLog", "event_files", "find_runs", "read_run"]
@@ -52,7 +52,7 @@ class RunLog:
         grids: `{layer: {step: PNG bytes}}`, the filter grid of probe 0 at each check.
         alerts: `(step, Markdown text)` of each check that raised alerts, in step order.
         histograms: `{layer: {step: counts}}`, each check's activation histogram as counts
-            over `signals.HISTOGRAM_EDGES`' bins.
+            over `actwatch.events.histograms.HISTOGRAM_EDGES`' bins.
         topk: `{layer: {step: PNG bytes}}`, the top-k strips (`topk/{layer}`) of each check.
         layers: the watched layer paths, in the order the logs first name them.
     """

@@ -13,8 +13,8 @@ import numpy as np
 
 from actwatch._logging import WarnOnce, logger
 from actwatch.check.gradients import GradientStats
+from actwatch.check.images import default_drawn, render_images
 from actwatch.check.layers import check_layer_specs, resolve_drawn, resolve_layers, weight_sources
-from actwatch.check.maps import default_drawn, render_images
 from actwatch.check.pipeline import CheckPipeline, CheckResult
 from actwatch.check.probes import (
     ProbeBatch,
@@ -23,12 +23,13 @@ from actwatch.check.probes import (
     prepare_probes,
     read_probe_source,
 )
-from actwatch.check.signals import HistogramHistory, check_outlier_ratio, histogram_values
+from actwatch.check.signals import check_outlier_ratio
 from actwatch.check.stats import LayerStats, NetworkStats
 from actwatch.diagnose.alerts import Alert, AlertTracker, Decision
 from actwatch.diagnose.revive import Reviver, check_revive, plan
 from actwatch.diagnose.updates import DEFAULT_BOUNDS, RatioTracker, UpdateRatios
 from actwatch.events import tags
+from actwatch.events.histograms import HistogramHistory, histogram_values
 from actwatch.events.sink import Sink, SinkStats, check_log_dir
 from actwatch.fit.args import flag, fraction, positive_int
 from actwatch.fit.distribute import is_chief

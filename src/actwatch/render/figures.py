@@ -19,11 +19,11 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from actwatch.check.maps import filter_grid, heatmap_overlay
 from actwatch.check.pipeline import CheckResult
-from actwatch.check.signals import bin_label, colorful_dimension
 from actwatch.events import tags
+from actwatch.events.histograms import bin_label
 from actwatch.events.runs import RunLog
+from actwatch.render.tiles import colorful_dimension, filter_grid, heatmap_overlay
 
 __all__ = [
     "CURVES",
