@@ -44,7 +44,7 @@ def main() -> None:
 
     from actwatch.check.images import default_drawn
     from actwatch.check.layers import resolve_layers
-    from actwatch.check.maps import _LUT
+    from actwatch.render.tiles import INFERNO_LUT as _LUT
     from actwatch.check.pipeline import CheckPipeline
     from actwatch.check.probes import _display_from_array
     from actwatch.demo import build_model, make_dataset, seed_everything

@@ -15,7 +15,6 @@ from keras import ops
 
 import actwatch
 from actwatch.check.layers import resolve_layers
-from actwatch.check.maps import _LUT
 from actwatch.check.pipeline import CheckPipeline
 from actwatch.check.signals import (
     HISTOGRAM_SAMPLE,
@@ -37,6 +36,7 @@ from actwatch.events.histograms import (
 )
 from actwatch.events.runs import read_run
 from actwatch.notebook import get_activations
+from actwatch.render.tiles import INFERNO_LUT as _LUT
 from actwatch.render.tiles import THUMB, colorful_dimension, distribution_image, topk_image
 from actwatch.report import write_report
 
