@@ -25,9 +25,12 @@ demo: install
 	$(BIN)/actwatch demo --lr 0.5 --epochs 4
 	$(BIN)/actwatch demo --lr 0.001
 
+# ruff, and import-linter's contracts (pyproject.toml): the rooms' one-way layering, and a read
+# path (events, render, report, dashboard) that imports no Keras and no backend.
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

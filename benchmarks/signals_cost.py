@@ -152,8 +152,8 @@ def monitor_checks(model: Any, probes: np.ndarray, checks: int, stats: np.ndarra
         monitor.set_params({"epochs": checks + 5, "steps": 1, "verbose": 0})
         monitor.on_train_begin()
         if name == "signals off":  # the pipeline of before issue 12 (private, benchmark only)
-            old = monitor._pipeline
-            monitor._pipeline = CheckPipeline(
+            old = monitor._session.pipeline
+            monitor._session.pipeline = CheckPipeline(
                 model,
                 old.watched,
                 stats_samples=len(stats),

@@ -18,7 +18,8 @@ import pytest
 
 import actwatch
 from actwatch.check.stats import LayerStats
-from actwatch.diagnose.alerts import AlertTracker, Decision
+from actwatch.diagnose.alerts import Decision
+from actwatch.diagnose.memory import AlertTracker
 
 from .helpers import data
 from .test_callback import dead_conv_model

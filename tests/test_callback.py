@@ -164,7 +164,7 @@ def test_k_dead_filters_give_exactly_one_alert(
     assert "`conv1`" in events.texts["alerts"][0][1]
     # Dead filters are drawn as red crossed tiles: the first tile of the grid is red.
     grid = events.images["filters/conv1/probe_0"][0][1]
-    assert tuple(grid[4, 12]) == actwatch.check.maps.DEAD_RGB
+    assert tuple(grid[4, 12]) == actwatch.render.tiles.DEAD_RGB
 
 
 def test_healthy_model_raises_no_alert(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -93,7 +93,24 @@ def _fit_recording_warnings(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(X, Y, epochs=2, batch_size=8, verbose=0, callbacks=[monitor])
-    return [w for w in caught if "actwatch" in Path(w.filename).parts]
+    return [w for w in caught if from_actwatch(w.filename)]
+
+
+PACKAGE = Path(actwatch.__file__).resolve().parent
+
+
+def from_actwatch(filename: str) -> bool:
+    """Whether a warning was raised in actwatch's own source: inside the installed package,
+    not anywhere whose path has a part named "actwatch" (the checkout folder that `git
+    clone` makes is named so, and so is every file of the .venv inside it)."""
+    return Path(filename).resolve().is_relative_to(PACKAGE)
+
+
+def test_warnings_of_other_packages_in_a_folder_named_actwatch_are_not_ours() -> None:
+    """A Keras file under `<checkout named actwatch>/.venv` is not actwatch's; ours is."""
+    venv_keras = "/home/me/actwatch/.venv/lib/python3.11/site-packages/keras/src/ops/core.py"
+    assert not from_actwatch(venv_keras)
+    assert from_actwatch(str(PACKAGE / "check" / "stats.py"))
 
 
 def test_all_nonfinite_linear_layer_raises_only_the_nonfinite_alert(tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ def activation_stats(
     """Per-layer statistics (zero fraction, dead and dormant filters, Hoyer, mean) for `x`,
     and the signals of `actwatch.check.signals`: `rms`, `channel_mean_sq`, `channel_var`,
     `max_abs`, `outlier_ratio`, `erank`, `srank` and the activation `histogram` (counts over
-    `actwatch.events.histograms.HISTOGRAM_EDGES`) of each `LayerStats`; `scalars()` lists them all."""
+    `actwatch.events.histograms.HISTOGRAM_EDGES`) of each `LayerStats`; `scalars()` lists them
+    all."""
     batch = _batch(model, x, preprocess)
     watched = resolve_layers(model, layers, batch.feed())
     pipeline = CheckPipeline(model, watched, dormant_threshold=dormant_threshold, draw=False)

@@ -72,8 +72,8 @@ def render_images(
             of `actwatch.events.histograms.HistogramHistory`), drawn as the colorful dimension
             (`actwatch.render.tiles.distribution_image`).
         topk: per layer path, its top-k statistics samples per drawn filter, drawn with
-            `samples` (the statistics samples as uint8 RGB) by `actwatch.render.tiles.topk_image`; none
-            without `samples`.
+            `samples` (the statistics samples as uint8 RGB) by
+            `actwatch.render.tiles.topk_image`; none without `samples`.
 
     Filter grids are `PaletteImage`s (one byte a pixel); heatmaps are RGB arrays.
     """

@@ -27,6 +27,7 @@ from typing import Any, TypeAlias
 
 import keras
 
+from actwatch.check import kinds
 from actwatch.check.capture import trace
 from actwatch.check.tree import walk
 
@@ -41,35 +42,8 @@ __all__ = [
 
 LayerSpec: TypeAlias = "str | re.Pattern[str] | keras.layers.Layer"
 
-_POOLING_TYPES: tuple[type[Any], ...] = (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-)
-_ACTIVATION_TYPES: tuple[type[Any], ...] = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.PReLU,
-    keras.layers.ELU,
-)
-_DEFAULT_TYPES: tuple[type[Any], ...] = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    *_POOLING_TYPES,
-    *_ACTIVATION_TYPES,
-)
+#: The layers watched by default: convolutions, pooling and activations.
+_DEFAULT_TYPES = (*kinds.CONVOLUTIONS, *kinds.POOLING, *kinds.ACTIVATIONS)
 
 
 @dataclass(frozen=True)
@@ -150,7 +124,7 @@ def _watchable(
         rank=rank,
         channel_axis=axis,
         channels=int(channels),
-        pooling=isinstance(layer, _POOLING_TYPES),
+        pooling=isinstance(layer, kinds.POOLING),
     )
 
 
@@ -264,13 +238,6 @@ def resolve_layers(
     return [_watchable(p, by_path[p], formats[p], outputs[p]) for p in sorted(outputs, key=order)]
 
 
-_NORMALIZATION_TYPES: tuple[type[Any], ...] = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-)
-
-
 def _tensor(layer: Any, attribute: str) -> Any:
     try:
         return getattr(layer, attribute)
@@ -292,7 +259,7 @@ def _linear_feeders(table: Sequence[tuple[str, Any]]) -> dict[int, list[tuple[st
             producers[id(output)] = (path, layer)
     feeders: dict[int, list[tuple[str, Any]]] = {}
     for _, layer in table:
-        if not isinstance(layer, _ACTIVATION_TYPES):
+        if not isinstance(layer, kinds.ACTIVATIONS):
             continue
         found: list[tuple[str, Any]] = []
         stack, seen = [_tensor(layer, "input")], set()
@@ -302,12 +269,12 @@ def _linear_feeders(table: Sequence[tuple[str, Any]]) -> dict[int, list[tuple[st
                 continue
             seen.add(id(t))
             path, producer = producers[id(t)]
-            if isinstance(producer, (*_NORMALIZATION_TYPES, keras.layers.Add)):
+            if isinstance(producer, (*kinds.NORMALIZATION, keras.layers.Add)):
                 inputs = _tensor(producer, "input")
                 stack.extend(inputs if isinstance(inputs, (list, tuple)) else [inputs])
             elif (
                 isinstance(producer, _DEFAULT_TYPES)
-                and not isinstance(producer, (*_POOLING_TYPES, *_ACTIVATION_TYPES))
+                and not isinstance(producer, (*kinds.POOLING, *kinds.ACTIVATIONS))
                 and getattr(getattr(producer, "activation", None), "__name__", None) == "linear"
             ):
                 found.append((path, producer))

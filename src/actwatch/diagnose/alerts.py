@@ -1,46 +1,23 @@
-"""Alerts: memory across checks, one message per event, the stop decision.
+"""Alerts: the one `Alert` type, and the words of every alert actwatch raises.
 
-A filter is *confirmed dead* once it has been dead (`max <= 0` over every probe or
-statistics sample) at `patience` consecutive checks. A layer raises a dead-filter alert when
-it has confirmed-dead filters not alerted before and its fraction of confirmed-dead filters
-is at least `dead_alert_fraction`: a few dead filters are normal in a ReLU network, a large
-share is the symptom. The alert names the newly dead filters; no later check repeats them
-unless they revive and die again, and a later alert needs the layer's count of dead filters to
-have grown by `REALERT_SHARE` (10%) of its filters since its last alert: flicker is not an
-event, a jump is. Only layers whose outputs are non-negative (ReLU-like) raise dead-filter
-alerts, and pooling layers raise none (they repeat their input's dead filters). Non-finite
-activations raise one alert, for the first watched layer that has them, until they disappear.
-
-One tracker lives as long as the model and layers it watches: across several `fit()` calls
-it goes on remembering, so filters alerted in one fit are not alerted again in the next.
-An alert says what is known of when filters died: since the previous check, since an earlier
-check (when `patience` held the alert back, or the layer was below `dead_alert_fraction`),
-already at the check before training, or unknown (the first check of a run resumed with
-`initial_epoch`).
+Each function here builds one kind of alert from what a check found; the decisions (memory
+across checks, thresholds, the stop) are in `actwatch.diagnose.memory`,
+`actwatch.diagnose.updates` and `actwatch.diagnose.revive`. A message says what was seen, what
+it means and what to do about it, in plain text (logged at WARNING); `Alert.markdown` is the
+same text for TensorBoard.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from actwatch.check.stats import LayerStats
-
-__all__ = ["Alert", "AlertTracker", "Decision"]
+__all__ = ["Alert", "AlertKind", "Decision", "dead", "nonfinite", "outlier", "revived"]
 
 AlertKind = Literal["dead", "nonfinite", "learning_rate", "revived", "outlier"]
-
-#: After its first alert, a layer alerts again only when its count of confirmed-dead filters
-#: has grown by at least this share of its filters (one filter at least) since its last alert
-#: (a count that falls, as filters revive, lowers that mark): a few filters flickering in and
-#: out of "dead" around the threshold, as they do in the big layers of a healthy network judged
-#: on a few probes, are not an event; a jump in the layer's dead filters is. With a
-#: `dead_alert_fraction` below it, that fraction is the share.
-REALERT_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,308 +69,233 @@ class Decision:
     revived: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def _indices(mask: np.ndarray) -> tuple[int, ...]:
+def indices(mask: np.ndarray) -> tuple[int, ...]:
+    """The indices where `mask` is true, as plain ints."""
     return tuple(int(i) for i in np.flatnonzero(mask))
 
 
-def _short(indices: Sequence[int], limit: int = 16) -> str:
-    shown = ", ".join(str(i) for i in indices[:limit])
-    return f"[{shown}{', ...' if len(indices) > limit else ''}]"
+def short(items: Sequence[int], limit: int = 16) -> str:
+    """`[0, 1, ...]`: at most `limit` indices."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"
 
 
-def _when(step: int, epoch: int | None) -> str:
+def when(step: int, epoch: int | None) -> str:
+    """The check an alert is about, as its message begins."""
     return f"Step {step} (before training)" if epoch is None else f"Epoch {epoch + 1} (step {step})"
 
 
-class AlertTracker:
-    """Remembers per-layer dead-filter streaks across checks and decides on alerts.
+def _lr(learning_rate: float | None) -> str:
+    return f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
 
-    Args:
-        patience: checks in a row a filter must be dead before it counts as dead.
-        dead_alert_fraction: a layer alerts once this fraction of its filters is dead.
-        stop_on_dead_fraction: stop training once a layer's fraction of confirmed dead filters
-            reaches this value; None never stops.
-        pooling: paths of pooling layers (no dead-filter alerts of their own).
-        outlier_ratio: a layer whose `max |a| / median |a|` passes this raises an `"outlier"`
-            alert (`count` is the ratio rounded, `total` 1), once until it falls back to or
-            below it; None never does.
-    """
 
-    def __init__(
-        self,
-        *,
-        patience: int = 1,
-        dead_alert_fraction: float = 0.25,
-        stop_on_dead_fraction: float | None = None,
-        pooling: Sequence[str] = (),
-        outlier_ratio: float | None = None,
-    ) -> None:
-        self.patience = patience
-        self.dead_alert_fraction = dead_alert_fraction
-        self.stop_on_dead_fraction = stop_on_dead_fraction
-        self.pooling = frozenset(pooling)
-        self.outlier_ratio = outlier_ratio
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything (another model or other layers)."""
-        self._streak: dict[str, np.ndarray] = {}
-        self._alerted: dict[str, set[int]] = {}
-        # Per layer: the step each filter's current dead streak began at (-1: alive), and the
-        # layer's first check (step, epoch, initial_epoch of its fit), to say when filters died.
-        self._dead_since: dict[str, np.ndarray] = {}
-        self._first: dict[str, tuple[int, int | None, int]] = {}
-        self._alert_mark: dict[str, int] = {}  # confirmed-dead count at the layer's last alert
-        self._nonfinite_alerted = False
-        self._outlying: set[str] = set()
-        self._initial_epoch = 0
-
-    def begin_fit(self, *, initial_epoch: int) -> None:
-        """A `fit()` starts at epoch `initial_epoch` (0-based); the memory is kept.
-
-        A run resumed with `initial_epoch > 0` has no check before its first batch, so for a
-        layer first seen then, alerts say that when its filters died is unknown.
-        """
-        self._initial_epoch = initial_epoch
-
-    def update(
-        self,
-        stats: Mapping[str, LayerStats],
-        *,
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-    ) -> Decision:
-        """Take one check's statistics; return its alerts and the stop decision."""
-        alerts: list[Alert] = []
-        revived: dict[str, tuple[int, ...]] = {}
-        stop_reason: str | None = None
-        for path, s in stats.items():
-            if path in self.pooling:
-                continue
-            # For every layer, ReLU-like at this check or not: "died since" stays true.
-            since = self._dead_since.get(path)
-            if since is None or since.shape != s.dead.shape:
-                since = np.full(s.dead.shape, -1, dtype=np.int64)
-            since = np.where(s.dead, np.where(since >= 0, since, step), -1)
-            self._dead_since[path] = since
-            self._first.setdefault(path, (step, epoch, self._initial_epoch))
-            if not s.nonnegative:
-                continue
-            streak = self._streak.get(path)
-            if streak is None or streak.shape != s.dead.shape:
-                streak = np.zeros(s.dead.shape, dtype=np.int64)
-            streak = np.where(s.dead, streak + 1, 0)
-            self._streak[path] = streak
-            alerted = self._alerted.setdefault(path, set())
-            back = sorted(i for i in alerted if not s.dead[i])
-            if back:
-                revived[path] = tuple(back)
-                alerted.difference_update(back)
-            confirmed = streak >= self.patience
-            confirmed_fraction = float(confirmed.sum()) / max(s.filters, 1)
-            new = tuple(i for i in _indices(confirmed) if i not in alerted)
-            count = int(confirmed.sum())
-            mark = min(self._alert_mark.get(path, 0), count)  # revivals lower the mark
-            self._alert_mark[path] = mark
-            share = min(REALERT_SHARE, self.dead_alert_fraction)
-            enough = count - mark >= max(1, math.ceil(share * s.filters - 1e-9))
-            if new and enough and confirmed_fraction >= self.dead_alert_fraction:
-                alerted.update(new)
-                self._alert_mark[path] = count
-                alerts.append(
-                    self._dead_alert(path, s, confirmed, new, since, step, epoch, learning_rate)
-                )
-            limit = self.stop_on_dead_fraction
-            if limit is not None and stop_reason is None and confirmed_fraction >= limit:
-                stop_reason = (
-                    f"layer '{path}' has {confirmed_fraction:.1%} of its filters dead, at or "
-                    f"above stop_on_dead_fraction={limit}"
-                )
-        alerts.extend(self._nonfinite(stats, step, epoch, learning_rate))
-        alerts.extend(self._outliers(stats, step, epoch, learning_rate))
-        return Decision(alerts=tuple(alerts), stop_reason=stop_reason, revived=revived)
-
-    def _dead_alert(
-        self,
-        path: str,
-        s: LayerStats,
-        confirmed: np.ndarray,
-        new: tuple[int, ...],
-        since: np.ndarray,
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-    ) -> Alert:
-        dead = _indices(confirmed)
-        count = len(dead)
-        fraction = count / max(s.filters, 1)
-        history = self._history(path, new, since, step, learning_rate)
-        died = tuple(i for i in new if since[i] == step and step != self._first[path][0])
-        message = (
-            f"{_when(step, epoch)}: {len(new)} filter(s) of layer '{path}' are dead: "
-            f"{_short(new)}. The layer now has {count} of {s.filters} filters dead "
-            f"({fraction:.1%}). A dead filter outputs <= 0 for every sample, so it gets no "
-            f"gradient and stops learning. {history}"
-        )
-        return Alert(
-            kind="dead",
-            layer=path,
-            step=step,
-            epoch=epoch,
-            filters=new,
-            dead_filters=dead,
-            died_since_last_check=died,
-            count=count,
-            total=s.filters,
-            fraction=fraction,
-            learning_rate=learning_rate,
-            message=message,
-        )
-
-    def _history(
-        self,
-        path: str,
-        new: tuple[int, ...],
-        since: np.ndarray,
-        step: int,
-        learning_rate: float | None,
-    ) -> str:
-        """When the newly alerted filters died, as far as the checks tell, and the likely cause.
-
-        Each filter is dead since the check its current streak began at: the layer's first
-        check (nothing is known before it), this check (it died since the last one), or a check
-        in between (dead for `patience` checks in a row, or dead while the layer was below
-        `dead_alert_fraction`).
-        """
-        first_step, first_epoch, initial_epoch = self._first[path]
-        at_first = [i for i in new if since[i] == first_step]
-        now = [i for i in new if since[i] == step and step != first_step]
-        earlier = [i for i in new if i not in at_first and i not in now]
-        parts = []
-        if now:
-            parts.append(f"{len(now)} of them died since the last check")
-        if earlier:
-            steps = sorted({int(since[i]) for i in earlier})
-            parts.append(
-                f"{len(earlier)} had been dead since an earlier check (step "
-                f"{', '.join(str(x) for x in steps[:4])}{', ...' if len(steps) > 4 else ''})"
-            )
-        sentences = []
-        if parts:
-            lr = (
-                f" (current learning rate: {learning_rate:.4g})"
-                if learning_rate is not None
-                else ""
-            )
-            sentences.append(
-                ", ".join(parts) + f". The usual cause is a learning rate that is too high{lr}."
-            )
-        if at_first:
-            lead = "They" if not parts else f"The other {len(at_first)}"
-            sentences.append(self._first_seen(first_epoch, initial_epoch, lead))
-        text = " ".join(sentences)
-        return text[0].upper() + text[1:]
-
-    @staticmethod
-    def _first_seen(epoch: int | None, initial_epoch: int, lead: str = "They") -> str:
-        """What is known of when filters dead since a layer's first check died."""
-        if epoch is None:
-            return (
-                f"{lead} were dead at the first check: before training, that points at the "
-                "initialization or the scaling of the inputs rather than the learning rate."
-            )
-        if initial_epoch > 0:
-            return (
-                f"{lead} were already dead at the first check of this run, which resumed at "
-                f"epoch {initial_epoch + 1} (initial_epoch={initial_epoch}) without "
-                "a check before its first batch: when and why they died is not known from "
-                "this run; the alerts of the run before it may tell."
-            )
+def first_seen(epoch: int | None, initial_epoch: int, lead: str = "They") -> str:
+    """What is known of when filters dead since a layer's first check died."""
+    if epoch is None:
         return (
-            f"{lead} were already dead at the first check of this layer that succeeded (the "
-            "earlier ones failed): when they died is not known."
+            f"{lead} were dead at the first check: before training, that points at the "
+            "initialization or the scaling of the inputs rather than the learning rate."
         )
-
-    def _outliers(
-        self,
-        stats: Mapping[str, LayerStats],
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-    ) -> list[Alert]:
-        """Layers whose outlier ratio newly passed `outlier_ratio` (Sun et al. 2024)."""
-        limit = self.outlier_ratio
-        if limit is None:
-            return []
-        out = []
-        for path, s in stats.items():
-            ratio = s.outlier_ratio
-            if ratio is None or ratio <= limit:
-                self._outlying.discard(path)
-                continue
-            if path in self._outlying:
-                continue
-            self._outlying.add(path)
-            message = (
-                f"{_when(step, epoch)}: layer '{path}' has a massive activation: max |a| = "
-                f"{s.max_abs:.4g} is {ratio:.0f}x its median |a| (outlier_ratio={limit:g}). "
-                "Massive activations (Sun et al. 2024) act as fixed biases and can destabilise "
-                "training; look for a learning rate that is too high or unnormalised inputs."
-            )
-            out.append(
-                Alert(
-                    kind="outlier",
-                    layer=path,
-                    step=step,
-                    epoch=epoch,
-                    filters=(),
-                    dead_filters=_indices(s.dead),
-                    died_since_last_check=(),
-                    count=round(ratio),
-                    total=1,
-                    fraction=0.0,
-                    learning_rate=learning_rate,
-                    message=message,
-                )
-            )
-        return out
-
-    def _nonfinite(
-        self,
-        stats: Mapping[str, LayerStats],
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-    ) -> list[Alert]:
-        bad = [(path, s) for path, s in stats.items() if s.nonfinite > 0]
-        if not bad:
-            self._nonfinite_alerted = False
-            return []
-        if self._nonfinite_alerted:
-            return []
-        self._nonfinite_alerted = True
-        path, s = bad[0]
-        later = len(bad) - 1
-        lr = f" (current learning rate: {learning_rate:.4g})" if learning_rate is not None else ""
-        message = (
-            f"{_when(step, epoch)}: layer '{path}' produced {s.nonfinite} non-finite (NaN or Inf) "
-            f"values{f'; {later} later watched layers too' if later else ''}. Training has "
-            f"probably diverged: lower the learning rate{lr} or check the inputs."
+    if initial_epoch > 0:
+        return (
+            f"{lead} were already dead at the first check of this run, which resumed at "
+            f"epoch {initial_epoch + 1} (initial_epoch={initial_epoch}) without "
+            "a check before its first batch: when and why they died is not known from "
+            "this run; the alerts of the run before it may tell."
         )
-        return [
+    return (
+        f"{lead} were already dead at the first check of this layer that succeeded (the "
+        "earlier ones failed): when they died is not known."
+    )
+
+
+def dead(
+    layer: str,
+    filters: int,
+    *,
+    dead: tuple[int, ...],
+    new: tuple[int, ...],
+    died_now: tuple[int, ...],
+    earlier_steps: Sequence[int],
+    earlier_count: int,
+    at_first: int,
+    first_epoch: int | None,
+    initial_epoch: int,
+    step: int,
+    epoch: int | None,
+    learning_rate: float | None,
+) -> Alert:
+    """`new` filters of `layer` (of `filters`) newly confirmed dead; `dead` are all its dead
+    ones. Of `new`, `died_now` died since the last check, `earlier_count` at the checks
+    `earlier_steps`, `at_first` were dead at the layer's first check."""
+    parts = []
+    if died_now:
+        parts.append(f"{len(died_now)} of them died since the last check")
+    if earlier_count:
+        shown = ", ".join(str(x) for x in earlier_steps[:4])
+        more = ", ..." if len(earlier_steps) > 4 else ""
+        parts.append(f"{earlier_count} had been dead since an earlier check (step {shown}{more})")
+    sentences = []
+    if parts:
+        sentences.append(
+            ", ".join(parts)
+            + f". The usual cause is a learning rate that is too high{_lr(learning_rate)}."
+        )
+    if at_first:
+        lead = "They" if not parts else f"The other {at_first}"
+        sentences.append(first_seen(first_epoch, initial_epoch, lead))
+    history = " ".join(sentences)
+    history = history[0].upper() + history[1:]
+    fraction = len(dead) / max(filters, 1)
+    message = (
+        f"{when(step, epoch)}: {len(new)} filter(s) of layer '{layer}' are dead: "
+        f"{short(new)}. The layer now has {len(dead)} of {filters} filters dead "
+        f"({fraction:.1%}). A dead filter outputs <= 0 for every sample, so it gets no "
+        f"gradient and stops learning. {history}"
+    )
+    return Alert(
+        kind="dead",
+        layer=layer,
+        step=step,
+        epoch=epoch,
+        filters=new,
+        dead_filters=dead,
+        died_since_last_check=died_now,
+        count=len(dead),
+        total=filters,
+        fraction=fraction,
+        learning_rate=learning_rate,
+        message=message,
+    )
+
+
+def _about_layer(
+    kind: AlertKind,
+    layer: str,
+    message: str,
+    *,
+    dead: tuple[int, ...],
+    count: int,
+    total: int,
+    fraction: float,
+    step: int,
+    epoch: int | None,
+    learning_rate: float | None,
+) -> Alert:
+    """An alert about a whole layer (no filters of its own)."""
+    return Alert(
+        kind=kind,
+        layer=layer,
+        step=step,
+        epoch=epoch,
+        filters=(),
+        dead_filters=dead,
+        died_since_last_check=(),
+        count=count,
+        total=total,
+        fraction=fraction,
+        learning_rate=learning_rate,
+        message=message,
+    )
+
+
+def outlier(
+    layer: str,
+    *,
+    max_abs: float,
+    ratio: float,
+    limit: float,
+    dead: tuple[int, ...],
+    step: int,
+    epoch: int | None,
+    learning_rate: float | None,
+) -> Alert:
+    """`layer`'s `max |a| / median |a|` passed `outlier_ratio=limit` (Sun et al. 2024)."""
+    message = (
+        f"{when(step, epoch)}: layer '{layer}' has a massive activation: max |a| = "
+        f"{max_abs:.4g} is {ratio:.0f}x its median |a| (outlier_ratio={limit:g}). "
+        "Massive activations (Sun et al. 2024) act as fixed biases and can destabilise "
+        "training; look for a learning rate that is too high or unnormalised inputs."
+    )
+    return _about_layer(
+        "outlier",
+        layer,
+        message,
+        dead=dead,
+        count=round(ratio),
+        total=1,
+        fraction=0.0,
+        step=step,
+        epoch=epoch,
+        learning_rate=learning_rate,
+    )
+
+
+def nonfinite(
+    layer: str,
+    *,
+    count: int,
+    values: int,
+    later_layers: int,
+    dead: tuple[int, ...],
+    step: int,
+    epoch: int | None,
+    learning_rate: float | None,
+) -> Alert:
+    """`layer` (the first watched one, `later_layers` more) produced `count` NaN/Inf."""
+    also = f"; {later_layers} later watched layers too" if later_layers else ""
+    message = (
+        f"{when(step, epoch)}: layer '{layer}' produced {count} non-finite (NaN or Inf) "
+        f"values{also}. Training has probably diverged: lower the learning "
+        f"rate{_lr(learning_rate)} or check the inputs."
+    )
+    return _about_layer(
+        "nonfinite",
+        layer,
+        message,
+        dead=dead,
+        count=count,
+        total=values,
+        fraction=count / max(values, 1),
+        step=step,
+        epoch=epoch,
+        learning_rate=learning_rate,
+    )
+
+
+def revived(
+    revived_filters: Mapping[str, tuple[int, ...]],
+    totals: Mapping[str, int],
+    *,
+    patience: int,
+    step: int,
+    epoch: int | None,
+    learning_rate: float | None,
+) -> tuple[Alert, ...]:
+    """One alert per layer whose filters `revive="redo"` re-initialised (`totals`: filters
+    of each layer)."""
+    out = []
+    for path, filters in revived_filters.items():
+        total = int(totals[path])
+        out.append(
             Alert(
-                kind="nonfinite",
+                kind="revived",
                 layer=path,
                 step=step,
                 epoch=epoch,
-                filters=(),
-                dead_filters=_indices(s.dead),
+                filters=filters,
+                dead_filters=filters,
                 died_since_last_check=(),
-                count=s.nonfinite,
-                total=s.values,
-                fraction=s.nonfinite / max(s.values, 1),
+                count=len(filters),
+                total=total,
+                fraction=len(filters) / max(total, 1),
                 learning_rate=learning_rate,
-                message=message,
+                message=(
+                    f"{when(step, epoch)}: revive='redo' re-initialised {len(filters)} "
+                    f"filter(s) of layer '{path}' that stayed dead for {patience} check(s): "
+                    f"{short(filters)}. Their incoming weights are fresh, their bias and "
+                    "outgoing weights zero, so the network's output is unchanged now."
+                ),
             )
-        ]
+        )
+    return tuple(out)

@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from actwatch.check import kinds
 from actwatch.check.layers import WatchedLayer
 from actwatch.check.tree import is_graph_model
 
@@ -33,46 +34,14 @@ __all__ = ["REVIVE_MODES", "Reviver", "check_revive", "plan"]
 
 REVIVE_MODES = (None, "redo")
 
-_PRODUCERS: tuple[type[Any], ...] = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Dense,
-)
-_NOT_PLAIN: tuple[type[Any], ...] = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-)
-_PASS_THROUGH: tuple[type[Any], ...] = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianNoise,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
+_PRODUCERS = (*kinds.PLAIN_CONVOLUTIONS, keras.layers.Dense)
+#: Channel-preserving layers between a producer and its consumers.
+_PASS_THROUGH = (
+    *kinds.ACTIVATIONS,
+    *kinds.NOISE,
+    *kinds.POOLING,
+    *kinds.GLOBAL_POOLING,
+    *kinds.PADDING,
     keras.layers.Identity,
 )
 
@@ -95,7 +64,7 @@ def check_revive(revive: Any) -> str | None:
 def _is_plain(layer: Any) -> bool:
     return (
         isinstance(layer, _PRODUCERS)
-        and not isinstance(layer, _NOT_PLAIN)
+        and not isinstance(layer, kinds.OTHER_CONVOLUTIONS)
         and int(getattr(layer, "groups", 1) or 1) == 1
         and getattr(layer, "kernel", None) is not None
     )

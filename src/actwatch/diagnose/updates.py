@@ -156,6 +156,27 @@ class UpdateRatios:
         self.step = step
         self.updates = updates
 
+    def due(self, step: int, applied: int | None, per_execution: int) -> bool:
+        """Whether the weights now are one training step after the snapshot: measure then.
+
+        `step` is the step now, `applied` the optimizer's updates applied so far (None when
+        unknown), `per_execution` the batches a batch hook stands for. Not yet while no update
+        was applied since the snapshot (a skipped or gradient-accumulation step); never (the
+        snapshot is dropped) when more than one execution ran since.
+        """
+        if self._before is None or self.step is None or step <= self.step:
+            return False
+        if applied is not None and self.updates is not None:
+            moved = applied - self.updates
+            if moved <= 0:  # a skipped or gradient-accumulation step: wait for an update
+                return False
+            if moved <= per_execution:
+                return True
+        elif step - self.step <= per_execution:
+            return True
+        self.cancel()  # more than one execution, or batches ran without a batch hook
+        return False
+
     def cancel(self) -> None:
         self._before = None
         self.step = None

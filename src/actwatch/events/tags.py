@@ -23,13 +23,11 @@ descriptions shown beside every summary are built here too.
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tensorboard.plugins.custom_scalar import layout_pb2
-
-if TYPE_CHECKING:
-    from actwatch.diagnose.alerts import Alert
 
 __all__ = [
     "ALERTS",
@@ -230,6 +228,17 @@ def scalar_values(
     return out
 
 
+def update_ratio_scalars(ratios: Mapping[str, float]) -> dict[str, tuple[float, str]]:
+    """One measurement's update-to-weight ratios as `{tag: (value, description)}`: each
+    layer's, and their median over the watched layers (none without ratios)."""
+    about = LEARNING_METRICS["update_ratio"]
+    out = {layer_tag("update_ratio", p): (r, f"{about} Layer `{p}`.") for p, r in ratios.items()}
+    if ratios:
+        median = float(statistics.median(ratios.values()))
+        out[network_tag("update_ratio")] = (median, f"{about} Median over the watched layers.")
+    return out
+
+
 def logs_figures(
     network: Mapping[str, float], layers: Mapping[str, Mapping[str, float]] | None = None
 ) -> dict[str, float]:
@@ -243,6 +252,15 @@ def logs_figures(
         for metric, value in values.items():
             figures[f"{LOGS_PREFIX}{layer_tag(metric, path)}"] = value
     return figures
+
+
+class Alert(Protocol):
+    """What the format needs of an alert (`actwatch.Alert` is one): its kind and its text."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def markdown(self) -> str: ...
 
 
 def alert_texts(alerts: Sequence[Alert]) -> dict[str, tuple[str, str]]:

@@ -1,13 +1,24 @@
-"""Constructor argument checks with Keras' messages: "Invalid value for argument `x`..."."""
+"""The monitor's arguments checked before training, with Keras' messages ("Invalid value for
+argument `x`. Expected ... Received: x=...")."""
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import keras
 import numpy as np
 
-__all__ = ["flag", "fraction", "positive_int"]
+from actwatch.check.layers import check_layer_specs
+from actwatch.check.probes import ProbeSource, check_preprocess, read_probe_source
+from actwatch.check.signals import check_outlier_ratio
+from actwatch.diagnose.alerts import Alert
+from actwatch.diagnose.revive import check_revive
+from actwatch.events.sink import check_log_dir
+
+__all__ = ["Settings", "bounds", "flag", "fraction", "labels", "positive_int", "settings"]
 
 
 def positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
@@ -45,3 +56,151 @@ def flag(name: str, value: Any) -> bool:
             f"Received: {name}={value!r}"
         )
     return bool(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """`ActivationMonitor`'s arguments, validated (see its docstring for each one)."""
+
+    probe_source: ProbeSource
+    stats_source: ProbeSource | None
+    stats_labels: tuple[Any, Any] | None  # (y, sample_weight) of stats_data=(x, y[, w])
+    log_dir: str
+    layers: Any
+    every_n_epochs: int | None
+    every_n_batches: int | None
+    on_alert: Callable[[Alert], Any] | None
+    stop_on_dead_fraction: float | None
+    dead_alert_fraction: float
+    patience: int
+    max_filters: int
+    dormant_threshold: float
+    preprocess: Callable[[np.ndarray], Any] | None
+    images: bool
+    draw_layers: Any
+    log_per_layer: bool
+    histograms: bool
+    feature_rank: bool
+    topk: int
+    outlier_ratio: float | None
+    update_ratio_bounds: tuple[float, float] | None
+    revive: str | None
+
+
+def settings(
+    *,
+    probes: Any,
+    log_dir: Any,
+    layers: Any,
+    every_n_epochs: Any,
+    every_n_batches: Any,
+    stats_data: Any,
+    on_alert: Any,
+    stop_on_dead_fraction: Any,
+    dead_alert_fraction: Any,
+    patience: Any,
+    max_filters: Any,
+    dormant_threshold: Any,
+    preprocess: Any,
+    images: Any,
+    draw_layers: Any,
+    log_per_layer: Any,
+    histograms: Any,
+    feature_rank: Any,
+    topk: Any,
+    outlier_ratio: Any,
+    update_ratio_bounds: Any,
+    revive: Any,
+) -> Settings:
+    """Every argument checked, in the constructor, before training: a ValueError or TypeError
+    that names the argument, what it received and what it expects."""
+    probe_source = read_probe_source(probes, "probes")
+    stats_labels: tuple[Any, Any] | None = None
+    if isinstance(stats_data, tuple) and len(stats_data) in (2, 3):  # (x, y[, weight])
+        stats_data, *labels = stats_data
+        stats_labels = (labels[0], labels[1] if len(labels) > 1 else None)
+    stats_source = None if stats_data is None else read_probe_source(stats_data, "stats_data")
+    batches = positive_int("every_n_batches", every_n_batches)
+    if batches is not None and every_n_epochs is not None:
+        raise ValueError(
+            "Invalid value for arguments `every_n_epochs` and `every_n_batches`: give one "
+            "of them, not both. Received: every_n_epochs="
+            f"{every_n_epochs!r}, every_n_batches={every_n_batches!r}"
+        )
+    epochs = positive_int("every_n_epochs", every_n_epochs)
+    if on_alert is not None and not callable(on_alert):
+        raise TypeError(
+            "Invalid value for argument `on_alert`. Expected a callable taking an "
+            f"actwatch.Alert. Received: on_alert={on_alert!r}"
+        )
+    check_preprocess(preprocess, [probe_source, stats_source])
+    check_layer_specs(layers)
+    if draw_layers is None:
+        raise ValueError(
+            "Invalid value for argument `draw_layers`: received None. Pass 'auto' (the "
+            "default), 'all', or the layers to draw; images=False draws none."
+        )
+    if not (isinstance(draw_layers, str) and draw_layers in ("auto", "all")):
+        check_layer_specs(draw_layers, argument="draw_layers")
+    no_topk = topk == 0 and not isinstance(topk, bool)
+    return Settings(
+        probe_source=probe_source,
+        stats_source=stats_source,
+        stats_labels=stats_labels,
+        log_dir=check_log_dir(log_dir),
+        layers=layers,
+        every_n_epochs=None if batches is not None else (epochs or 1),
+        every_n_batches=batches,
+        on_alert=on_alert,
+        stop_on_dead_fraction=None
+        if stop_on_dead_fraction is None
+        else fraction("stop_on_dead_fraction", stop_on_dead_fraction, low_open=True, optional=True),
+        dead_alert_fraction=fraction("dead_alert_fraction", dead_alert_fraction, low_open=True),
+        patience=positive_int("patience", patience, allow_none=False) or 1,
+        max_filters=positive_int("max_filters", max_filters, allow_none=False) or 64,
+        dormant_threshold=fraction("dormant_threshold", dormant_threshold, low_open=False),
+        preprocess=preprocess,
+        images=flag("images", images),
+        draw_layers=draw_layers,
+        log_per_layer=flag("log_per_layer", log_per_layer),
+        histograms=flag("histograms", histograms),
+        feature_rank=stats_source is not None
+        if feature_rank is None
+        else flag("feature_rank", feature_rank),
+        topk=0 if no_topk else positive_int("topk", topk, allow_none=False) or 0,
+        outlier_ratio=check_outlier_ratio(outlier_ratio),
+        update_ratio_bounds=bounds(update_ratio_bounds),
+        revive=check_revive(revive),
+    )
+
+
+def bounds(value: Any) -> tuple[float, float] | None:
+    """`update_ratio_bounds`: None, or `(low, high)` with `0 <= low < high`."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not (0 <= low < high < float("inf")):
+        raise ValueError(
+            "Invalid value for argument `update_ratio_bounds`. Expected None or (low, high) "
+            f"with 0 <= low < high, e.g. (1e-5, 1e-1). Received: update_ratio_bounds={value!r}"
+        )
+    return (low, high)
+
+
+def labels(given: tuple[Any, Any], size: int) -> tuple[Any, Any]:
+    """`(y, sample_weight)` of `stats_data=(x, y[, sample_weight])`, checked against x."""
+    y, weight = given
+    y = keras.tree.map_structure(np.asarray, y)
+    for name, value in (("y", y), ("sample_weight", weight)):
+        for leaf in keras.tree.flatten(value) if value is not None else []:
+            length = np.shape(leaf)[0] if np.ndim(leaf) else None
+            if length != size:
+                raise ValueError(
+                    f"Invalid value for argument `stats_data`: {name} has {length} samples "
+                    f"but x has {size}. Pass `stats_data=(x, y)` or `(x, y, sample_weight)` "
+                    "with one label (and weight) per sample of x."
+                )
+    return y, None if weight is None else np.asarray(weight)
