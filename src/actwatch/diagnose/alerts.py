@@ -153,47 +153,48 @@ def dead(
         f"({fraction:.1%}). A dead filter outputs <= 0 for every sample, so it gets no "
         f"gradient and stops learning. {history}"
     )
-    return Alert(
-        kind="dead",
-        layer=layer,
-        step=step,
-        epoch=epoch,
-        filters=new,
-        dead_filters=dead,
-        died_since_last_check=died_now,
+    return _alert(
+        "dead",
+        layer,
+        message,
         count=len(dead),
         total=filters,
-        fraction=fraction,
+        step=step,
+        epoch=epoch,
         learning_rate=learning_rate,
-        message=message,
+        filters=new,
+        dead=dead,
+        died=died_now,
     )
 
 
-def _about_layer(
+def _alert(
     kind: AlertKind,
     layer: str,
     message: str,
     *,
-    dead: tuple[int, ...],
     count: int,
     total: int,
-    fraction: float,
     step: int,
     epoch: int | None,
     learning_rate: float | None,
+    filters: tuple[int, ...] = (),
+    dead: tuple[int, ...] = (),
+    died: tuple[int, ...] = (),
+    fraction: float | None = None,
 ) -> Alert:
-    """An alert about a whole layer (no filters of its own)."""
+    """An `Alert`; `fraction` is `count / total` unless given."""
     return Alert(
         kind=kind,
         layer=layer,
         step=step,
         epoch=epoch,
-        filters=(),
+        filters=filters,
         dead_filters=dead,
-        died_since_last_check=(),
+        died_since_last_check=died,
         count=count,
         total=total,
-        fraction=fraction,
+        fraction=count / max(total, 1) if fraction is None else fraction,
         learning_rate=learning_rate,
         message=message,
     )
@@ -217,7 +218,7 @@ def outlier(
         "Massive activations (Sun et al. 2024) act as fixed biases and can destabilise "
         "training; look for a learning rate that is too high or unnormalised inputs."
     )
-    return _about_layer(
+    return _alert(
         "outlier",
         layer,
         message,
@@ -249,14 +250,13 @@ def nonfinite(
         f"values{also}. Training has probably diverged: lower the learning "
         f"rate{_lr(learning_rate)} or check the inputs."
     )
-    return _about_layer(
+    return _alert(
         "nonfinite",
         layer,
         message,
         dead=dead,
         count=count,
         total=values,
-        fraction=count / max(values, 1),
         step=step,
         epoch=epoch,
         learning_rate=learning_rate,
@@ -274,28 +274,21 @@ def revived(
 ) -> tuple[Alert, ...]:
     """One alert per layer whose filters `revive="redo"` re-initialised (`totals`: filters
     of each layer)."""
-    out = []
-    for path, filters in revived_filters.items():
-        total = int(totals[path])
-        out.append(
-            Alert(
-                kind="revived",
-                layer=path,
-                step=step,
-                epoch=epoch,
-                filters=filters,
-                dead_filters=filters,
-                died_since_last_check=(),
-                count=len(filters),
-                total=total,
-                fraction=len(filters) / max(total, 1),
-                learning_rate=learning_rate,
-                message=(
-                    f"{when(step, epoch)}: revive='redo' re-initialised {len(filters)} "
-                    f"filter(s) of layer '{path}' that stayed dead for {patience} check(s): "
-                    f"{short(filters)}. Their incoming weights are fresh, their bias and "
-                    "outgoing weights zero, so the network's output is unchanged now."
-                ),
-            )
+    return tuple(
+        _alert(
+            "revived",
+            path,
+            f"{when(step, epoch)}: revive='redo' re-initialised {len(filters)} filter(s) of "
+            f"layer '{path}' that stayed dead for {patience} check(s): {short(filters)}. Their "
+            "incoming weights are fresh, their bias and outgoing weights zero, so the network's "
+            "output is unchanged now.",
+            count=len(filters),
+            total=int(totals[path]),
+            step=step,
+            epoch=epoch,
+            learning_rate=learning_rate,
+            filters=filters,
+            dead=filters,
         )
-    return tuple(out)
+        for path, filters in revived_filters.items()
+    )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import numpy as np
 
@@ -31,6 +32,15 @@ from actwatch.diagnose import alerts as wording
 from actwatch.diagnose.alerts import Alert, Decision, indices
 
 __all__ = ["REALERT_SHARE", "AlertTracker"]
+
+
+class _At(TypedDict):
+    """The check an alert is about, as the wording functions take it."""
+
+    step: int
+    epoch: int | None
+    learning_rate: float | None
+
 
 #: After its first alert, a layer alerts again only when its count of confirmed-dead filters
 #: has grown by at least this share of its filters (one filter at least) since its last alert
@@ -101,6 +111,7 @@ class AlertTracker:
         learning_rate: float | None,
     ) -> Decision:
         """Take one check's statistics; return its alerts and the stop decision."""
+        at = _At(step=step, epoch=epoch, learning_rate=learning_rate)
         alerts: list[Alert] = []
         revived: dict[str, tuple[int, ...]] = {}
         stop_reason: str | None = None
@@ -137,17 +148,15 @@ class AlertTracker:
             if new and enough and confirmed_fraction >= self.dead_alert_fraction:
                 alerted.update(new)
                 self._alert_mark[path] = count
-                alerts.append(
-                    self._dead_alert(path, s, confirmed, new, since, step, epoch, learning_rate)
-                )
+                alerts.append(self._dead_alert(path, s, confirmed, new, since, at))
             limit = self.stop_on_dead_fraction
             if limit is not None and stop_reason is None and confirmed_fraction >= limit:
                 stop_reason = (
                     f"layer '{path}' has {confirmed_fraction:.1%} of its filters dead, at or "
                     f"above stop_on_dead_fraction={limit}"
                 )
-        alerts.extend(self._nonfinite(stats, step, epoch, learning_rate))
-        alerts.extend(self._outliers(stats, step, epoch, learning_rate))
+        alerts.extend(self._nonfinite(stats, at))
+        alerts.extend(self._outliers(stats, at))
         return Decision(alerts=tuple(alerts), stop_reason=stop_reason, revived=revived)
 
     def _dead_alert(
@@ -157,15 +166,14 @@ class AlertTracker:
         confirmed: np.ndarray,
         new: tuple[int, ...],
         since: np.ndarray,
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
+        at: _At,
     ) -> Alert:
         """The alert of `new` filters confirmed dead, with what is known of when they died:
         since the layer's first check (nothing is known before it), since this check (died
         since the last one), or since a check in between (held back by `patience`, or dead
         while the layer was below `dead_alert_fraction`)."""
         first_step, first_epoch, initial_epoch = self._first[path]
+        step = at["step"]
         now = tuple(i for i in new if since[i] == step and step != first_step)
         at_first = [i for i in new if since[i] == first_step]
         earlier = sorted({int(since[i]) for i in new if i not in at_first and i not in now})
@@ -180,18 +188,10 @@ class AlertTracker:
             at_first=len(at_first),
             first_epoch=first_epoch,
             initial_epoch=initial_epoch,
-            step=step,
-            epoch=epoch,
-            learning_rate=learning_rate,
+            **at,
         )
 
-    def _outliers(
-        self,
-        stats: Mapping[str, LayerStats],
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-    ) -> list[Alert]:
+    def _outliers(self, stats: Mapping[str, LayerStats], at: _At) -> list[Alert]:
         """Layers whose outlier ratio newly passed `outlier_ratio` (Sun et al. 2024)."""
         limit = self.outlier_ratio
         if limit is None:
@@ -212,20 +212,12 @@ class AlertTracker:
                     ratio=ratio,
                     limit=limit,
                     dead=indices(s.dead),
-                    step=step,
-                    epoch=epoch,
-                    learning_rate=learning_rate,
+                    **at,
                 )
             )
         return out
 
-    def _nonfinite(
-        self,
-        stats: Mapping[str, LayerStats],
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-    ) -> list[Alert]:
+    def _nonfinite(self, stats: Mapping[str, LayerStats], at: _At) -> list[Alert]:
         """One alert for the first layer with NaN/Inf outputs, until they disappear."""
         bad = [(path, s) for path, s in stats.items() if s.nonfinite > 0]
         if not bad:
@@ -242,8 +234,6 @@ class AlertTracker:
                 values=s.values,
                 later_layers=len(bad) - 1,
                 dead=indices(s.dead),
-                step=step,
-                epoch=epoch,
-                learning_rate=learning_rate,
+                **at,
             )
         ]
