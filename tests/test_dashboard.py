@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actwatch.dashboard.events_index import LogdirIndex, RunIndex, parse_alerts
+from actwatch.dashboard.events_index import LogdirIndex, RunIndex
 from actwatch.dashboard.plugin import ActwatchPlugin
 from actwatch.diagnose.alerts import Alert
 from actwatch.events import summaries, tags
@@ -273,26 +272,24 @@ def test_index_skips_a_damaged_record_and_counts_it(tmp_path: Path) -> None:
     assert run.steps == [0, 10, 20, 30, 40] and run.damaged_bytes == 0 and run.tail_bytes == 5
 
 
-def test_index_does_not_skip_a_record_written_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A record that became whole after the reader stopped at the end of the file (a live
-    run) is read, not taken for a damaged one."""
-    from actwatch.dashboard import events_index
-
-    write_scan_run(tmp_path, checks=4)
-    read_records = events_index.read_records
-    calls = []
-
-    def stops_early(path: Path, offset: int = 0) -> Iterator[object]:
-        calls.append(offset)
-        records = read_records(path, offset)
-        return itertools.islice(records, 3) if len(calls) == 1 else records
-
-    monkeypatch.setattr(events_index, "read_records", stops_early)
+def test_index_does_not_skip_a_record_being_written(tmp_path: Path) -> None:
+    """A last record whose length is there but whose bytes are not yet (a live run) is not
+    taken for a damaged one: it waits as a tail, and is read once whole."""
+    write_scan_run(tmp_path, checks=2)
+    path = events_file(tmp_path)
+    event = summaries.event(
+        20, 0.0, [summaries.scalar(tags.layer_tag("dead_fraction", "conv_a"), 0.75)]
+    )
+    framed = frame(event.SerializeToString())
+    with open(path, "ab") as handle:
+        handle.write(framed[:12] + bytes(len(framed) - 12))  # the header, then zeros
     run = RunIndex(name=".", path=tmp_path)
     run.refresh()
-    assert len(calls) == 2 and run.steps == [0, 10, 20, 30] and run.damaged_bytes == 0
+    assert run.steps == [0, 10] and run.tail_bytes == len(framed) and run.damaged_bytes == 0
+    whole = path.read_bytes()[: -len(framed)] + framed
+    path.write_bytes(whole + framed)  # the record written, and one more after it
+    run.refresh()
+    assert run.steps == [0, 10, 20] and run.tail_bytes == 0 and run.damaged_bytes == 0
 
 
 def test_index_rereads_a_file_rewritten_in_place(tmp_path: Path) -> None:
@@ -371,7 +368,7 @@ def test_plugin_unreadable_run_and_is_active(
     a malformed step is a 400."""
     from tensorboard.plugins import base_plugin
 
-    from actwatch.dashboard import events_index
+    from actwatch.events import reader
 
     plugin = ActwatchPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
     started = time.monotonic()
@@ -384,18 +381,18 @@ def test_plugin_unreadable_run_and_is_active(
     os.symlink(tmp_path / "nowhere", tmp_path / "good" / f"{EVENT_FILE_PREFIX}1.dangling")
     (tmp_path / "good" / f"{EVENT_FILE_PREFIX}2.directory").mkdir()
     bad = events_file(tmp_path / "bad")
-    read_records = events_index.read_records
+    events = reader.events
 
-    def refuse(path: Path, offset: int = 0) -> Iterator[object]:
+    def refuse(path: Path, state: object = None) -> Iterator[object]:
         if Path(path) == bad:
             raise PermissionError(13, "Permission denied", str(path))
-        return read_records(path, offset)
+        return events(path, state)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(events_index, "read_records", refuse)
+    monkeypatch.setattr(reader, "events", refuse)
     plugin._index.max_age = 0  # type: ignore[union-attr]
     status, body = _plugin_get(plugin, "runs")
     assert status == 200 and sorted(json.loads(body)) == ["good"]
-    monkeypatch.setattr(events_index, "read_records", read_records)
+    monkeypatch.setattr(reader, "events", events)
     status, body = _plugin_get(plugin, "runs")
     assert status == 200 and json.loads(body)["bad"]["steps"] == [0, 10]
     status, body = _plugin_get(plugin, "image", run="good", tag=tags.filters_tag(XSS, 0), step="10")
@@ -485,7 +482,7 @@ def test_alert_text_parsed_back() -> None:
     """`tags.alert_texts` parses back to step, layer, kind and the plain message."""
     alerts = [_dead_alert(XSS, 50), _dead_alert("conv_b", 50)]
     ((body, _),) = tags.alert_texts(alerts).values()
-    parsed = parse_alerts(50, body, list(SCAN_LAYERS))
+    parsed = tags.parse_alerts(50, body, list(SCAN_LAYERS))
     assert [(a.step, a.layer, a.kind, a.message) for a in parsed] == [
         (50, a.layer, a.kind, a.message) for a in alerts
     ]

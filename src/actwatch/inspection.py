@@ -153,16 +153,17 @@ def inspect_model(
     title = f"{name} on {len(paths)} image(s): statistics over all of them"
     table_png = figures.figure_png(figures.table_figure(_HEADERS, rows, title))
     _html.write_png(out / "stats.png", table_png)
+    dead = {path: stats.dead for path, stats in result.stats.items()}
     sections = []
     for i, image in enumerate(paths):
         stem = f"{i:02d}-{_html.slug(image.stem)}"
         parts = []
         if result.maps:
-            png = figures.figure_png(figures.filters_figure(result, i))
+            png = figures.figure_png(figures.filters_figure(result.maps, dead, i))
             _html.write_png(out / f"filters-{stem}.png", png)
             parts.append(_html.img(png, f"filter grids for {image.name}"))
         if result.heat:
-            png = figures.figure_png(figures.heatmaps_figure(result, batch.display, i))
+            png = figures.figure_png(figures.heatmaps_figure(result.heat, batch.display, i))
             _html.write_png(out / f"heatmaps-{stem}.png", png)
             parts.append(_html.img(png, f"heatmaps for {image.name}"))
         sections.append(f"<h2>{_html.esc(image.name)}</h2>{''.join(parts)}")

@@ -155,7 +155,8 @@ def plot_filters(
     """
     watched = resolve_layers(model, layers)
     _, result = look(model, watched, x, preprocess=preprocess, max_filters=max_filters, probe=probe)
-    return filters_figure(result, probe, columns)
+    dead = {path: stats.dead for path, stats in result.stats.items()}
+    return filters_figure(result.maps, dead, probe, columns)
 
 
 def plot_heatmaps(
@@ -180,7 +181,7 @@ def plot_heatmaps(
             f"{[w.path for w in chosen]} have none. Pass convolution or pooling layers."
         )
     batch, result = look(model, watched, x, preprocess=preprocess, probe=probe)
-    return heatmaps_figure(result, batch.display, probe, columns)
+    return heatmaps_figure(result.heat, batch.display, probe, columns)
 
 
 def _check_probe(probe: int, size: int) -> None:

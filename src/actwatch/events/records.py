@@ -11,8 +11,9 @@ An events file is a sequence of records, each framed as TensorBoard's `RecordWri
 
 The CRC is the C `google-crc32c`: TensorBoard's pure-Python fallback costs hundreds of
 milliseconds per check of images. Writing is unbuffered, so a killed process leaves every
-record written before it whole. Reading yields each record with its byte offset, so a reader
-can index (run, tag, step) -> offset and later read one record with `read_record_at`.
+record written before it whole. Reading yields each record with its byte offset, past damaged
+ones (`scan_records`), so a reader can index (run, tag, step) -> offset and later read one
+record with `read_record_at`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -37,6 +39,7 @@ from actwatch._logging import logger
 __all__ = [
     "EVENT_FILE_PREFIX",
     "EventFileWriter",
+    "ReadState",
     "Record",
     "RecordError",
     "RecordWriter",
@@ -44,6 +47,7 @@ __all__ = [
     "read_payload_part",
     "read_record_at",
     "read_records",
+    "scan_records",
 ]
 
 #: Every events file's name starts with this (TensorBoard finds files by it).
@@ -148,50 +152,100 @@ class RecordError(ValueError):
     """A record that is cut short or fails its CRC check."""
 
 
+class _DamagedHeader(RecordError):
+    """A length header that fails its CRC check: where the next record starts is unknown."""
+
+
+class _DamagedData(RecordError):
+    """A payload that fails its CRC check; the record ends `end` bytes after its start."""
+
+    def __init__(self, message: str, end: int) -> None:
+        super().__init__(message)
+        self.end = end
+
+
 class _Truncated(Exception):
     """The file ends inside a record (it may still be being written)."""
 
 
 def _read_one(handle: BinaryIO, offset: int, path: object) -> bytes:
-    """The payload of the record at the handle's position; raises `_Truncated`, `RecordError`."""
+    """The payload of the record at the handle's position (`offset`); raises `_Truncated`,
+    `_DamagedHeader` or `_DamagedData`."""
     header = handle.read(_HEADER)
     if len(header) < _HEADER:
         raise _Truncated
     if struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
-        raise RecordError(f"the record at byte {offset} of {path} failed its header CRC check")
+        raise _DamagedHeader(f"the record at byte {offset} of {path} failed its header CRC check")
     (length,) = struct.unpack("<Q", header[:8])
     payload = handle.read(length)
     footer = handle.read(_FOOTER)
     if len(payload) < length or len(footer) < _FOOTER:
         raise _Truncated
     if struct.unpack("<I", footer)[0] != masked_crc32c(payload):
-        raise RecordError(f"the record at byte {offset} of {path} failed its data CRC check")
+        end = _HEADER + length + _FOOTER
+        raise _DamagedData(f"the record at byte {offset} of {path} failed its data CRC check", end)
     return payload
 
 
-_warned: set[tuple[str, int]] = set()
-_warned_lock = threading.Lock()
+@dataclass
+class ReadState:
+    """Where the reading of one file stands, kept to read on once the file grows.
 
-
-def read_records(path: str | os.PathLike[str], offset: int = 0) -> Iterator[Record]:
-    """Every whole record of the file at `path` from byte `offset` on, CRC-checked.
-
-    Reading stops quietly at a record cut short (a file still being written: read again later
-    from the offset after the last record yielded), and at a corrupt record, which is logged
-    once at WARNING for each file and place (later readings of it at DEBUG).
+    Attributes:
+        offset: where the next record starts: every record before it was read or skipped.
+        damaged: bytes of damaged records skipped (their payload failed its CRC check).
+        dead: True when the length header at `offset` is damaged: where the next record
+            starts is unknown, so nothing after it is read (until the file grows).
     """
+
+    offset: int = 0
+    damaged: int = 0
+    dead: bool = False
+
+
+def scan_records(path: str | os.PathLike[str], state: ReadState) -> Iterator[Record]:
+    """Every whole, CRC-checked record of the file at `path` from `state.offset` on, past
+    damaged ones; `state` is moved past each record once the caller took it.
+
+    - A record cut short (a file still being written) ends the reading quietly: scan again
+      from `state.offset` later.
+    - A record whose payload fails its CRC check is skipped (logged, counted in
+      `state.damaged`) and reading goes on after it; when it is the last of the file, it may
+      still be being written: it is left for the next scan.
+    - A damaged length header ends the reading of the file (`state.dead`): the rest of it
+      cannot be framed.
+
+    Damage is logged once at WARNING for each file and place (later readings of it at DEBUG).
+    """
+    state.dead = False
     with open(path, "rb") as handle:
-        handle.seek(offset)
+        handle.seek(state.offset)
         while True:
+            offset = state.offset
             try:
                 payload = _read_one(handle, offset, path)
             except _Truncated:
                 return
-            except RecordError as exc:
-                _warn_corrupt(os.fspath(path), offset, exc)
+            except _DamagedHeader as exc:
+                _warn_damaged(path, offset, exc, "the rest of that file is skipped")
+                state.dead = True
                 return
+            except _DamagedData as exc:
+                if offset + exc.end >= os.fstat(handle.fileno()).st_size:
+                    _warn_damaged(path, offset, exc, "it is read again if the file grows")
+                    return
+                _warn_damaged(path, offset, exc, "that record is skipped, the next ones are read")
+                state.damaged += exc.end
+                state.offset = offset + exc.end
+                continue
             yield Record(offset, payload)
-            offset += _HEADER + len(payload) + _FOOTER
+            state.offset = offset + _HEADER + len(payload) + _FOOTER
+
+
+def read_records(path: str | os.PathLike[str], offset: int = 0) -> Iterator[Record]:
+    """Every whole record of the file at `path` from byte `offset` on, as `scan_records`
+    reads them (past damaged ones)."""
+    return scan_records(path, ReadState(offset=offset))
 
 
 def read_record_at(path: str | os.PathLike[str], offset: int) -> bytes:
@@ -211,7 +265,7 @@ def read_record_at(path: str | os.PathLike[str], offset: int) -> bytes:
 def read_payload_part(path: str | os.PathLike[str], offset: int, start: int, length: int) -> bytes:
     """Bytes `start` to `start + length` of the payload of the record at byte `offset` of
     `path`, read alone (a PNG inside a check's event, say). Unchecked: the caller checked
-    the whole record's CRC when it read it with `read_records`.
+    the whole record's CRC when it read it with `scan_records`.
 
     Raises:
         RecordError: when the file ends before those bytes.
@@ -224,14 +278,21 @@ def read_payload_part(path: str | os.PathLike[str], offset: int, start: int, len
     return part
 
 
-def _warn_corrupt(path: str, offset: int, exc: RecordError) -> None:
+_warned: set[tuple[str, int]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_damaged(
+    path: str | os.PathLike[str], offset: int, exc: RecordError, outcome: str
+) -> None:
+    """Log a damaged record at WARNING the first time for its file and place, else DEBUG."""
     key = (str(Path(path).resolve()), offset)
     with _warned_lock:
         first = key not in _warned
         _warned.add(key)
     logger.log(
         logging.WARNING if first else logging.DEBUG,
-        "actwatch: %s; the rest of that file is skipped. The file is damaged (a copy cut short "
-        "or edited?).",
+        "actwatch: %s; %s. The file is damaged (a copy cut short or edited?).",
         exc,
+        outcome,
     )

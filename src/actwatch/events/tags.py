@@ -1,4 +1,4 @@
-"""The tag scheme: every TensorBoard tag actwatch writes is built here. It is public API.
+"""The tag scheme: every tag and description actwatch writes, built and parsed back (public API).
 
 | what | tag |
 | --- | --- |
@@ -17,7 +17,10 @@
 
 `{metric}` is one of `METRICS`. Layer paths use `/` between nested models. The keys actwatch
 adds to Keras' `logs` dict (`actwatch_{metric}`, `actwatch_{metric}/{layer}`) and the
-descriptions shown beside every summary are built here too.
+descriptions shown beside every scalar are built here too. So is the reading side of the
+format (as TensorBoard keeps a plugin's writing and parsing in its `metadata.py`): tags parsed
+back into layer, metric and probe, per-layer scalars told from others by name or description,
+and the alerts' Markdown parsed back into alerts.
 """
 
 from __future__ import annotations
@@ -25,14 +28,20 @@ from __future__ import annotations
 import re
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 __all__ = [
+    "AFTER_CHECK_METRICS",
     "ALERTS",
     "CHART_LINES",
+    "DISTRIBUTION",
+    "FILTERS",
     "HEADLINE_METRICS",
+    "HEATMAP",
+    "HISTOGRAM",
     "IMAGES_SKIPPED",
     "LEARNING_METRICS",
     "LEARNING_RATE",
@@ -40,17 +49,26 @@ __all__ = [
     "METRICS",
     "NETWORK",
     "SIGNAL_METRICS",
+    "TOPK",
+    "LoggedAlert",
+    "MarkdownAlert",
     "alert_texts",
+    "describe",
     "distribution_tag",
     "filters_tag",
     "heatmap_tag",
     "histogram_tag",
+    "is_layer_metric",
     "layer_tag",
     "layout",
     "logs_figures",
     "network_tag",
+    "parse_alerts",
+    "parse_image_tag",
+    "parse_layer_tag",
     "scalar_values",
     "topk_tag",
+    "update_ratio_scalars",
 ]
 
 #: Metric name -> description (Markdown), for per-layer and whole-network scalars.
@@ -118,10 +136,15 @@ LEARNING_METRICS: dict[str, str] = {
 }
 #: Whole-network figures put in Keras' `logs` dict and charted together in the layout.
 HEADLINE_METRICS = ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")
+#: Per-layer metrics written at the step after a check, not at the check itself.
+AFTER_CHECK_METRICS = frozenset({"update_ratio"})
 NETWORK = "network"
 LEARNING_RATE = f"{NETWORK}/learning_rate"
 IMAGES_SKIPPED = f"{NETWORK}/images_skipped"
 ALERTS = "alerts"
+#: The first part of image and histogram tags (`filters_tag`, `heatmap_tag`, ...).
+FILTERS, HEATMAP, TOPK = "filters", "heatmap", "topk"
+HISTOGRAM, DISTRIBUTION = "histogram", "distribution"
 #: Prefix of the keys actwatch adds to Keras' `logs` dict.
 LOGS_PREFIX = "actwatch_"
 
@@ -135,23 +158,45 @@ def network_tag(metric: str) -> str:
 
 
 def filters_tag(layer: str, probe: int) -> str:
-    return f"filters/{layer}/probe_{probe}"
+    return f"{FILTERS}/{layer}/probe_{probe}"
 
 
 def heatmap_tag(layer: str, probe: int) -> str:
-    return f"heatmap/{layer}/probe_{probe}"
+    return f"{HEATMAP}/{layer}/probe_{probe}"
 
 
 def histogram_tag(layer: str) -> str:
-    return f"histogram/{layer}"
+    return layer_tag(HISTOGRAM, layer)
 
 
 def distribution_tag(layer: str) -> str:
-    return f"distribution/{layer}"
+    return layer_tag(DISTRIBUTION, layer)
 
 
 def topk_tag(layer: str) -> str:
-    return f"topk/{layer}"
+    return layer_tag(TOPK, layer)
+
+
+_IMAGE_TAG = re.compile(rf"^(?P<kind>{FILTERS}|{HEATMAP})/(?P<layer>.+)/probe_(?P<probe>\d+)$")
+
+
+def parse_layer_tag(tag: str) -> tuple[str, str] | None:
+    """`(metric, layer)` of a `{metric}/{layer}` tag (`layer_tag`, and `histogram_tag`,
+    `distribution_tag`, `topk_tag` with their kind as the metric); None for a tag of
+    another form or a `network/...` one."""
+    metric, _, layer = tag.partition("/")
+    if not metric or not layer or metric == NETWORK:
+        return None
+    return metric, layer
+
+
+def parse_image_tag(tag: str) -> tuple[str, str, int] | None:
+    """`(kind, layer, probe)` of a `filters_tag` or `heatmap_tag` (kind `FILTERS` or
+    `HEATMAP`); None for any other tag."""
+    match = _IMAGE_TAG.match(tag)
+    if match is None:
+        return None
+    return match.group("kind"), match.group("layer"), int(match.group("probe"))
 
 
 #: At most this many layers share one custom-scalars chart: more lines are unreadable.
@@ -202,6 +247,26 @@ def layout(layers: Sequence[str]) -> layout_pb2.Layout:
     return layout_pb2.Layout(category=categories)
 
 
+def describe(
+    metric: str, layer: str | None = None, *, network: str = "Over all watched layers."
+) -> str:
+    """The description (Markdown) of a scalar of `metric`: what it measures, then where.
+
+    Per layer: `` "{about} Layer `{layer}`." ``, by which readers tell per-layer scalars
+    (`is_layer_metric`); for the network (`layer` None): `"{about} {network}"`.
+    """
+    about = METRICS.get(metric) or SIGNAL_METRICS.get(metric) or LEARNING_METRICS[metric]
+    return f"{about} Layer `{layer}`." if layer is not None else f"{about} {network}"
+
+
+def is_layer_metric(metric: str, layer: str, description: str = "") -> bool:
+    """True when a `{metric}/{layer}` scalar is a per-layer figure of actwatch's: a metric of
+    `METRICS`, `SIGNAL_METRICS` or `LEARNING_METRICS`, or one described as `describe`
+    describes a layer's (metrics are added over time: a reader lists what it finds)."""
+    known = metric in METRICS or metric in SIGNAL_METRICS or metric in LEARNING_METRICS
+    return known or description.endswith(f"Layer `{layer}`.")
+
+
 def scalar_values(
     layers: Mapping[str, Mapping[str, float]],
     network: Mapping[str, float],
@@ -218,11 +283,9 @@ def scalar_values(
     out: dict[str, tuple[float, str]] = {}
     for path, figures in layers.items():
         for metric, value in figures.items():
-            about = METRICS.get(metric) or SIGNAL_METRICS.get(metric) or LEARNING_METRICS[metric]
-            out[layer_tag(metric, path)] = (value, f"{about} Layer `{path}`.")
+            out[layer_tag(metric, path)] = (value, describe(metric, path))
     for metric, value in network.items():
-        about = METRICS.get(metric) or LEARNING_METRICS[metric]
-        out[network_tag(metric)] = (value, f"{about} Over all watched layers.")
+        out[network_tag(metric)] = (value, describe(metric))
     if learning_rate is not None:
         out[LEARNING_RATE] = (learning_rate, "The optimizer's learning rate.")
     return out
@@ -231,11 +294,12 @@ def scalar_values(
 def update_ratio_scalars(ratios: Mapping[str, float]) -> dict[str, tuple[float, str]]:
     """One measurement's update-to-weight ratios as `{tag: (value, description)}`: each
     layer's, and their median over the watched layers (none without ratios)."""
-    about = LEARNING_METRICS["update_ratio"]
-    out = {layer_tag("update_ratio", p): (r, f"{about} Layer `{p}`.") for p, r in ratios.items()}
+    metric = "update_ratio"
+    out = {layer_tag(metric, p): (r, describe(metric, p)) for p, r in ratios.items()}
     if ratios:
         median = float(statistics.median(ratios.values()))
-        out[network_tag("update_ratio")] = (median, f"{about} Median over the watched layers.")
+        about = describe(metric, network="Median over the watched layers.")
+        out[network_tag(metric)] = (median, about)
     return out
 
 
@@ -254,7 +318,7 @@ def logs_figures(
     return figures
 
 
-class Alert(Protocol):
+class MarkdownAlert(Protocol):
     """What the format needs of an alert (`actwatch.Alert` is one): its kind and its text."""
 
     @property
@@ -263,15 +327,62 @@ class Alert(Protocol):
     def markdown(self) -> str: ...
 
 
-def alert_texts(alerts: Sequence[Alert]) -> dict[str, tuple[str, str]]:
+def alert_texts(alerts: Sequence[MarkdownAlert]) -> dict[str, tuple[str, str]]:
     """One check's alerts as the Markdown text summary `{ALERTS: (body, description)}`.
 
-    Empty when there are no alerts: a check without alerts writes no text.
+    Each alert is one Markdown item `- **{kind}**: {message}`, items apart by a blank line,
+    layers quoted in backticks in the message (`parse_alerts` reads them back). Empty when
+    there are no alerts: a check without alerts writes no text.
     """
     if not alerts:
         return {}
     body = "\n\n".join(f"- **{a.kind}**: {a.markdown()}" for a in alerts)
     return {ALERTS: (body, "actwatch alerts: dead filters and non-finite activations.")}
+
+
+@dataclass(frozen=True)
+class LoggedAlert:
+    """One alert read back from an `ALERTS` text: the check's step, the layer, the kind, the
+    message in plain form (the layer in single quotes, as logged), and the item's Markdown as
+    written (without its bullet)."""
+
+    step: int
+    layer: str
+    kind: str
+    message: str
+    markdown: str
+
+
+_ALERT_ITEM = re.compile(r"^- \*\*(?P<kind>[^*\n]+)\*\*: (?P<message>.*)$", re.DOTALL)
+_QUOTED = re.compile(r"`([^`]+)`")
+
+
+def parse_alerts(step: int, text: str, layers: Sequence[str]) -> list[LoggedAlert]:
+    """The alerts of one check's `ALERTS` text (see `alert_texts`), in order.
+
+    The layer is the longest of `layers` quoted in the message (else the first quoted name);
+    an item of another form is kept whole as the message, with no layer or kind.
+    """
+    out = []
+    for item in text.split("\n\n"):
+        line = item.strip()
+        markdown = line[2:] if line.startswith("- ") else line
+        match = _ALERT_ITEM.match(line)
+        if match is None:
+            if line:
+                out.append(LoggedAlert(step, "", "", line, markdown))
+            continue
+        message = match.group("message")
+        quoted = [layer for layer in layers if f"`{layer}`" in message]
+        if quoted:
+            layer = max(quoted, key=len)
+        else:
+            first = _QUOTED.search(message)
+            layer = first.group(1) if first else ""
+        if layer:
+            message = message.replace(f"`{layer}`", f"'{layer}'")
+        out.append(LoggedAlert(step, layer, match.group("kind"), message, markdown))
+    return out
 
 
 def _exact(tag: str) -> str:

@@ -1,8 +1,9 @@
-"""Every matplotlib figure actwatch draws: report curves and heatmaps, image grids, tables.
+"""Generic matplotlib drawing: image grids, tables, one check's filter grids and heatmaps.
 
-Shared by `report` (runs read back from events files), `notebook` and `inspection` (one check
-of a model). Figures are built with `matplotlib.figure.Figure` (no pyplot, no global state)
-and drawn to PNG with the Agg backend by `figure_png`. Texts from logs or models go through
+Shared by `report` (whose figures of runs read back are in `actwatch.report.figures`),
+`notebook` and `inspection` (one check of a model, as plain arrays: nothing here imports
+Keras). Figures are built with `matplotlib.figure.Figure` (no pyplot, no global state) and
+drawn to PNG with the Agg backend by `figure_png`. Texts from logs or models go through
 `plain`, so a `$` in a layer name cannot start matplotlib's math mode.
 """
 
@@ -10,40 +11,28 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
-from actwatch.check.pipeline import CheckResult
-from actwatch.events import tags
-from actwatch.events.histograms import bin_label
-from actwatch.events.runs import RunLog
-from actwatch.render.tiles import colorful_dimension, filter_grid, heatmap_overlay
+from actwatch.render.tiles import filter_grid, heatmap_overlay
 
 __all__ = [
-    "CURVES",
+    "LEGEND_LAYERS",
     "colours",
-    "curves_figure",
-    "dead_figure",
-    "distribution_figure",
     "figure_png",
     "filters_figure",
     "heatmaps_figure",
-    "histograms_figure",
     "image_grid",
     "plain",
-    "signals_figure",
+    "plot_lines",
     "steps_figure",
     "table_figure",
 ]
-
-#: Metrics drawn as curves over the steps, with their axis labels.
-CURVES = {"zero_fraction": "zero fraction (sparsity)", "hoyer": "Hoyer sparsity"}
 
 
 def plain(text: str) -> str:
@@ -109,28 +98,49 @@ def table_figure(headers: Sequence[str], rows: Sequence[Sequence[object]], title
 # One check of a model (notebook functions, `actwatch inspect`) -----------------------------
 
 
-def filters_figure(result: CheckResult, probe: int = 0, columns: int = 3) -> Figure:
-    """One filter grid per layer of `result` for sample `probe`, dead filters crossed in red."""
+def filters_figure(
+    maps: Mapping[str, np.ndarray],
+    dead: Mapping[str, np.ndarray],
+    probe: int = 0,
+    columns: int = 3,
+) -> Figure:
+    """One filter grid per layer for sample `probe`, dead filters crossed in red.
+
+    Args:
+        maps: per layer path, uint8 codes `(probes, H, W, F)` or `(probes, F)` of the drawn
+            filters (`CheckResult.maps`).
+        dead: per layer path, a boolean vector over all its filters (`LayerStats.dead`).
+        probe: the sample drawn.
+        columns: grids per row.
+    """
     panels = []
-    for path, maps in result.maps.items():
-        s = result.stats[path]
-        title = f"{path}: {maps.shape[-1]}/{s.filters} filters, {s.dead_count} dead"
-        panels.append((title, filter_grid(maps[probe], s.dead)))
+    for path, codes in maps.items():
+        mask = np.asarray(dead[path], dtype=bool)
+        title = f"{path}: {codes.shape[-1]}/{mask.size} filters, {int(mask.sum())} dead"
+        panels.append((title, filter_grid(codes[probe], mask)))
     return image_grid(panels, columns=columns, tile=(4.0, 4.0))
 
 
 def heatmaps_figure(
-    result: CheckResult, display: np.ndarray | None, probe: int = 0, columns: int = 4
+    heat: Mapping[str, np.ndarray],
+    display: np.ndarray | None,
+    probe: int = 0,
+    columns: int = 4,
 ) -> Figure:
-    """Each layer's mean activation over channels for sample `probe`, over its picture."""
+    """Each layer's mean activation over channels for sample `probe`, over its picture.
+
+    Args:
+        heat: per layer path, uint8 heat maps `(probes, h, w)` (`CheckResult.heat`).
+        display: the probes' pictures `(probes, H, W, 3)` uint8, or None (heat maps alone).
+        probe: the sample drawn.
+        columns: heatmaps per row.
+    """
     background = None if display is None else display[probe]
-    panels = [
-        (path, heatmap_overlay(heat[probe], background)) for path, heat in result.heat.items()
-    ]
+    panels = [(path, heatmap_overlay(layer[probe], background)) for path, layer in heat.items()]
     return image_grid(panels, columns=columns, tile=(3.0, 3.0))
 
 
-# Runs read back from events files (`actwatch report`) --------------------------------------
+# Curves and grids of runs read back (`actwatch report`) -------------------------------------
 
 
 #: Beyond this many layers, curves are coloured by depth (a colour bar, no legend).
@@ -148,161 +158,29 @@ def colours(layers: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return {layer: tuple(cmap(i % cmap.N)) for i, layer in enumerate(layers)}
 
 
-def curves_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> Figure:
-    """`CURVES` over the steps: one line per layer, and the network's mean dashed.
-
-    With more than `LEGEND_LAYERS` layers the lines are thin and coloured by depth, and a
-    colour bar replaces the legend.
-    """
-    many = len(log.layers) > LEGEND_LAYERS
-    figure = Figure(figsize=(11, 3.8), layout="constrained")
-    for i, (metric, label) in enumerate(CURVES.items()):
-        axes = figure.add_subplot(1, len(CURVES), i + 1)
-        for layer in log.layers:
-            steps, values = log.series(metric, layer)
-            if steps:
-                axes.plot(
-                    steps,
-                    values,
-                    marker="." if len(steps) < 40 and not many else None,
-                    color=layer_colours[layer],
-                    label=plain(layer),
-                    linewidth=0.7 if many else 1.4,
-                    alpha=0.8 if many else 1.0,
-                )
-        network = sorted(log.scalars.get(tags.network_tag(metric), {}).items())
-        if network:
-            axes.plot(
-                [s for s, _ in network],
-                [v for _, v in network],
-                color="black",
-                linestyle="--",
-                linewidth=1.6,
-                label="network (mean)",
-            )
-        axes.set_ylim(-0.02, 1.02)
-        axes.set_xlabel("step (training batches)")
-        axes.set_title(label)
-        axes.grid(alpha=0.3)
-    if many:
-        scale = ScalarMappable(cmap=colormaps["viridis"], norm=Normalize(1, len(log.layers)))
-        bar = figure.colorbar(scale, ax=figure.axes, fraction=0.03)
-        bar.set_label("layer, in network order (dashed: network mean)", fontsize=8)
-        return figure
-    handles, labels = figure.axes[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
-    return figure
-
-
-def dead_figure(log: RunLog) -> Figure:
-    """The dead fraction as a layer x step heatmap.
-
-    Grey where a layer has no dead figure at a check: not recorded, or its outputs were not
-    ReLU-like there (a linear convolution, GELU, swish), where "dead" means nothing. Rows get
-    thinner, and only every k-th is labelled, so 250 layers stay one readable figure.
-    """
-    steps = log.steps
-    index = {s: i for i, s in enumerate(steps)}
-    matrix = np.full((len(log.layers), max(len(steps), 1)), np.nan)
-    for row, layer in enumerate(log.layers):
-        for step, value in zip(*log.series("dead_fraction", layer), strict=True):
-            matrix[row, index[step]] = value
-    rows = len(log.layers)
-    row_height = 0.28 if rows <= 40 else max(0.06, 11.0 / rows)
-    height = 1.2 + row_height * rows
-    figure = Figure(figsize=(11, height), layout="constrained")
-    axes = figure.add_subplot(1, 1, 1)
-    cmap = colormaps["Reds"].with_extremes(bad="#dddddd")
-    image = axes.imshow(
-        np.ma.masked_invalid(matrix),
-        aspect="auto",
-        cmap=cmap,
-        vmin=0.0,
-        vmax=1.0,
-        interpolation="nearest",
-    )
-    every = max(1, math.ceil(rows / 60))  # at most 60 labels
-    labelled = range(0, rows, every)
-    axes.set_yticks(
-        list(labelled),
-        [plain(log.layers[i]) for i in labelled],
-        fontsize=10 if rows <= 40 else 6,
-    )
-    ticks = np.unique(np.linspace(0, max(len(steps) - 1, 0), min(len(steps), 8)).round())
-    axes.set_xticks(ticks, [str(steps[int(t)]) for t in ticks] if steps else [])
-    axes.set_xlabel("step of the check")
-    axes.set_title("dead fraction per layer (grey: not recorded, or not ReLU-like there)")
-    revived = [
-        (index[step], row)
-        for row, layer in enumerate(log.layers)
-        for step, count in zip(*log.series("revived_filters", layer), strict=True)
-        if count > 0 and step in index
-    ]
-    if revived:  # revive="redo": a marker on the cell of each check that revived filters
-        axes.scatter(
-            [c for c, _ in revived],
-            [r for _, r in revived],
-            marker="^",
-            s=36,
-            color="#1a9850",
-            edgecolors="black",
-            linewidths=0.5,
-            label="filters revived (ReDo)",
-        )
-        axes.legend(loc="upper left", fontsize=8)
-    figure.colorbar(image, ax=axes, label="dead filters / filters", fraction=0.03)
-    return figure
-
-
-#: Learning-rate curves: metric -> (title, y-axis label).
-LEARNING_CURVES = {
-    "update_ratio": ("update-to-weight ratio of one step", "||dW|| / ||W||"),
-    "gradient_rms": ("RMS of the loss gradient by the output", "gradient RMS"),
-}
-
-
-def learning_figure(
-    log: RunLog,
-    layer_colours: dict[str, tuple[float, ...]],
-    bounds: tuple[float, float] = (1e-5, 1e-1),
-) -> Figure | None:
-    """`LEARNING_CURVES` per layer on log scales, the ratio with its healthy 1e-3 (CS231n)
-    and the alert bounds dashed; None when the run logged neither."""
-    present = [
-        m
-        for m in LEARNING_CURVES
-        if any(log.series(m, layer)[0] for layer in log.scalars_layers(m))
-    ]
-    if not present:
-        return None
-    figure = Figure(figsize=(11, 3.8), layout="constrained")
-    for i, metric in enumerate(present):
-        title, label = LEARNING_CURVES[metric]
-        axes = figure.add_subplot(1, len(present), i + 1)
-        for layer in log.scalars_layers(metric):
-            steps, values = log.series(metric, layer)
+def plot_lines(
+    axes: Axes,
+    lines: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+    layer_colours: Mapping[str, tuple[float, ...]],
+    *,
+    markers: bool = False,
+    linewidth: float | None = None,
+    alpha: float | None = None,
+) -> None:
+    """One line per `(layer, steps, values)` with steps, in the layer's colour (grey for a
+    layer without one), labelled with its name; dots on lines of fewer than 40 points when
+    `markers`. `linewidth` and `alpha` default to matplotlib's."""
+    for layer, steps, values in lines:
+        if len(steps):
             axes.plot(
                 steps,
-                np.maximum(values, 1e-12),
-                marker="." if len(steps) < 40 else None,
+                values,
+                marker="." if markers and len(steps) < 40 else None,
                 color=layer_colours.get(layer, (0.3, 0.3, 0.3, 1.0)),
                 label=plain(layer),
+                linewidth=linewidth,
+                alpha=alpha,
             )
-        if metric == "update_ratio":
-            for value, style in ((bounds[0], ":"), (1e-3, "--"), (bounds[1], ":")):
-                axes.axhline(value, color="grey", linestyle=style, linewidth=1)
-        axes.set_yscale("log")
-        axes.set_xlabel("step (training batches)")
-        axes.set_ylabel(label)
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-    handles, labels = max(
-        (axes.get_legend_handles_labels() for axes in figure.axes), key=lambda h: len(h[0])
-    )
-    if handles and len(handles) <= LEGEND_LAYERS:
-        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
-    return figure
 
 
 def steps_figure(layer: str, pngs: Sequence[tuple[str, int, bytes]]) -> Figure:
@@ -317,112 +195,3 @@ def steps_figure(layer: str, pngs: Sequence[tuple[str, int, bytes]]) -> Figure:
         for (label, step, _), image in zip(pngs, images, strict=True)
     ]
     return image_grid(panels, columns=len(panels), tile=tile, title=layer, margin=(0.4, 0.6))
-
-
-# Signals read back from events files (issue 12) --------------------------------------------
-
-
-def _bin_ticks(first: int, last: int, rows: int) -> tuple[list[int], list[str]]:
-    """At most 6 y ticks of a colorful-dimension panel whose rows are bins `last..first`."""
-    count = last - first + 1
-    picks = np.unique(np.linspace(0, count - 1, min(count, 6)).round().astype(int))
-    return [int(p) for p in picks], [plain(bin_label(last - int(p))) for p in picks]
-
-
-def distribution_figure(log: RunLog, columns: int = 4) -> Figure:
-    """fastai's colorful dimension for every layer with histograms: bins (rows, largest at the
-    top) x checks (columns), brightness log(1 + count) scaled per layer (inferno)."""
-    layers = [layer for layer in log.layers if log.histograms.get(layer)]
-    layers += [layer for layer in log.histograms if layer not in layers]
-    columns = max(1, min(columns, len(layers)))
-    rows = max(1, math.ceil(len(layers) / columns))
-    figure = Figure(figsize=(3.2 * columns, 2.4 * rows + 0.4), layout="constrained")
-    for i, layer in enumerate(layers):
-        points = sorted(log.histograms[layer].items())
-        body, last = colorful_dimension([counts for _, counts in points])
-        axes = figure.add_subplot(rows, columns, i + 1)
-        axes.imshow(
-            body, aspect="auto", cmap="inferno", vmin=0.0, vmax=1.0, interpolation="nearest"
-        )
-        ticks, labels = _bin_ticks(last - body.shape[0] + 1, last, body.shape[0])
-        axes.set_yticks(ticks, labels, fontsize=6)
-        steps = [s for s, _ in points]
-        xt = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 4)).round().astype(int))
-        axes.set_xticks(list(xt), [str(steps[int(t)]) for t in xt], fontsize=7)
-        axes.set_title(plain(layer), fontsize=8)
-    figure.suptitle(
-        "colorful dimension: histogram bins (rows) x checks (steps), brightness log(1 + count)",
-        fontsize=9,
-    )
-    return figure
-
-
-def histograms_figure(log: RunLog, columns: int = 4) -> Figure:
-    """Each layer's activation histogram at its first and last check, as the share of its
-    values in each bin (x: the bins in order, labelled by range)."""
-    layers = [layer for layer in log.layers if log.histograms.get(layer)]
-    layers += [layer for layer in log.histograms if layer not in layers]
-    columns = max(1, min(columns, len(layers)))
-    rows = max(1, math.ceil(len(layers) / columns))
-    figure = Figure(figsize=(3.2 * columns, 2.2 * rows + 0.4), layout="constrained")
-    for i, layer in enumerate(layers):
-        points = sorted(log.histograms[layer].items())
-        used = np.flatnonzero(np.sum([c for _, c in points], axis=0) > 0)
-        lo, hi = (int(used[0]), int(used[-1])) if used.size else (0, 0)
-        axes = figure.add_subplot(rows, columns, i + 1)
-        picked = [points[0], points[-1]] if len(points) > 1 else points[:1]
-        for (step, counts), style in zip(picked, ("--", "-"), strict=False):
-            share = counts[lo : hi + 1] / max(float(counts.sum()), 1.0)
-            axes.step(
-                np.arange(lo, hi + 1), share, where="mid", linestyle=style, label=f"step {step}"
-            )
-        xt = np.unique(np.linspace(lo, hi, min(hi - lo + 1, 4)).round().astype(int))
-        axes.set_xticks(list(xt), [plain(bin_label(int(t))) for t in xt], fontsize=6)
-        axes.set_title(plain(layer), fontsize=8)
-        axes.legend(fontsize=6)
-    figure.suptitle(
-        "activation histograms, first and last check (share of values per bin)", fontsize=9
-    )
-    return figure
-
-
-#: Signal scalars drawn over the steps in the report, with their axis labels and scales.
-SIGNAL_CURVES = {
-    "rms": ("RMS of the activations", "log"),
-    "channel_var": ("average channel variance", "log"),
-    "outlier_ratio": ("max |a| / median |a|", "log"),
-    "erank": ("effective rank of the features", "linear"),
-}
-
-
-def signals_figure(log: RunLog, layer_colours: dict[str, tuple[float, ...]]) -> Figure | None:
-    """`SIGNAL_CURVES` over the steps, one line per layer (signal propagation, outliers,
-    feature rank); None when the run has none of them."""
-    present = [m for m in SIGNAL_CURVES if any(log.series(m, layer)[0] for layer in log.layers)]
-    if not present:
-        return None
-    many = len(log.layers) > LEGEND_LAYERS
-    figure = Figure(figsize=(3.0 * len(present) + 1.5, 3.4), layout="constrained")
-    for i, metric in enumerate(present):
-        label, scale = SIGNAL_CURVES[metric]
-        axes = figure.add_subplot(1, len(present), i + 1)
-        for layer in log.layers:
-            steps, values = log.series(metric, layer)
-            if steps:
-                axes.plot(
-                    steps,
-                    values,
-                    color=layer_colours.get(layer, (0.3, 0.3, 0.3, 1.0)),
-                    label=plain(layer),
-                    linewidth=0.7 if many else 1.3,
-                )
-        positive = [v for layer in log.layers for v in log.series(metric, layer)[1] if v > 0]
-        if scale == "log" and positive:
-            axes.set_yscale("log")
-        axes.set_xlabel("step (training batches)")
-        axes.set_title(label, fontsize=9)
-        axes.grid(alpha=0.3)
-    handles, labels = figure.axes[0].get_legend_handles_labels()
-    if handles and not many:
-        figure.legend(handles, labels, loc="outside right upper", fontsize=7)
-    return figure

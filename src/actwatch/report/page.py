@@ -1,14 +1,14 @@
-"""The offline report: actwatch's event files drawn as one self-contained HTML page, no TensorBoard.
+"""The report's page: every run under LOGDIR read back and drawn as one self-contained HTML file.
 
-Every directory under LOGDIR holding `events.out.tfevents.*` files is a run (read by `runs`);
-runs are shown side by side (a healthy learning rate next to one that kills filters, say).
-For each run the report shows the per-layer zero fraction and Hoyer sparsity over the steps
-(the "blobby to sparse" story), a layer x step heatmap of the dead fraction, each layer's
-filter grid of probe 0 at the first, middle and last check, the activation histograms and
-fastai's colorful dimension of every layer, each drawn layer's top-k strips at the last check
-(when `topk` was on), and the alerts. Every check is
-kept (TensorBoard keeps 10 images per tag unless told otherwise). The figures (`figures`) are
-also written as PNG files in a folder next to the page.
+Every directory under LOGDIR holding `events.out.tfevents.*` files is a run (read by
+`actwatch.events.runs`); runs are shown side by side (a healthy learning rate next to one
+that kills filters, say). For each run the report shows the per-layer zero fraction and Hoyer
+sparsity over the steps (the "blobby to sparse" story), a layer x step heatmap of the dead
+fraction, each layer's filter grid of probe 0 at the first, middle and last check, the
+activation histograms and fastai's colorful dimension of every layer, each drawn layer's top-k
+strips at the last check (when `topk` was on), and the alerts. Every check is kept
+(TensorBoard keeps 10 images per tag unless told otherwise). The figures
+(`actwatch.report.figures`) are also written as PNG files in a folder next to the page.
 
 ```python
 actwatch.report.write_report("logs", "reports/report.html")
@@ -21,7 +21,6 @@ import math
 import os
 import re
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -30,52 +29,12 @@ from matplotlib.figure import Figure
 
 from actwatch.events import tags
 from actwatch.events.runs import RunLog, event_files, find_runs, read_run
-from actwatch.render import figures
+from actwatch.render import figures as drawing
 from actwatch.render import html as _html
+from actwatch.report import figures
+from actwatch.report.progress import Progress
 
-__all__ = ["RunLog", "find_runs", "read_run", "write_report"]
-
-
-# Progress ----------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A one-line progress bar on stderr, drawn at most 10 times a second."""
-
-    WIDTH = 30
-
-    def __init__(self, total: float, label: str, unit: str, *, stream: TextIO) -> None:
-        self.total = max(float(total), 1.0)
-        self.label = label
-        self.unit = unit
-        self.stream = stream
-        self.done = 0.0
-        self._drawn_at = 0.0
-
-    def advance(self, amount: float) -> None:
-        self.done = min(self.total, self.done + amount)
-        now = time.monotonic()
-        if now - self._drawn_at >= 0.1 or self.done >= self.total:
-            self._drawn_at = now
-            self._draw()
-
-    def close(self) -> None:
-        if self.done < self.total or not self._drawn_at:
-            self.done = self.total
-            self._draw()
-        self.stream.write("\n")
-        self.stream.flush()
-
-    def _draw(self) -> None:
-        share = self.done / self.total
-        filled = round(share * self.WIDTH)
-        if self.unit == "MB":
-            count = f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB"
-        else:
-            count = f"{self.done:.0f}/{self.total:.0f} {self.unit}"
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {share:4.0%} {count}")
-        self.stream.flush()
+__all__ = ["write_report"]
 
 
 # The page ---------------------------------------------------------------------------------
@@ -102,15 +61,8 @@ def _markdown_line(text: str) -> str:
 
 
 def _alert_items(log: RunLog) -> list[str]:
-    items = []
-    for step, text in log.alerts:
-        for part in text.split("\n\n"):
-            line = part.strip()
-            if line.startswith("- "):
-                line = line[2:]
-            if line:
-                items.append(f"<li>step {step}: {_markdown_line(line)}</li>")
-    return items
+    """Each alert of the run as it was written (`tags.parse_alerts`), one list item."""
+    return [f"<li>step {a.step}: {_markdown_line(a.markdown)}</li>" for a in log.alert_list()]
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -201,7 +153,7 @@ def write_report(
     stream = sys.stderr
     show = stream.isatty() if progress is None else progress
     total = sum(f.stat().st_size for r in run_dirs for f in event_files(r))
-    bar = _Progress(total, "reading events", "MB", stream=stream) if show else None
+    bar = Progress(total, "reading events", "MB", stream=stream) if show else None
     runs: list[RunLog] = []
     skipped: list[str] = []
     for run in run_dirs:
@@ -238,7 +190,7 @@ def _render(
     layers: list[str] = []
     for log in runs:
         layers.extend(layer for layer in log.layers if layer not in layers)
-    colours = figures.colours(layers)
+    colours = drawing.colours(layers)
     count = len(runs) * 2 + sum(1 for log in runs for layer in log.layers if log.grids.get(layer))
     count += 2 * sum(1 for log in runs if log.histograms)
     learning = {log.name: figures.learning_figure(log, colours) for log in runs}
@@ -246,10 +198,10 @@ def _render(
     # The signal curves, also for runs without histograms (written with histograms=False).
     signal_curves = {log.name: figures.signals_figure(log, colours) for log in runs}
     count += sum(1 for figure in signal_curves.values() if figure is not None)
-    bar = _Progress(count, "drawing figures", "figures", stream=stream) if show else None
+    bar = Progress(count, "drawing figures", "figures", stream=stream) if show else None
 
     def save(figure: Figure, name: str) -> bytes:
-        png = figures.figure_png(figure)
+        png = drawing.figure_png(figure)
         _html.write_png(figures_dir / name, png)
         if bar is not None:
             bar.advance(1)
@@ -327,7 +279,7 @@ def _render(
                 continue
             pngs = [(label, step, grids[step]) for label, step in picks]
             name = f"{prefixes[log.name]}-filters-{number:02d}-{_html.slug(layer)}.png"
-            png = save(figures.steps_figure(layer, pngs), name)
+            png = save(drawing.steps_figure(layer, pngs), name)
             steps = ", ".join(f"{label} {step}" for label, step, _ in pngs)
             caption = f"{_run_caption(log)}, steps: {_html.esc(steps)}"
             cells.append(_figure_html(png, f"filters of {layer} in run {log.name}", caption))
