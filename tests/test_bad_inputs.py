@@ -114,7 +114,8 @@ CASES = [
          "(batch, ...). Received: shape=(5,). Pass a batch of samples, for example x_val[:4]."),
     Case("probes strings", lambda f: {"probes": np.array(["a", "b"])}, "init", TypeError,
          "Invalid value for argument `probes`: expected a numeric array. Received: dtype=<U1. "
-         "Convert your probes with np.asarray(x, 'float32')."),
+         "For image files pass a list of paths (probes=list(paths)); convert numbers, e.g. "
+         "probes=np.asarray(x, 'float32')."),
     Case("probes ragged", lambda f: {"probes": [[1.0, 2.0], [3.0]]}, "init", TypeError,
          re.compile(r"Invalid value for argument `probes`: could not convert it to a numpy "
                     r"array \(.*inhomogeneous.*\)\. Expected a numpy array of shape \(batch, "
@@ -178,6 +179,17 @@ CASES = [
     Case("stats_data no batch axis", lambda f: {"stats_data": X[0]}, "fit", ValueError,
          "Invalid value for argument `stats_data`: expected shape (batch, 16, 16, 3); got shape "
          "(16, 16, 3). Did you forget the batch dimension? Use stats_data[None]."),
+    Case("stats_data object", lambda f: {"stats_data": object()}, "init", TypeError,
+         "Invalid value for argument `stats_data`: expected a numeric array. Received: an "
+         "object of type object (dtype=object). Pass numbers, e.g. "
+         "stats_data=np.asarray(x, 'float32')."),
+    Case("stats_data generator", lambda f: {"stats_data": (b for b in [(X[:4], Y[:4])])},
+         "init", TypeError,
+         "Invalid value for argument `stats_data`: received a generator; expected one batch as "
+         "a numpy array (or image paths). Take a batch from it: `x, y = next(it)` (the next "
+         "batch it yields), with `x = ...` when it yields no labels; then pass "
+         "stats_data=(np.asarray(x), np.asarray(y)), or stats_data=np.asarray(x) without "
+         "labels."),
     Case("stats_data missing file", lambda f: {"stats_data": [f.missing]}, "init", ValueError,
          re.compile(r"Invalid value for argument `stats_data`: the image file '.*missing\.png' "
                     r"does not exist\. Pass paths to existing image files, PIL images, or a "
@@ -380,3 +392,108 @@ def test_rejected_before_first_batch(
         model.fit(X, Y, epochs=1, batch_size=4, verbose=0, callbacks=[monitor, counter])
     assert counter.batches == 0
     assert not list((tmp_path / "logs").glob("events.*")), "nothing is written for a bad run"
+
+
+# Data pipelines ----------------------------------------------------------------------------
+# Issue 19: a tf.data.Dataset as `stats_data` was told "Convert your probes with
+# np.asarray(...)": the wrong argument, and no fix for a pipeline. Each kind is now named, with
+# how to take one batch from it; each test then follows that advice, which the monitor accepts.
+
+
+class _Batches(keras.utils.PyDataset):
+    """A keras PyDataset of two batches of (x, y)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return X[4 * index : 4 * index + 4], Y[4 * index : 4 * index + 4]
+
+
+def _tf_dataset() -> Any:
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow is blocked in this run")
+    return tf.data.Dataset.from_tensor_slices((X, Y)).batch(4)
+
+
+def _torch_loader() -> Any:
+    pytest.importorskip("torch")
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(Y)), batch_size=4)
+
+
+def _taken(kind: str, pipeline: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One batch taken from `pipeline` as its error message says."""
+    if kind == "tf.data":
+        x, y = next(iter(pipeline.take(1)))
+        return np.asarray(x), np.asarray(y)
+    if kind == "PyDataset":
+        x, y = pipeline[0]
+        return np.asarray(x), np.asarray(y)
+    x, y = next(iter(pipeline))  # the DataLoader
+    return x.cpu().numpy(), y.cpu().numpy()
+
+
+_TAIL = ", with `x = ...` when it yields no labels; then pass "
+PIPELINES = {
+    "tf.data": (
+        _tf_dataset,
+        "a tf.data.Dataset (_BatchDataset); expected one batch as a numpy array (or image "
+        "paths). Take a batch from it: `x, y = next(iter(ds.take(1)))` (its first batch; 256 "
+        "samples of a batched one: `next(iter(ds.unbatch().batch(256)))`)" + _TAIL,
+        "np.asarray({})",
+    ),
+    "PyDataset": (
+        _Batches,
+        "a keras PyDataset (_Batches); expected one batch as a numpy array (or image paths). "
+        "Take a batch from it: `x, y = ds[0]` (its first batch)" + _TAIL,
+        "np.asarray({})",
+    ),
+    "DataLoader": (
+        _torch_loader,
+        "a torch DataLoader; expected one batch as a numpy array (or image paths). Take a "
+        "batch from it: `x, y = next(iter(loader))` (its first batch)" + _TAIL,
+        "{}.cpu().numpy()",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PIPELINES))
+def test_a_data_pipeline_as_stats_data_says_how_to_take_a_batch(kind: str, tmp_path: Path) -> None:
+    """`stats_data=<dataset or loader>` names it and says how to take a batch; done so, the
+    monitor accepts the batch."""
+    make, received, convert = PIPELINES[kind]
+    pipeline = make()
+    x, y = convert.format("x"), convert.format("y")
+    message = (
+        f"Invalid value for argument `stats_data`: received {received}stats_data=({x}, {y}), "
+        f"or stats_data={x} without labels."
+    )
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        actwatch.ActivationMonitor(X[:2], tmp_path, stats_data=pipeline)
+    batch = _taken(kind, pipeline)
+    assert batch[0].shape == (4, 16, 16, 3)
+    actwatch.ActivationMonitor(X[:2], tmp_path, stats_data=batch)
+
+
+@pytest.mark.parametrize("kind", sorted(PIPELINES))
+def test_a_data_pipeline_as_probes_or_x_names_that_argument(kind: str, tmp_path: Path) -> None:
+    """The same advice for `probes` (a few samples of the batch) and the notebook's `x`."""
+    make, received, convert = PIPELINES[kind]
+    pipeline = make()
+    x = convert.format("x")
+    message = f"Invalid value for argument `probes`: received {received}probes={x}[:4]."
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        actwatch.ActivationMonitor(pipeline, tmp_path)
+    message = f"Invalid value for argument `x`: received {received}x={x}."
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        actwatch.get_activations(tiny_cnn(), pipeline)
+    actwatch.ActivationMonitor(_taken(kind, pipeline)[0][:4], tmp_path)
+
+
+def test_an_iterator_is_named_by_its_type() -> None:
+    """Any other iterator (here `map`) gets the generator's advice, named by its type."""
+    with pytest.raises(TypeError, match=r"^Invalid value for argument `x`: received an "
+                       r"iterator \(map\); expected one batch as a numpy array"):  # fmt: skip
+        actwatch.get_activations(tiny_cnn(), map(np.asarray, [X[:2]]))

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from matplotlib import cbook
 from PIL import Image
 
 import actwatch
-from actwatch import demo
+from actwatch import cli, demo
+from actwatch.inspection import import_modules
 
 from .conftest import BLOCK_ENV
 from .fit_logs import fit_run
@@ -213,6 +215,185 @@ class TestInspect:
         assert done.returncode == 0
         for choice in ("none", "scale255", "tf", "torch", "caffe"):
             assert f"  {choice} " in done.stdout
+
+    def test_inspect_reads_a_sixteen_bit_png_as_its_eight_bit_picture(
+        self, saved_model: Path, tmp_path: Path
+    ) -> None:
+        """Issue 19: a 16-bit PNG (the camera photo, or a gradient without scikit-image) gives
+        the statistics of the same picture with 8 bits, not of an almost white image."""
+        try:
+            from skimage import data as skimage_data
+
+            pixels = skimage_data.camera()
+        except ImportError:
+            pixels = np.tile(np.linspace(0, 255, 64).round().astype(np.uint8), (48, 1))
+        eight, sixteen = tmp_path / "camera8.png", tmp_path / "camera16.png"
+        Image.fromarray(pixels).save(eight)
+        Image.fromarray(pixels.astype(np.uint16) * 257).save(sixteen)
+        assert Image.open(sixteen).mode == "I;16"
+        out = tmp_path / "inspect"
+        layers = ["conv1", "pool2"]
+        done = actwatch_cli(
+            "inspect", saved_model, sixteen, "--layers", *layers, "--preprocess", "scale255",
+            "-o", out,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        table = _Table()
+        table.feed((out / "stats.html").read_text(encoding="utf-8"))
+        model = keras.saving.load_model(saved_model, compile=False, safe_mode=True)
+        stats = actwatch.activation_stats(model, [eight], layers, preprocess=lambda x: x / 255.0)
+        rows = {row[0]: row for row in table.rows[1:]}
+        for layer, s in stats.items():
+            assert rows[layer][3] == f"{s.zero_fraction:.3f}"
+            assert rows[layer][6] == f"{s.hoyer:.3f}"
+            assert rows[layer][7] == f"{s.mean:.4g}"
+
+
+#: A module registering a custom layer, as a user's project holds one.
+CUSTOM_LAYERS = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="actwatch_tests")
+class Brighten(keras.layers.Layer):
+    def __init__(self, amount=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.amount = amount
+
+    def call(self, x):
+        return x + self.amount
+
+    def get_config(self):
+        return {**super().get_config(), "amount": self.amount}
+"""
+
+
+@dataclass(frozen=True)
+class CustomModel:
+    """A saved model with a registered custom layer, and the folder of that layer's module."""
+
+    path: Path
+    folder: Path
+    module: Path
+
+
+@pytest.fixture(scope="module")
+def custom_model(tmp_path_factory: pytest.TempPathFactory) -> CustomModel:
+    folder = tmp_path_factory.mktemp("project")
+    module = folder / "awcustom_layers.py"
+    module.write_text(CUSTOM_LAYERS, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "path", list(sys.path))
+        (layers,) = import_modules([str(module)])
+    sys.modules.pop("awcustom_layers")
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Brighten(0.25, name="brighten")(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+    outputs = keras.layers.MaxPooling2D(name="pool")(x)
+    path = tmp_path_factory.mktemp("model") / "custom.keras"
+    keras.Model(inputs, outputs).save(path)
+    return CustomModel(path, folder, module)
+
+
+class TestImport:
+    def test_a_custom_layer_is_refused_with_the_import_to_add(
+        self, custom_model: CustomModel, images: list[Path], tmp_path: Path
+    ) -> None:
+        """Issue 19: without its module the model does not load, and the error names the
+        class and the `--import` that registers it; that advice, followed from the project
+        folder, loads it."""
+        done = actwatch_cli("inspect", custom_model.path, images[0], "-o", tmp_path / "a")
+        assert done.returncode == 2
+        assert done.stderr == (
+            f"actwatch inspect: error: Could not load '{custom_model.path}': it uses the custom "
+            "class 'Brighten', which no imported module registers (it was saved from module "
+            "'awcustom_layers'). Import the module that defines it with "
+            "`@keras.saving.register_keras_serializable()` first: `actwatch inspect --import "
+            "awcustom_layers ...` (a dotted module name or a .py file), or `import` it in "
+            "Python.\n"
+        )
+        out = tmp_path / "b"
+        done = actwatch_cli(
+            "inspect", custom_model.path, images[0], "--import", "awcustom_layers", "-o", out,
+            cwd=custom_model.folder,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        table = _Table()
+        table.feed((out / "stats.html").read_text(encoding="utf-8"))
+        assert [row[0] for row in table.rows[1:]] == ["conv", "pool"]
+
+    def test_a_py_file_is_imported_from_anywhere(
+        self, custom_model: CustomModel, images: list[Path], tmp_path: Path
+    ) -> None:
+        """`--import path/to/layers.py` from another folder, given twice with another module."""
+        helper = tmp_path / "helper.py"
+        helper.write_text("VALUE = 1\n", encoding="utf-8")
+        out = tmp_path / "out"
+        done = actwatch_cli(
+            "inspect", custom_model.path, images[0], "--import", helper, "--import",
+            custom_model.module, "-o", out, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (out / "stats.html").is_file()
+
+    def test_a_dotted_name_is_found_from_the_current_folder(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The installed `actwatch` script has no current folder on `sys.path` (unlike
+        `python -m`): a dotted name is still looked up there first."""
+        package = tmp_path / "awproject"
+        package.mkdir()
+        (package / "__init__.py").write_text("", encoding="utf-8")
+        (package / "layers.py").write_text("VALUE = 42\n", encoding="utf-8")
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+        for name in ("awproject", "awproject.layers"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        (module,) = import_modules(["awproject.layers"])
+        assert module.VALUE == 42
+
+    @pytest.mark.parametrize(
+        ("given", "error"),
+        [
+            ("awmissing_module", "ModuleNotFoundError: No module named 'awmissing_module'"),
+            ("{tmp}/missing.py", "FileNotFoundError: '{tmp}/missing.py' is not a file"),
+        ],
+    )
+    def test_a_module_that_is_not_there(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, error: str
+    ) -> None:
+        """A wrong name or path: one line saying what to pass instead, no traceback."""
+        given, error = given.format(tmp=tmp_path), error.format(tmp=tmp_path)
+        message = (
+            f"Invalid value for --import: could not import {given!r} ({error}); pass a dotted "
+            "module name importable from the current folder (e.g. mypkg.layers) or the path "
+            "of a .py file."
+        )
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            import_modules([given])
+
+    def test_a_module_that_raises(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A module whose own code fails (here a missing dependency, then an error): the error
+        says so, the command exits with one line, and no half-run module is left behind."""
+        broken = tmp_path / "awbroken.py"
+        broken.write_text("import awnot_installed_dependency\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=re.escape(
+            f"could not import '{broken}' (ModuleNotFoundError: No module named "
+            "'awnot_installed_dependency'); the module itself raised it."
+        )):  # fmt: skip
+            import_modules([str(broken)])
+        assert "awbroken" not in sys.modules
+        broken.write_text("raise RuntimeError('boom')\n", encoding="utf-8")
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", cli.TF_LOG_LEVEL)  # fd 2 left as it is
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["inspect", "m.keras", "x.png", "--import", str(broken)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == (
+            f"actwatch inspect: error: Invalid value for --import: could not import "
+            f"'{broken}' (RuntimeError: boom); the module itself raised it.\n"
+        )
 
 
 def _image_folder(root: Path) -> Path:

@@ -140,8 +140,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from actwatch.inspection import inspect_model
+    from actwatch.inspection import import_modules, inspect_model
 
+    import_modules(args.imports)
     page = inspect_model(
         args.model,
         args.images,
@@ -242,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="filter grids, heatmaps and statistics of a saved model on some images",
         description="Load MODEL (a .keras file, with safe_mode=True: no code from the file "
-        "runs), run the images through it once and write filter grids and heatmaps per image "
+        "runs; custom layers load once --import registered them), run the images through it "
+        "once and write filter grids and heatmaps per image "
         "(PNG), and a statistics table over all images (stats.png and stats.html, which also "
         "shows every figure).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -273,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PREPROCESS),
         default="none",
         help="how to scale the raw 0-255 pixels for the model (default: none)",
+    )
+    inspect.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (a dotted name, looked up from the current folder, or a .py file) "
+        "before loading MODEL, so that the custom layers it registers with "
+        "@keras.saving.register_keras_serializable() load; repeat it for several modules. "
+        "Its code runs: import only your own modules",
     )
     inspect.add_argument(
         "--max-filters",

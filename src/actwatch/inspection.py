@@ -11,9 +11,14 @@ callback's extractor, statistics and grids), written to a folder:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,7 +29,7 @@ from actwatch.notebook import look
 from actwatch.render import figures
 from actwatch.render import html as _html
 
-__all__ = ["PREPROCESS", "inspect_model", "load_model"]
+__all__ = ["PREPROCESS", "import_modules", "inspect_model", "load_model"]
 
 #: `--preprocess` choices: what is done to the raw 0-255 pixels of the images.
 PREPROCESS: dict[str, str] = {
@@ -56,8 +61,72 @@ def preprocess_function(name: str) -> Callable[[np.ndarray], Any] | None:
     return imagenet
 
 
+def import_modules(modules: Sequence[str]) -> list[ModuleType]:
+    """Import each of `modules` (a dotted module name or a `.py` file), in order: the code
+    that registers a model's custom layers (`@keras.saving.register_keras_serializable`).
+
+    A dotted name is looked up from the current folder first (as `python -m` does); a file
+    runs as the module named by its stem, with its folder on `sys.path` for its own imports.
+    """
+    imported = []
+    for name in modules:
+        is_file = name.endswith(".py") or os.sep in name or "/" in name
+        try:
+            if is_file:
+                imported.append(_import_file(Path(name)))
+            else:
+                if os.getcwd() not in sys.path and "" not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+                imported.append(importlib.import_module(name))
+        except Exception as exc:
+            missing = (
+                isinstance(exc, FileNotFoundError)
+                if is_file
+                else isinstance(exc, ModuleNotFoundError)
+                and (name + ".").startswith(f"{exc.name}.")
+            )
+            where = (
+                "pass a dotted module name importable from the current folder (e.g. "
+                "mypkg.layers) or the path of a .py file"
+                if missing
+                else "the module itself raised it"
+            )
+            raise ValueError(
+                f"Invalid value for --import: could not import {name!r} "
+                f"({type(exc).__name__}: {exc}); {where}."
+            ) from exc
+    return imported
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise FileNotFoundError(f"{os.fspath(path)!r} is not a file")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{os.fspath(path)!r} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    folder = os.fspath(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+#: Keras' words for a class of the saved model that no import registered.
+_UNKNOWN_CLASS = re.compile(r"Could not locate class '(?P<name>[^']+)'")
+
+
 def load_model(path: str | os.PathLike[str]) -> Any:
-    """Load a saved Keras model with `safe_mode=True` (no code from the file is run)."""
+    """Load a saved Keras model with `safe_mode=True` (no code from the file is run).
+
+    Custom layers load when the module that registers them was imported first (in Python,
+    or with `actwatch inspect --import MODULE`).
+    """
     import keras
 
     file = Path(path)
@@ -69,6 +138,24 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     try:
         return keras.saving.load_model(file, compile=False, safe_mode=True)
     except Exception as exc:
+        unknown = _UNKNOWN_CLASS.search(str(exc))
+        if unknown is not None:
+            name = unknown["name"]
+            saved = re.search(rf"'module': '([\w.]+)', 'class_name': '{re.escape(name)}'", str(exc))
+            module = saved[1] if saved else None
+            where = {
+                None: "",
+                "__main__": " (it was defined in the script that saved the model: move it "
+                "into a module)",
+            }.get(module, f" (it was saved from module {module!r})")
+            option = module if module not in (None, "__main__") else "MODULE"
+            raise ValueError(
+                f"Could not load {os.fspath(path)!r}: it uses the custom class {name!r}, which "
+                f"no imported module registers{where}. Import the module that defines it "
+                "with `@keras.saving.register_keras_serializable()` first: `actwatch inspect "
+                f"--import {option} ...` (a dotted module name or a .py file), or `import` it "
+                "in Python."
+            ) from exc
         raise ValueError(
             f"Could not load {os.fspath(path)!r} as a Keras model ({type(exc).__name__}: "
             f"{exc}). Expected a `.keras` file saved with `model.save('model.keras')`; "

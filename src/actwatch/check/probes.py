@@ -19,14 +19,21 @@ array would never run, so it is refused (`check_preprocess`).
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from actwatch.check.image_files import (
+    describe_shape,
+    display_pictures,
+    is_image_like,
+    open_image,
+    resize_images,
+)
 
 __all__ = [
     "ModelInputs",
@@ -132,40 +139,49 @@ class ProbeBatch:
         return self.inputs[0] if len(self.inputs) == 1 else list(self.inputs)
 
 
-def _is_image_like(item: object) -> bool:
-    return isinstance(item, (str, os.PathLike, Image.Image))
+_NUMPY = "np.asarray({})"
+#: Data pipelines, told by the module and name of a class they derive from (neither TensorFlow
+#: nor torch is imported): what they are, how to take a batch, how to make it numpy.
+_PIPELINES = (
+    ("tensorflow.", "Dataset", "a tf.data.Dataset", "`x, y = next(iter(ds.take(1)))` (its first "
+     "batch; 256 samples of a batched one: `next(iter(ds.unbatch().batch(256)))`)", _NUMPY),
+    ("keras.", "PyDataset", "a keras PyDataset", "`x, y = ds[0]` (its first batch)", _NUMPY),
+    ("torch.utils.data", "DataLoader", "a torch DataLoader",
+     "`x, y = next(iter(loader))` (its first batch)", "{}.cpu().numpy()"),
+)  # fmt: skip
 
 
-def _open_image(item: str | os.PathLike[str] | Image.Image, argument: str) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item
-    path = os.fspath(item)
-    if not os.path.exists(path):
-        raise ValueError(
-            f"Invalid value for argument `{argument}`: the image file {path!r} does not "
-            "exist. Pass paths to existing image files, PIL images, or a numpy array."
-        )
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: treat both
-            # as an error, an untrusted file must not exhaust memory.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return image.copy()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(
-            f"Invalid value for argument `{argument}`: {path!r} is too large to decode safely "
-            f"({exc}). Resize the image or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it."
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(
-            f"Invalid value for argument `{argument}`: {path!r} could not be read as an "
-            f"image ({type(exc).__name__}: {exc}). Pass a PNG, JPEG or other file Pillow reads."
-        ) from None
+def _pipeline(value: Any) -> tuple[str, str, str] | None:
+    """What, how to take a batch, how to convert it: for a pipeline (`_PIPELINES`) or an
+    iterator such as a generator, which holds many batches; None for anything else."""
+    for cls in type(value).__mro__:
+        module = getattr(cls, "__module__", None) or ""
+        for prefix, name, *found in _PIPELINES:
+            if module.startswith(prefix) and name in cls.__name__:
+                return found[0], found[1], found[2]
+    if isinstance(value, Iterator):
+        kind = "a generator" if inspect.isgenerator(value) else "an iterator"
+        return kind, "`x, y = next(it)` (the next batch it yields)", _NUMPY
+    return None
 
 
 def _check_array(value: Any, argument: str) -> np.ndarray:
+    pipeline = _pipeline(value)
+    if pipeline is not None:
+        kind, take, convert = pipeline
+        x, y = convert.format("x"), convert.format("y")
+        then = {
+            "stats_data": f"stats_data=({x}, {y}), or stats_data={x} without labels",
+            "probes": f"probes={x}[:4]",
+        }.get(argument, f"{argument}={x}")
+        if type(value).__name__ not in kind:
+            kind += f" ({type(value).__name__})"
+        raise TypeError(
+            f"Invalid value for argument `{argument}`: received {kind}; expected one batch as "
+            "a numpy array (or image paths). "
+            f"Take a batch from it: {take}, with `x = ...` when it yields no labels; then pass "
+            f"{then}."
+        )
     try:
         array = np.asarray(value)
     except Exception as exc:  # ragged lists and other oddities
@@ -176,9 +192,16 @@ def _check_array(value: Any, argument: str) -> np.ndarray:
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
     ):
+        if array.dtype.kind in "US":  # strings: image paths in an array?
+            fix = f"For image files pass a list of paths ({argument}=list(paths)); convert numbers"
+        else:
+            fix = "Pass numbers"
+        received = f"dtype={array.dtype}"
+        if array.ndim == 0:  # an object numpy could not see into
+            received = f"an object of type {type(value).__name__} ({received})"
         raise TypeError(
-            f"Invalid value for argument `{argument}`: expected a numeric array. "
-            f"Received: dtype={array.dtype}. Convert your probes with np.asarray(x, 'float32')."
+            f"Invalid value for argument `{argument}`: expected a numeric array. Received: "
+            f"{received}. {fix}, e.g. {argument}=np.asarray(x, 'float32')."
         )
     if array.ndim < 2:
         raise ValueError(
@@ -224,10 +247,10 @@ def read_probe_source(value: Any, argument: str = "probes") -> ProbeSource:
                 f"Invalid value for argument `{argument}`: the list is empty. Pass at least one "
                 "image path, PIL image or array."
             )
-        if all(_is_image_like(v) for v in value):
-            images = tuple(_open_image(v, argument) for v in value)
+        if all(is_image_like(v) for v in value):
+            images = tuple(open_image(v, argument) for v in value)
             return ProbeSource(arrays=None, names=None, images=images, argument=argument)
-        if any(_is_image_like(v) for v in value):
+        if any(is_image_like(v) for v in value):
             raise TypeError(
                 f"Invalid value for argument `{argument}`: a list mixing image paths or PIL "
                 "images with other values. Pass only images, or one array per model input."
@@ -248,59 +271,6 @@ def _check_same_batch(arrays: Sequence[np.ndarray], argument: str) -> None:
             f"Invalid value for argument `{argument}`: the inputs have different batch sizes "
             f"{sorted(sizes)}. Give every input the same number of samples."
         )
-
-
-def _display_from_array(batch: np.ndarray) -> np.ndarray | None:
-    """A uint8 RGB picture of each probe, scaled per probe to its own range."""
-    if batch.ndim != 4:
-        return None
-    x = batch.astype(np.float32)
-    if x.shape[-1] not in (1, 3) and x.shape[1] in (1, 3):  # channels_first
-        x = np.moveaxis(x, 1, -1)
-    if x.shape[-1] not in (1, 3):
-        return None
-    lo = x.min(axis=(1, 2, 3), keepdims=True)
-    hi = x.max(axis=(1, 2, 3), keepdims=True)
-    x = (x - lo) / np.where(hi > lo, hi - lo, 1.0)
-    out: np.ndarray = np.round(x * 255.0).astype(np.uint8)
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return out
-
-
-def _describe_shape(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + ")"
-
-
-def _resize_images(
-    images: Sequence[Image.Image], input_shape: Sequence[int | None], argument: str
-) -> np.ndarray:
-    if len(input_shape) != 4:
-        raise ValueError(
-            f"Invalid value for argument `{argument}`: images were given, but the model's "
-            f"input has shape {_describe_shape(input_shape)}, not (batch, height, width, "
-            "channels). Pass a numpy array instead."
-        )
-    channels_first = input_shape[1] in (1, 3) and input_shape[3] not in (1, 3)
-    h, w, c = (
-        (input_shape[2], input_shape[3], input_shape[1])
-        if channels_first
-        else (input_shape[1], input_shape[2], input_shape[3])
-    )
-    if h is None or w is None or c not in (1, 3):
-        raise ValueError(
-            f"Invalid value for argument `{argument}`: images were given, but the model's "
-            f"input shape {_describe_shape(input_shape)} has no fixed size with 1 or 3 "
-            "channels to resize them to. Resize them yourself and pass a numpy array."
-        )
-    mode = "L" if c == 1 else "RGB"
-    arrays = []
-    for image in images:
-        resized = image.convert(mode).resize((int(w), int(h)), Image.Resampling.BILINEAR)
-        pixels = np.asarray(resized, dtype=np.float32)
-        arrays.append(pixels[..., None] if c == 1 else pixels)
-    batch = np.stack(arrays)
-    return np.moveaxis(batch, -1, 1) if channels_first else batch
 
 
 def check_preprocess(preprocess: Any, sources: Sequence[ProbeSource | None]) -> None:
@@ -343,7 +313,7 @@ def _as_given(source: ProbeSource) -> ProbeBatch:
         np.ascontiguousarray(a, dtype=np.float32 if a.dtype.kind == "f" else a.dtype)
         for a in arrays
     )
-    return ProbeBatch(inputs=checked, display=_display_from_array(checked[0]))
+    return ProbeBatch(inputs=checked, display=display_pictures(checked[0]))
 
 
 def prepare_probes(
@@ -360,9 +330,9 @@ def prepare_probes(
     if not input_shapes:
         return _as_given(source)
     if source.images is not None:
-        raw = _resize_images(source.images, input_shapes[0], argument)
+        raw = resize_images(source.images, input_shapes[0], argument)
         arrays: tuple[np.ndarray, ...] = (raw,)
-        display = _display_from_array(raw)
+        display = display_pictures(raw)
     else:
         assert source.arrays is not None
         arrays = source.arrays
@@ -389,7 +359,7 @@ def prepare_probes(
                     "a dict keyed by input name."
                 )
         _check_same_batch(arrays, argument)
-        display = _display_from_array(arrays[0])
+        display = display_pictures(arrays[0])
         preprocess = None  # arrays are used as given
     if preprocess is not None:
         processed = preprocess(arrays[0] if len(arrays) == 1 else list(arrays))
@@ -402,7 +372,7 @@ def prepare_probes(
     after = " after `preprocess`" if preprocess is not None else ""
     for i, (array, shape, dtype) in enumerate(zip(arrays, input_shapes, input_dtypes, strict=True)):
         name = argument if len(arrays) == 1 else f"{argument}[{input_names[i]!r}]"
-        expected = _describe_shape(shape)
+        expected = describe_shape(shape)
         if array.ndim == len(shape) - 1 and all(
             e is None or e == g for e, g in zip(shape[1:], array.shape, strict=True)
         ):

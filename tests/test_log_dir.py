@@ -1,0 +1,242 @@
+"""`claim_log_dir`: a new run never lands in a directory holding another run; it is said where
+it goes instead (issue 19: two fits into one log_dir showed as one run, the first one lost)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from tensorboard.compat.proto import event_pb2
+from tensorboard.util import tensor_util
+
+from actwatch.events.records import EVENT_FILE_PREFIX, read_records
+from actwatch.events.sink import CLAIM_FILE, Sink, claim_log_dir
+
+HOST = socket.gethostname()
+
+
+def _write_run(log_dir: str, value: float) -> None:
+    """One check written by a real Sink, as a monitor's run writes it."""
+    sink = Sink(log_dir, priority="normal")
+    sink.submit(1, scalars={"network/learning_rate": (value, "the learning rate")})
+    sink.close()
+
+
+def _events(log_dir: str | Path) -> list[Path]:
+    return sorted(p for p in Path(log_dir).iterdir() if p.name.startswith(EVENT_FILE_PREFIX))
+
+
+def _learning_rates(path: Path) -> list[float]:
+    """The values of the scalar `network/learning_rate` in the events file `path`."""
+    values = []
+    for record in read_records(path):
+        for value in event_pb2.Event.FromString(record.payload).summary.value:
+            if value.tag == "network/learning_rate":
+                values.append(float(tensor_util.make_ndarray(value.tensor)))
+    return values
+
+
+def _claim_text(log_dir: str | Path) -> str:
+    return (Path(log_dir) / CLAIM_FILE).read_text(encoding="utf-8")
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "actwatch" and r.levelno == logging.WARNING
+    ]
+
+
+class TestFreeDirectory:
+    def test_a_new_directory_is_used_as_given_and_claimed(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A directory no run used is returned as given (created), claimed, without a word."""
+        log_dir = str(tmp_path / "logs" / "run1")
+        with caplog.at_level(logging.DEBUG, logger="actwatch"):
+            assert claim_log_dir(log_dir) == log_dir
+        assert _claim_text(log_dir) == f"{HOST} {os.getpid()}\n"
+        assert _warnings(caplog) == []
+
+    def test_other_files_do_not_make_a_directory_taken(self, tmp_path: Path) -> None:
+        """Only actwatch's events files (and live claims) count: a TensorBoard callback's or
+        any other file does not move the run."""
+        (tmp_path / f"{EVENT_FILE_PREFIX}1700000000.host.1.v2").write_bytes(b"")
+        (tmp_path / "notes.txt").write_text("mine")
+        (tmp_path / "train").mkdir()
+        assert claim_log_dir(tmp_path) == str(tmp_path)
+
+
+class TestEarlierRun:
+    def test_a_second_run_goes_to_a_sibling_and_both_are_kept(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """lr 1e-3 then 0.5 into one log_dir: the second run is written to `run1-2`, which a
+        WARNING says, and each directory holds its own run's events only."""
+        log_dir = str(tmp_path / "run1")
+        _write_run(claim_log_dir(log_dir), 1e-3)
+        (first,) = _events(log_dir)
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            second = claim_log_dir(log_dir)
+        assert second == f"{log_dir}-2"
+        assert _warnings(caplog) == [
+            f"actwatch: log_dir {log_dir!r} already holds the events of an earlier run "
+            f"({first.name}); this run is written to {second!r} instead, so that both runs "
+            "are kept. Give each run its own log_dir to name it yourself."
+        ]
+        _write_run(second, 0.5)
+        assert _events(log_dir) == [first]
+        assert len(_events(second)) == 1
+        for directory, value in ((log_dir, 1e-3), (second, 0.5)):
+            (path,) = _events(directory)
+            assert _learning_rates(path) == [pytest.approx(value)]
+
+    def test_the_first_free_sibling_is_taken(self, tmp_path: Path) -> None:
+        """run1, run1-2 hold runs and run1-3 is a file: the third run goes to run1-4."""
+        log_dir = str(tmp_path / "run1")
+        for expected in (log_dir, f"{log_dir}-2"):
+            directory = claim_log_dir(log_dir)
+            assert directory == expected
+            _write_run(directory, 0.1)
+        Path(f"{log_dir}-3").write_text("not a directory")
+        assert claim_log_dir(log_dir) == f"{log_dir}-4"
+
+    @pytest.mark.parametrize("suffix", ["/", "/./"])
+    def test_a_trailing_separator_names_the_sibling_of_the_folder(
+        self, tmp_path: Path, suffix: str
+    ) -> None:
+        """`logs/run1/` gives `logs/run1-2`, not a folder inside run1."""
+        _write_run(claim_log_dir(tmp_path / "run1"), 0.1)
+        assert claim_log_dir(f"{tmp_path / 'run1'}{suffix}") == str(tmp_path / "run1-2")
+
+    def test_the_current_folder_gets_a_sibling_by_its_name(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """log_dir='.' after a first run there: the sibling is named after the folder."""
+        (tmp_path / "run1").mkdir()
+        monkeypatch.chdir(tmp_path / "run1")
+        _write_run(claim_log_dir("."), 0.1)
+        assert claim_log_dir(".") == os.path.join(os.path.realpath(tmp_path), "run1-2")
+
+
+class TestClaims:
+    def test_another_monitor_of_this_process_that_has_not_written_yet(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Two monitors built before either wrote: the second does not join the first."""
+        log_dir = str(tmp_path / "run1")
+        assert claim_log_dir(log_dir) == log_dir
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            assert claim_log_dir(log_dir) == f"{log_dir}-2"
+        claim = os.path.join(log_dir, CLAIM_FILE)
+        assert _warnings(caplog) == [
+            f"actwatch: log_dir {log_dir!r} is claimed by another monitor of this process, "
+            f"whose run has not written yet (delete {claim!r} if that process is gone); this "
+            f"run is written to '{log_dir}-2' instead, so that both runs are kept. Give each "
+            "run its own log_dir to name it yourself."
+        ]
+
+    def test_a_live_process_claim_holds(self, tmp_path: Path) -> None:
+        """A claim by a process that still runs (here the parent) is respected."""
+        (tmp_path / CLAIM_FILE).write_text(f"{HOST} {os.getppid()}\n")
+        assert claim_log_dir(tmp_path) == f"{tmp_path}-2"
+
+    def test_a_claim_from_another_host_holds(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Whether a process on another host runs cannot be told: its claim holds."""
+        (tmp_path / CLAIM_FILE).write_text("elsewhere 12\n")
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            assert claim_log_dir(tmp_path) == f"{tmp_path}-2"
+        assert "is claimed by process 12 on host 'elsewhere'" in _warnings(caplog)[0]
+
+    def test_a_claim_whose_process_is_gone_is_replaced(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A run that crashed before its first write leaves a stale claim: the directory is
+        reused (it holds no events), without a warning."""
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        (tmp_path / CLAIM_FILE).write_text(f"{HOST} {gone.pid}\n")
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            assert claim_log_dir(tmp_path) == str(tmp_path)
+        assert _claim_text(tmp_path) == f"{HOST} {os.getpid()}\n"
+        assert _warnings(caplog) == []
+
+    def test_runs_starting_at_once_in_threads_get_a_directory_each(self, tmp_path: Path) -> None:
+        """Eight monitors claiming one log_dir at the same instant: eight directories."""
+        barrier = threading.Barrier(8)
+        got: list[str] = []
+
+        def claim() -> None:
+            barrier.wait()
+            got.append(claim_log_dir(tmp_path / "run"))
+
+        threads = [threading.Thread(target=claim) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        expected = {str(tmp_path / "run")} | {f"{tmp_path / 'run'}-{n}" for n in range(2, 9)}
+        assert set(got) == expected
+
+    def test_processes_starting_at_once_get_a_directory_each(self, tmp_path: Path) -> None:
+        """Three processes (a sweep launched in parallel) claiming one log_dir at once."""
+        code = (
+            "import sys\n"
+            "from actwatch.events.sink import claim_log_dir\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "print(claim_log_dir(sys.argv[1]), flush=True)\n"
+            "sys.stdin.read()\n"  # stay alive, as a training run does, until released
+        )
+        run = str(tmp_path / "run")
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, run],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        pipes = [(w.stdin, w.stdout) for w in workers]
+        for _, out in pipes:
+            assert out is not None and out.readline() == "ready\n"
+        for into, _ in pipes:  # all three claim at (nearly) the same instant
+            assert into is not None
+            into.write("go\n")
+            into.flush()
+        got = {out.readline().strip() for _, out in pipes if out is not None}
+        for worker in workers:
+            worker.communicate("")
+        assert got == {run, f"{run}-2", f"{run}-3"}
+
+
+def test_a_directory_that_cannot_be_written_is_refused_as_check_log_dir_does(
+    tmp_path: Path,
+) -> None:
+    """A log_dir under a file: the same message as the constructor's check."""
+    (tmp_path / "a_file").write_text("x")
+    message = (
+        r"^Invalid value for argument `log_dir`: '.*a_file/run1' cannot be created or written "
+        r"\(Not a directory\)\. Pass a directory you can write to\.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        claim_log_dir(tmp_path / "a_file" / "run1")
+
+
+def test_a_claimed_directory_without_events_is_no_run(tmp_path: Path) -> None:
+    """The claim file is invisible to the readers: only events files make a run."""
+    from actwatch.events.reader import find_runs
+
+    claim_log_dir(tmp_path / "claimed")
+    _write_run(claim_log_dir(tmp_path / "written"), 0.1)
+    assert [run.name for run in find_runs(tmp_path)] == ["written"]
