@@ -32,7 +32,7 @@ from actwatch.events.runs import RunLog, event_files, find_runs, read_run
 from actwatch.render import figures as drawing
 from actwatch.render import html as _html
 from actwatch.report import figures
-from actwatch.report.progress import Progress
+from actwatch.report.progress import ProgressBar
 
 __all__ = ["write_report"]
 
@@ -153,7 +153,7 @@ def write_report(
     stream = sys.stderr
     show = stream.isatty() if progress is None else progress
     total = sum(f.stat().st_size for r in run_dirs for f in event_files(r))
-    bar = Progress(total, "reading events", "MB", stream=stream) if show else None
+    bar = ProgressBar(total, "reading events", "MB", stream=stream) if show else None
     runs: list[RunLog] = []
     skipped: list[str] = []
     for run in run_dirs:
@@ -198,7 +198,7 @@ def _render(
     # The signal curves, also for runs without histograms (written with histograms=False).
     signal_curves = {log.name: figures.signals_figure(log, colours) for log in runs}
     count += sum(1 for figure in signal_curves.values() if figure is not None)
-    bar = Progress(count, "drawing figures", "figures", stream=stream) if show else None
+    bar = ProgressBar(count, "drawing figures", "figures", stream=stream) if show else None
 
     def save(figure: Figure, name: str) -> bytes:
         png = drawing.figure_png(figure)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-__all__ = ["Progress"]
+__all__ = ["ProgressBar"]
 
 
-class Progress:
+class ProgressBar:
     """A one-line progress bar on stderr, drawn at most 10 times a second."""
 
     WIDTH = 30
