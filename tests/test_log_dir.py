@@ -11,12 +11,14 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
+from actwatch.events.log_dir import CLAIM_FILE, claim_log_dir, last_step
 from actwatch.events.records import EVENT_FILE_PREFIX, read_records
-from actwatch.events.sink import CLAIM_FILE, Sink, claim_log_dir
+from actwatch.events.sink import Sink
 
 HOST = socket.gethostname()
 
@@ -87,8 +89,8 @@ class TestEarlierRun:
             second = claim_log_dir(log_dir)
         assert second == f"{log_dir}-2"
         assert _warnings(caplog) == [
-            f"actwatch: log_dir {log_dir!r} already holds the events of an earlier run "
-            f"({first.name}); this run is written to {second!r} instead, so that both runs "
+            f"actwatch: log_dir {log_dir!r} already holds the events of an earlier run up to "
+            f"step 1 ({first.name}); this run is written to {second!r} instead, so that both runs "
             "are kept. Give each run its own log_dir to name it yourself."
         ]
         _write_run(second, 0.5)
@@ -97,6 +99,37 @@ class TestEarlierRun:
         for directory, value in ((log_dir, 1e-3), (second, 0.5)):
             (path,) = _events(directory)
             assert _learning_rates(path) == [pytest.approx(value)]
+
+    def test_a_run_resumed_after_the_last_step_goes_on_in_the_same_directory(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Training resumed past the last step written (a checkpoint, `initial_epoch`)
+        continues its run; resumed at or before it, it would overwrite steps: a sibling."""
+        log_dir = str(tmp_path / "run1")
+        _write_run(claim_log_dir(log_dir, start_step=0), 1e-3)  # a check at step 1
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            assert claim_log_dir(log_dir, start_step=2) == log_dir
+            assert _warnings(caplog) == []
+            assert claim_log_dir(log_dir, start_step=1) == f"{log_dir}-2"
+            assert "up to step 1" in _warnings(caplog)[0]
+
+    def test_the_last_step_is_found_from_the_headers_past_images_and_damage(
+        self, tmp_path: Path
+    ) -> None:
+        """`last_step`: the highest step of the directory's files; a damaged last record
+        leaves the one before it."""
+        sink = Sink(str(tmp_path), priority="normal")
+        image = np.zeros((64, 64, 3), np.uint8)
+        for step in (3, 7, 11):
+            sink.submit(step, scalars={"a": (1.0, "a")}, render=lambda: {"img": (image, "i")})
+        sink.close()
+        assert last_step(tmp_path) == 11
+        (path,) = _events(tmp_path)
+        data = bytearray(path.read_bytes())
+        data[-8] ^= 0xFF  # inside the last record's payload
+        path.write_bytes(bytes(data))
+        assert last_step(tmp_path) == 7
+        assert last_step(tmp_path / "..") is None
 
     def test_the_first_free_sibling_is_taken(self, tmp_path: Path) -> None:
         """run1, run1-2 hold runs and run1-3 is a file: the third run goes to run1-4."""
@@ -191,7 +224,7 @@ class TestClaims:
         """Three processes (a sweep launched in parallel) claiming one log_dir at once."""
         code = (
             "import sys\n"
-            "from actwatch.events.sink import claim_log_dir\n"
+            "from actwatch.events.log_dir import claim_log_dir\n"
             "print('ready', flush=True)\n"
             "sys.stdin.readline()\n"
             "print(claim_log_dir(sys.argv[1]), flush=True)\n"

@@ -16,7 +16,7 @@ from actwatch.check.probes import ProbeSource, check_preprocess, read_probe_sour
 from actwatch.check.signals import check_outlier_ratio
 from actwatch.diagnose.alerts import Alert
 from actwatch.diagnose.revive import check_revive
-from actwatch.events.sink import check_log_dir
+from actwatch.events.log_dir import check_log_dir
 
 __all__ = ["Settings", "bounds", "flag", "fraction", "labels", "positive_int", "settings"]
 

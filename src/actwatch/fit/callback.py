@@ -45,7 +45,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             image paths or PIL images (resized to the model's input size; raw 0-255 pixels,
             see `preprocess`), or for multi-input models a dict by input name or a list of
             arrays. A handful (4-8) is plenty.
-        log_dir: directory for the TensorBoard events file (created). Run
+        log_dir: directory for the TensorBoard events file (created; see `run_dir`). Run
             `tensorboard --logdir LOG_DIR` and open its actwatch tab to see every check's
             images.
         layers: what to watch. Defaults to every convolution, pooling and activation layer
@@ -124,6 +124,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         timings: what the last check blocked the training thread for, in seconds: `blocking`
             (all of it), `device` (the compiled call) and `update_ratio` (the comparison of
             the weights, at the first batch after the check).
+        run_dir: the directory this monitor writes to: `log_dir`, or the first free
+            `<log_dir>-2`, `-3`, ... when `log_dir` already holds another run's events (said
+            at WARNING; claimed at the first fit, kept by later ones; None before).
 
     Example:
 
@@ -195,8 +198,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._last_sink_stats: SinkStats | None = None
         #: Private: extra `Sink` arguments (priority, max_pending_bytes) for benchmarks and tests.
         self._sink_options: dict[str, Any] = {}
-        self._check_failed = self._failures.check
-        self._gradients_failed = self._failures.gradients
+        self._check_failed, self._gradients_failed = self._failures.check, self._failures.gradients
 
     def __getattr__(self, name: str) -> Any:
         """The attributes above (the last fit's record), and the validated arguments, as
@@ -205,8 +207,6 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             if held is not None and name in type(held).__dataclass_fields__:
                 return getattr(held, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    # What the last fit showed -------------------------------------------------------------
 
     @property
     def sink_stats(self) -> SinkStats | None:

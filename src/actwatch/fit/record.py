@@ -24,6 +24,7 @@ class Memory:
     tracker: AlertTracker | None = None
     tracked: tuple[weakref.ref[Any], tuple[str, ...]] | None = None
     last_step: int = -1
+    run_dir: str | None = None  # where this monitor writes: claimed at its first fit
 
 
 @dataclass
@@ -36,6 +37,7 @@ class FitRecord:
     last_update_ratios: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     figures: dict[str, float] = field(default_factory=dict)  # for `logs`
+    run_dir: str | None = None  # `Memory.run_dir`, shown as `monitor.run_dir`
 
 
 @dataclass

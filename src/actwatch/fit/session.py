@@ -32,6 +32,7 @@ from actwatch.diagnose.revive import Reviver, plan
 from actwatch.diagnose.updates import DEFAULT_BOUNDS, RatioTracker, UpdateRatios
 from actwatch.events import tags
 from actwatch.events.histograms import HistogramHistory, histogram_values
+from actwatch.events.log_dir import claim_log_dir
 from actwatch.events.sink import Sink
 from actwatch.fit.args import Settings, labels
 from actwatch.fit.distribute import is_chief
@@ -104,11 +105,9 @@ class FitSession:
         low, high = settings.update_ratio_bounds or DEFAULT_BOUNDS
         self.ratios = RatioTracker(low=low, high=high, patience=settings.patience)
         self.chief = is_chief(model)
-        self.sink = (
-            Sink(settings.log_dir, layout=tags.layout([w.path for w in watched]), **sink_options)
-            if self.chief
-            else None
-        )
+        self.layout = tags.layout([w.path for w in watched])
+        self.sink_options = sink_options
+        self.sink: Sink | None = None  # opened where the fit's steps start (`begin`)
 
     @property
     def tracker(self) -> AlertTracker:
@@ -181,6 +180,13 @@ class FitSession:
         if first and start == last:
             start += 1  # another model's first state, after this monitor's last check
         self.steps.begin(start, iterations)
+        if self.chief:  # a monitor's first fit claims a directory no other run holds
+            memory = self.memory
+            if memory.run_dir is None:
+                written = start if first else start + 1  # the first step this fit writes
+                memory.run_dir = claim_log_dir(self.settings.log_dir, start_step=written)
+            self.sink = Sink(memory.run_dir, layout=self.layout, **self.sink_options)
+            self.record.run_dir = memory.run_dir
         return start if first else None
 
     # A check ------------------------------------------------------------------------------

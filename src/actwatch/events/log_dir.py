@@ -1,0 +1,176 @@
+"""Where a run's events go: `log_dir` checked before training, and claimed by one run only."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import sys
+import tempfile
+
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from tensorboard.compat.proto import event_pb2
+
+from actwatch._logging import logger
+from actwatch.events.records import EVENT_FILE_PREFIX, RecordError, read_record_at, record_offsets
+
+__all__ = ["CLAIM_FILE", "check_log_dir", "claim_log_dir", "last_step"]
+
+
+def check_log_dir(log_dir: str | os.PathLike[str]) -> str:
+    """Create `log_dir` if needed and prove it is writable; raise ValueError otherwise."""
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise TypeError(
+            "Invalid value for argument `log_dir`: expected a path (str or os.PathLike). "
+            f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}."
+        )
+    path = os.fspath(log_dir)
+    if not path:
+        raise ValueError(
+            "Invalid value for argument `log_dir`: received an empty path. Pass a directory, "
+            "for example log_dir='logs/run1'."
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".actwatch-write-test-", dir=path)
+        try:
+            os.write(handle, b"ok")
+        finally:
+            os.close(handle)
+            os.remove(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"Invalid value for argument `log_dir`: {path!r} cannot be created or written "
+            f"({exc.strerror or exc}). Pass a directory you can write to."
+        ) from None
+    return path
+
+
+#: The file by which a process claims a log_dir for a monitor's run: "<host> <pid>".
+CLAIM_FILE = ".actwatch-claim"
+
+
+def last_step(directory: str | os.PathLike[str]) -> int | None:
+    """The highest step in the actwatch events files of `directory` (None without one): the
+    step of each file's last readable record (a monitor writes its steps in order), found
+    from the record headers, so a file of images is not read through."""
+    steps = []
+    for name in os.listdir(directory):
+        if not (name.startswith(EVENT_FILE_PREFIX) and name.endswith(".actwatch")):
+            continue
+        path = os.path.join(directory, name)
+        for offset in reversed(record_offsets(path)):
+            try:
+                steps.append(event_pb2.Event.FromString(read_record_at(path, offset)).step)
+                break
+            except (RecordError, DecodeError):  # a damaged record: the one before it
+                continue
+    return max(steps, default=None)
+
+
+def claim_log_dir(log_dir: str | os.PathLike[str], start_step: int | None = None) -> str:
+    """The directory a new monitor's run is written to: `log_dir`, or its first free sibling.
+
+    Writing a second run into a directory mixes the two into one run (in the tab and the
+    report, a later write of a step wins). So `log_dir` is refused when it holds actwatch
+    events files (`events.out.tfevents.*.actwatch`) up to or past `start_step`, the first step
+    the new run writes, or when a process still running (this one included) claimed it
+    for another monitor that has not written yet; the run then goes to the first free
+    `<log_dir>-2`, `<log_dir>-3`, ..., which is said at WARNING on the "actwatch" logger. A
+    run that begins after the last step written there (training resumed from a checkpoint,
+    `initial_epoch`) goes on in `log_dir`: its steps follow the earlier ones. The directory
+    chosen is claimed with `CLAIM_FILE`, created atomically, so that runs starting at once get
+    a directory each; a claim whose process is gone is replaced.
+
+    Call it once per monitor, before its first write: the same monitor's later `fit()` calls
+    continue its steps in the directory it got. Raises what `check_log_dir` raises when a
+    directory cannot be created or written.
+
+    Example:
+
+    ```python
+    run_dir = claim_log_dir("logs/run1")  # "logs/run1", or "logs/run1-2" after a first run
+    ```
+    """
+    path = check_log_dir(log_dir)
+    base = os.path.normpath(path)
+    if os.path.basename(base) in (".", ".."):
+        base = os.path.abspath(base)
+    refused = None
+    for n in itertools.count(1):
+        candidate = path if n == 1 else f"{base}-{n}"
+        if os.path.exists(candidate) and not os.path.isdir(candidate):
+            continue  # a file of that name: not ours to replace
+        why = _claim(check_log_dir(candidate), start_step if n == 1 else None)
+        if why is None:
+            if refused is not None:
+                logger.warning(
+                    "actwatch: log_dir %r %s; this run is written to %r instead, so that both "
+                    "runs are kept. Give each run its own log_dir to name it yourself.",
+                    path,
+                    refused,
+                    candidate,
+                )
+            return candidate
+        refused = refused or why
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _claim(directory: str, start_step: int | None) -> str | None:
+    """Claim `directory` for a new run beginning at `start_step`: None when done, else why
+    another run holds it."""
+    events = sorted(
+        name
+        for name in os.listdir(directory)
+        if name.startswith(EVENT_FILE_PREFIX) and name.endswith(".actwatch")
+    )
+    if events:
+        last = last_step(directory)
+        if start_step is not None and last is not None and start_step > last:
+            return None  # a resumed run: its steps follow the earlier ones
+        upto = "" if last is None else f" up to step {last}"
+        return f"already holds the events of an earlier run{upto} ({events[-1]})"
+    claim = os.path.join(directory, CLAIM_FILE)
+    for _ in range(2):
+        try:
+            handle = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            owner = _claim_owner(claim)
+            if owner is not None:
+                return (
+                    f"is claimed by {owner}, whose run has not written yet (delete {claim!r} "
+                    "if that process is gone)"
+                )
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(claim)  # its process is gone: the claim is stale
+            continue
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return None
+    return f"is being claimed by another process ({claim!r})"
+
+
+def _claim_owner(claim: str) -> str | None:
+    """Who holds the claim `claim` while it holds; None once its process is gone."""
+    try:
+        with open(claim, encoding="utf-8") as file:
+            host, pid_text = file.read().split()
+        pid = int(pid_text)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being written this instant, or not ours: leave it
+        return "a process that did not say which"
+    if host != socket.gethostname():
+        return f"process {pid} on host {host!r}"  # whether it runs cannot be told from here
+    if pid == os.getpid():
+        return "another monitor of this process"
+    if sys.platform == "win32":  # os.kill(pid, 0) would signal it there, not test it
+        return f"process {pid}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # it exists but belongs to another user
+        pass
+    return f"process {pid}"
