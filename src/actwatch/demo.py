@@ -218,7 +218,7 @@ def run_demo(
     history = model.fit(epochs=epochs, callbacks=[monitor], verbose=verbose, **fit_args)
     seconds = time.perf_counter() - start
     return DemoResult(
-        log_dir=os.path.abspath(log_dir),
+        log_dir=os.path.abspath(monitor.run_dir or log_dir),  # `<log_dir>-2` after a run
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         alerts=len(monitor.alerts),
         seconds=seconds,
