@@ -506,6 +506,21 @@ class TestDemoData:
         assert not np.array_equal(x, x2)  # a new order
         np.testing.assert_allclose(np.sort(x.ravel()), np.sort(x2.ravel()))  # the same images
 
+    def test_image_folder_reads_16_bit_files_by_their_bit_depth(self, tmp_path: Path) -> None:
+        """A 16-bit grayscale PNG in `--data` gives the pixels of its 8-bit twin, not white."""
+        ramp = np.tile(np.linspace(0, 255, 16).round().astype(np.uint16), (16, 1))
+        for name, image in (
+            ("eight", Image.fromarray(ramp.astype(np.uint8))),
+            ("sixteen", Image.fromarray(ramp * 257)),
+        ):
+            (tmp_path / name).mkdir()
+            image.save(tmp_path / name / "ramp.png")
+        folder = demo._ImageFolder(str(tmp_path), 16, batch_size=2, seed=0)
+        assert Image.open(folder.paths[1]).mode.startswith("I")  # a 16-bit file indeed
+        eight, sixteen = folder.images(np.array([0, 1]))
+        np.testing.assert_array_equal(sixteen, eight)
+        assert float(sixteen.mean()) < 0.6
+
     def test_image_folder_without_images_is_a_clear_error(self, tmp_path: Path) -> None:
         (tmp_path / "empty_class").mkdir()
         with pytest.raises(ValueError, match=r"Invalid value for --data: .* holds no images"):

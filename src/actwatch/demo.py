@@ -292,12 +292,12 @@ class _ImageFolder(keras.utils.PyDataset):  # type: ignore[misc]
 
     def images(self, indices: np.ndarray) -> np.ndarray:
         """The images at `indices`, `(len(indices), size, size, 3)` float32 in [0, 1]."""
-        from PIL import Image
+        from actwatch.check.image_files import open_image
 
         out = np.empty((len(indices), self.size, self.size, 3), dtype=np.float32)
-        for i, k in enumerate(indices):
-            with Image.open(self.paths[k]) as image:
-                out[i] = _resized(image.convert("RGB"), self.size)
+        for i, k in enumerate(indices):  # 16-bit files scaled by their bit depth, as probes
+            image = open_image(self.paths[k], "data")
+            out[i] = _resized(image.convert("RGB"), self.size)
         return out
 
     def __len__(self) -> int:
