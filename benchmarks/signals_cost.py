@@ -42,14 +42,14 @@ def main() -> None:
 
     import keras
 
+    from actwatch.check.image_files import display_pictures
     from actwatch.check.images import default_drawn
     from actwatch.check.layers import resolve_layers
-    from actwatch.render.tiles import INFERNO_LUT as _LUT
     from actwatch.check.pipeline import CheckPipeline
-    from actwatch.check.probes import _display_from_array
     from actwatch.demo import build_model, make_dataset, seed_everything
     from actwatch.events.histograms import HistogramHistory
     from actwatch.render.png import encode_png
+    from actwatch.render.tiles import INFERNO_LUT as _LUT
     from actwatch.render.tiles import distribution_image, topk_image
 
     seed_everything(0)
@@ -108,7 +108,7 @@ def main() -> None:
             history.add(path, s.histogram)
     drawn = set(result.maps)
     snapshot = history.snapshot(drawn)
-    samples = _display_from_array(x[: args.stats_samples] if args.stats_samples else x)
+    samples = display_pictures(x[: args.stats_samples] if args.stats_samples else x)
     assert samples is not None
     for label, render in [
         ("colorful dimension", lambda: [distribution_image(h, _LUT) for h in snapshot.values()]),
