@@ -15,10 +15,13 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import keras
 import pytest
+
+import actwatch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,6 +116,15 @@ def test_wheel_without_tensorflow_fits_and_reports(tmp_path: Path) -> None:
     built = _run([sys.executable, "-m", "pip", *build])
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = wheel_dir.glob("actwatch-*.whl")
+    with zipfile.ZipFile(wheel) as archive:  # the licence, the typing marker, one version
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    assert "actwatch/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    version = re.search(rb"^Version: (\S+)$", metadata, re.MULTILINE)
+    assert version is not None and version[1].decode() == actwatch.__version__
+    assert b"License-Expression: Apache-2.0" in metadata
+    assert b"Classifier: Typing :: Typed" in metadata
 
     venv = tmp_path / "venv"
     made = _run([sys.executable, "-m", "venv", venv])
