@@ -118,7 +118,9 @@ def assert_matches(stats: LayerStats, output: np.ndarray) -> None:
     assert stats.nonnegative == ref.nonnegative(a)
 
 
-def oracle_output(container: keras.Model, path: str, x: np.ndarray) -> np.ndarray:
+def oracle_output(
+    container: keras.Model, path: str, x: np.ndarray, *, training: bool
+) -> np.ndarray:
     """The output of the layer at `path` on `x`, computed independently of actwatch: a
     sub-model of each container's own graph, from its inputs to the nested model's input,
     then into the nested model (ConvNeXt's stem is a Sequential inside the base). A nested
@@ -126,15 +128,18 @@ def oracle_output(container: keras.Model, path: str, x: np.ndarray) -> np.ndarra
     name, _, rest = path.partition("/")
     layer = container.get_layer(name)
     if not rest:
-        return run_eagerly(keras.Model(container.inputs[0], layer.output), x)
+        return run_eagerly(keras.Model(container.inputs[0], layer.output), x, training)
     (inner_input,) = layer._inbound_nodes[-1].input_tensors  # its call in `container`
-    feed = run_eagerly(keras.Model(container.inputs[0], inner_input), x)
-    return oracle_output(layer, rest, feed)
+    feed = run_eagerly(keras.Model(container.inputs[0], inner_input), x, training)
+    return oracle_output(layer, rest, feed, training=training)
 
 
-def run_eagerly(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """`model(x)` in inference mode, not compiled (`predict` would compile each sub-model)."""
-    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+def run_eagerly(model: keras.Model, x: np.ndarray, training: bool) -> np.ndarray:
+    """`model(x)`, not compiled (`predict` would compile each sub-model), in a stateless
+    scope: with `training`, BatchNormalization on `x`'s own statistics, as a check of a
+    trainable base sees it (the trainable bases here have no dropout)."""
+    with keras.StatelessScope():
+        return np.asarray(keras.ops.convert_to_numpy(model(x, training=training)))
 
 
 @pytest.mark.parametrize(
@@ -169,7 +174,8 @@ def test_backbone(tmp_path: Path, backbone: str, trainable: bool) -> None:
             assert prefix + layer.name in monitor.last_stats, layer.name
 
     for path in (watched[0], watched[len(watched) // 2], watched[-1]):
-        assert_matches(monitor.last_stats[path], oracle_output(model, path, stats_data))
+        expected = oracle_output(model, path, stats_data, training=trainable)
+        assert_matches(monitor.last_stats[path], expected)
 
     events = read_events(tmp_path)
     for path in watched:

@@ -280,10 +280,13 @@ def test_revival_is_marked_on_the_watched_row(tmp_path: Path) -> None:
     dead at the ReLU are revived in the conv, and the count is written on the ReLU's row
     (`revived_filters/relu`), where the report's heatmap marks it."""
     model = bn_cnn("channels_last", keras.optimizers.Adam(1e-7))
-    bias = model.get_layer("conv").bias
-    values = keras.ops.convert_to_numpy(bias).copy()
-    values[[1, 4]] = -100.0  # dead in inference mode: BN's moving statistics are 0 and 1
-    bias.assign(values)
+    # Dead as training sees them (the check normalises with the batch's statistics): BN
+    # scales filters 1 and 4 to 0 and shifts them below it.
+    norm = model.get_layer("bn")
+    for weight, value in ((norm.gamma, 0.0), (norm.beta, -1.0)):
+        values = keras.ops.convert_to_numpy(weight).copy()
+        values[[1, 4]] = value
+        weight.assign(values)
     monitor = actwatch.ActivationMonitor(X[:2], tmp_path, stats_data=X, images=False, revive="redo")
     model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
     revived = [(a.layer, a.filters, a.step) for a in monitor.alerts if a.kind == "revived"]

@@ -7,6 +7,9 @@ captured tensors are returned from the compiled function; the instance attribute
 afterwards, so the model is left exactly as it was (saving and loading are unaffected). A
 wrapper set after Keras compiled its own train step would capture nothing, which is why the
 wrappers live only around actwatch's own calls.
+
+`TrainingView` uses the same wrappers to run a check's forward pass as `fit` runs the model
+(BatchNormalization on the batch's own statistics), without `fit`'s side effects.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
-__all__ = ["Capture", "Perturb", "inference", "takes_training", "trace"]
+from actwatch.check.tree import descendants
+
+__all__ = ["Capture", "Perturb", "TrainingView", "inference", "takes_training", "trace"]
 
 _MISSING = object()
 
@@ -98,6 +104,209 @@ class Perturb(Capture):
         return call
 
 
+_NORM = keras.layers.BatchNormalization
+
+
+class TrainingView:
+    """A check's forward pass as `fit` runs the model, without `fit`'s side effects.
+
+    `fit` calls the model with `training=True`: each BatchNormalization normalises with the
+    mean and variance of the batch (and updates its moving statistics), dropout and noise
+    are on. Inference mode normalises with the moving statistics instead, which lag the
+    trained network by ~1,000 steps (momentum 0.99), so early in training it shows filters
+    "dead" that fire on every batch `fit` sees. `training` tells the caller which `training`
+    value to call the model with, and, while a call runs inside `installed()`:
+
+    - every BatchNormalization that `fit` runs in training mode (reached with
+      `training=True` and `trainable`) normalises with the mean and variance of the batch
+      being checked, over its `rows` leading samples (the statistics samples: the probes
+      after them change nothing; 0 means all samples), and leaves its moving statistics be;
+    - a frozen BatchNormalization (`trainable=False`) stays in inference mode, as in `fit`;
+    - every other layer whose `call` takes `training` and that holds no BatchNormalization
+      of the first kind (Dropout, the noise layers, random augmentation, attention, a
+      backbone frozen whole) is called with `training=False`: nothing random runs;
+    - the call runs in a `keras.StatelessScope`, so no variable is written: moving
+      statistics, seed generators (a layer drawing random numbers in its own `call`), none.
+
+    A BatchNormalization subclass with its own `call`, or with `renorm`, runs its own
+    training-mode `call` (on all the batch's samples), its updates discarded. A model
+    without a BatchNormalization that `fit` runs in training mode is called with
+    `training=False` and nothing is installed: its training view is its inference one.
+
+    Args:
+        model: the model whose layers are wrapped (the user's, not the extractor).
+        rows: how many leading samples of each call are the batch whose statistics the
+            BatchNormalizations use; 0 (the default) means all of them.
+        gradients: whether the call is differentiated. Without, TensorFlow normalises with
+            its fused kernels (`batch_normalized`), which give no gradient through the
+            statistics. Defaults to False.
+    """
+
+    def __init__(self, model: Any, *, rows: int = 0, gradients: bool = False) -> None:
+        self.rows = rows
+        self.gradients = gradients
+        layers = [model, *descendants(model)]
+        self._norms = [layer for layer in layers if isinstance(layer, _NORM)]
+        #: The other layers that take `training`: where it is, and the norms they hold.
+        self._others = [
+            (layer, position, [n for n in descendants(layer) if isinstance(n, _NORM)])
+            for layer in layers[1:]
+            if not isinstance(layer, _NORM)
+            and (position := _training_position(layer.call)) is not None
+        ]
+
+    def key(self) -> tuple[bool, ...]:
+        """What the view depends on (which BatchNormalizations are trainable): a compiled
+        call traced under one key is traced again under another."""
+        return tuple(bool(norm.trainable) for norm in self._norms)
+
+    @property
+    def training(self) -> bool:
+        """Whether `fit` runs some BatchNormalization in training mode: call the model with
+        `training=True` (inside `installed()`), else with `training=False`."""
+        return any(self.key())
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The wrappers set on the layers' instances (see the class), removed on exit."""
+        if not self.training:
+            yield
+            return
+        saved: list[tuple[Any, Any]] = []
+        try:
+            for norm in self._norms:
+                if norm.trainable and type(norm).call is _NORM.call and not norm.renorm:
+                    saved.append((norm, vars(norm).get("call", _MISSING)))
+                    norm.call = _normalizing(norm, norm.call, self.rows, self.gradients)
+            for layer, position, norms in self._others:
+                if not any(norm.trainable for norm in norms):
+                    saved.append((layer, vars(layer).get("call", _MISSING)))
+                    layer.call = _inferring(layer.call, position)
+            with keras.StatelessScope():
+                yield
+        finally:
+            for layer, previous in reversed(saved):
+                if previous is _MISSING:
+                    del layer.call
+                else:
+                    layer.call = previous
+
+
+def _training_position(call: Callable[..., Any]) -> int | None:
+    """Where `call` (a bound method) takes `training`, by name; None when it does not."""
+    names = list(inspect.signature(call).parameters)
+    return names.index("training") if "training" in names else None
+
+
+def _inferring(original: Callable[..., Any], position: int) -> Callable[..., Any]:
+    """`original` called with `training=False`, whatever it was given."""
+
+    @functools.wraps(original)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > position:
+            args = (*args[:position], False, *args[position + 1 :])
+        else:
+            kwargs["training"] = False
+        return original(*args, **kwargs)
+
+    return call
+
+
+def _normalizing(
+    norm: Any, original: Callable[..., Any], rows: int, gradients: bool
+) -> Callable[..., Any]:
+    """`BatchNormalization.call` that, in training mode, normalises with the batch's own
+    statistics (over its `rows` leading samples) and updates nothing."""
+
+    @functools.wraps(original)
+    def call(inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        if not training:  # called with training=False: inference, as `fit` runs it
+            return original(inputs, training=training, mask=mask)
+        return batch_normalized(norm, inputs, mask, rows=rows, fused=not gradients)
+
+    return call
+
+
+def batch_normalized(
+    norm: Any, inputs: Any, mask: Any = None, *, rows: int = 0, fused: bool = False
+) -> Any:
+    """`norm(inputs, training=True)` (a BatchNormalization) without updating its moving
+    statistics, the mean and variance taken over the `rows` leading samples (0: all).
+
+    The same operations as Keras' own training-mode call (on all samples, the same
+    numbers), or with `fused` on TensorFlow, its fused batch-normalization kernels where
+    they apply (no gradient through the statistics; on a CPU, 1.6 times faster with `rows`
+    and 2.8 times without than `tf.nn.moments` and `tf.nn.batch_normalization`, measured).
+    """
+    dtype = keras.backend.result_type(inputs.dtype, "float32")
+    x = ops.cast(inputs, dtype)
+    rank = len(x.shape)
+    axis = norm.axis % rank
+    offset = ops.cast(norm.beta, dtype) if norm.center else None
+    scale = ops.cast(norm.gamma, dtype) if norm.scale else None
+    if (
+        fused
+        and mask is None
+        and keras.backend.backend() == "tensorflow"
+        and rank in (4, 5)
+        and axis == rank - 1
+        and norm.epsilon >= _FUSED_EPSILON
+        and not norm.synchronized
+    ):
+        outputs = _fused(x, scale, offset, norm.epsilon, rows)
+    else:
+        axes = [i for i in range(rank) if i != axis]
+        batch = x[:rows] if rows else x
+        if mask is None:
+            mean, variance = ops.moments(batch, axes=axes, synchronized=norm.synchronized)
+        else:
+            mean, variance = _masked_moments(batch, mask[:rows] if rows else mask, axes)
+        outputs = ops.batch_normalization(
+            x, mean, variance, axis=norm.axis, offset=offset, scale=scale, epsilon=norm.epsilon
+        )
+    return ops.cast(outputs, norm.compute_dtype)
+
+
+#: The smallest epsilon TensorFlow's fused kernels take (a smaller one is raised to it).
+_FUSED_EPSILON = 1.001e-5
+
+
+def _fused(x: Any, scale: Any, offset: Any, epsilon: float, rows: int) -> Any:
+    """Training-mode batch normalization of channels-last `x` (4-D or 5-D) by TensorFlow's
+    fused kernels: one for all of `x`; with `rows`, one for the leading rows (their own
+    statistics) and one for the rows after them, normalised with those statistics."""
+    import tensorflow as tf
+
+    channels = int(x.shape[-1])
+    kernel = functools.partial(
+        tf.compat.v1.nn.fused_batch_norm,
+        scale=tf.ones(channels, x.dtype) if scale is None else scale,
+        offset=tf.zeros(channels, x.dtype) if offset is None else offset,
+        epsilon=epsilon,
+        data_format="NHWC" if len(x.shape) == 4 else "NDHWC",
+    )
+    if not rows:
+        return kernel(x, is_training=True)[0]
+    head, tail = x[:rows], x[rows:]
+    normalised, mean, unbiased = kernel(head, is_training=True)[:3]
+    # The kernel returns the batch variance with Bessel's correction, n / (n - 1) (the
+    # moving variance's estimate); training normalises with the plain one.
+    n = tf.cast(tf.size(head, out_type=tf.int64) // channels, x.dtype)
+    variance = unbiased * tf.maximum(n - 1.0, 0.0) / tf.maximum(n, 1.0)
+    rest = kernel(tail, mean=mean, variance=variance, is_training=False)[0]
+    return tf.concat([normalised, rest], axis=0)
+
+
+def _masked_moments(x: Any, mask: Any, axes: list[int]) -> tuple[Any, Any]:
+    """Mean and variance of the values of `x` where `mask` (one axis fewer) is set, as
+    Keras' BatchNormalization computes them."""
+    where = ops.broadcast_to(ops.expand_dims(ops.cast(mask, "bool"), -1), ops.shape(x))
+    weights = ops.sum(ops.cast(where, x.dtype), axes, keepdims=True) + keras.config.epsilon()
+    mean = ops.sum(ops.where(where, x, 0), axes, keepdims=True) / weights
+    variance = ops.sum(ops.square(ops.where(where, x - mean, 0)), axes, keepdims=True) / weights
+    return ops.squeeze(mean), ops.squeeze(variance)
+
+
 @contextlib.contextmanager
 def inference() -> Iterator[None]:
     """No autograd bookkeeping for an eager call on PyTorch; nothing elsewhere."""
@@ -125,7 +334,8 @@ def _spec(value: Any) -> Any:
 
 
 def trace(model: keras.Model, layers: Sequence[Any], sample: Any = None) -> dict[int, Any]:
-    """Run `model` once, eagerly, on `sample` (or a zero sample) with `layers` captured.
+    """Run `model` once, eagerly, on `sample` (or a zero sample) with `layers` captured, in
+    a `keras.StatelessScope` (no variable written, no seed generator moved).
 
     Returns `{id(layer): KerasTensor spec of its first output}` for the layers that were
     called, in the order their calls returned. Without `sample`, the input is one zero
@@ -151,6 +361,6 @@ def trace(model: keras.Model, layers: Sequence[Any], sample: Any = None) -> dict
         ]
         sample = feed[0] if len(feed) == 1 else feed
     capture = Capture(layers)
-    with capture.installed(), inference():
+    with capture.installed(), inference(), keras.StatelessScope():  # no seed drawn
         model(sample, training=False)
     return {key: _spec(value) for key, value in capture.outputs.items()}

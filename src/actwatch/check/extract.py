@@ -1,10 +1,13 @@
-"""Building one extractor: every watched output in one inference-mode forward pass, compiled once.
+"""Building one extractor: every watched output in one forward pass, compiled once.
 
 `Extractor` reads every watched output (from `layers.resolve_layers`) in a single forward
 pass, compiled once, with whatever reductions the caller adds, by the backend's compiler:
 `tf.function`, `jax.jit` over `stateless_call`, or a plain call under `torch.no_grad()`;
 with labels, the same call also takes the loss's gradients with respect to those outputs
 (`gradients.LossGradients`).
+The forward pass is the network as training sees it (`capture.TrainingView`): each
+BatchNormalization that `fit` runs in training mode normalises with the checked batch's own
+statistics, nothing random runs, and nothing is written (moving statistics, seed generators).
 Where every watched layer sits in graph models, the extractor is one functional model of their
 outputs (the fast path), with each nested model tapped once in its own graph. Layers inside a
 custom layer's or a subclassed model's `call` are captured while it runs (`capture.Capture`).
@@ -24,7 +27,7 @@ from typing import Any, TypeVar
 import keras
 
 from actwatch._warnings import ActwatchWarning
-from actwatch.check.capture import Capture, inference, takes_training
+from actwatch.check.capture import Capture, TrainingView, inference, takes_training
 from actwatch.check.gradients import LossGradients
 from actwatch.check.layers import WatchedLayer
 from actwatch.check.tree import is_graph_model, iter_layers, walk
@@ -147,19 +150,37 @@ class Extractor:
     gradients with the outputs. (A tap model of a nested model runs it a second time beside
     the prediction's path, so the taps cannot serve the gradients.)
 
+    The forward pass is the training view (`TrainingView`): BatchNormalization on the
+    statistics of the batch, over its `batch_rows` leading samples.
+
     Args:
         model: the model being watched.
         watched: the layers to read, from `resolve_layers`.
         gradients: also the loss's gradients with respect to the watched outputs; the
             model must have a compiled loss (`ValueError` otherwise). Defaults to False.
+        batch_rows: how many leading samples of each call are the batch whose mean and
+            variance the BatchNormalizations use (the statistics samples, before the
+            probes); 0 means every sample. Defaults to 0.
+        inference: the inference view instead (`model.predict`'s: moving statistics), for
+            measurements only; its dead filters are not the training pass's. Defaults to
+            False.
     """
 
     def __init__(
-        self, model: keras.Model, watched: Sequence[WatchedLayer], *, gradients: bool = False
+        self,
+        model: keras.Model,
+        watched: Sequence[WatchedLayer],
+        *,
+        gradients: bool = False,
+        batch_rows: int = 0,
+        inference: bool = False,
     ) -> None:
         anchors = {path: anchor for path, _, anchor in walk(model)}
         self.watched = list(watched)
         self._name = model.name
+        self._view = (
+            None if inference else TrainingView(model, rows=batch_rows, gradients=gradients)
+        )
         self._gradients = LossGradients(model, watched) if gradients else None
         if self._gradients is not None:
             self._graph: list[int] = []
@@ -202,7 +223,7 @@ class Extractor:
 
         `reduce` takes the watched outputs in order and returns any nested structure of
         tensors (lists, dicts); `run` returns the same structure with numpy arrays, after one
-        inference-mode forward pass compiled by the backend's compiler. A model whose `call`
+        forward pass (the training view) compiled by the backend's compiler. A model whose `call`
         the compiler cannot trace (a tensor turned into a Python bool or number) is run
         eagerly instead, with one `ActwatchWarning`.
         """
@@ -239,6 +260,7 @@ class Extractor:
         model = self.model
         capture = self._capture
         assemble = self._assemble
+        view = self._view
 
         def forward(
             call: Callable[[Any], Any],
@@ -252,65 +274,88 @@ class Extractor:
             captured, grads = gradients.forward(call, x, *labels, state=state)
             return reduce(assemble([], captured), grads)
 
-        def call(x: Any) -> Any:
-            return model(x, training=False)
+        def flags(training: bool) -> dict[str, bool]:
+            """How `fit` passes `training` to the model: on JAX (`stateless_call`, which
+            passes keyword arguments to `call` as they are) only to a `call` that takes it;
+            elsewhere always (`Layer.__call__` hands it to the layers inside)."""
+            if backend == "jax" and not takes_training(model):
+                return {}
+            return {"training": training}
 
-        def eager(*data: Any) -> Any:
+        def eager(training: bool, *data: Any) -> Any:
             with inference():
-                return forward(call, *data)
+                return forward(lambda x: model(x, **flags(training)), *data)
 
-        compiled: Callable[..., Any] | None = None
-        compiler = ""
-        if backend == "jax":
-            import jax
+        def build(training: bool) -> Callable[..., Any] | None:
+            """The compiled call, traced with `training`; None where there is no compiler
+            (torch, numpy and future backends: the eager call under torch.no_grad(), the
+            gradients' forward and backward pass under torch.enable_grad())."""
+            if backend == "jax":
+                import jax
 
-            def pure(trainable: Any, non_trainable: Any, *data: Any) -> Any:
-                def stateless(x: Any) -> Any:
-                    return model.stateless_call(trainable, non_trainable, x, **flags)[0]
+                kwargs = flags(training)
 
-                state = list(zip(model.trainable_variables, trainable, strict=True))
-                return forward(stateless, *data, state=state)
+                def pure(trainable: Any, non_trainable: Any, *data: Any) -> Any:
+                    def stateless(x: Any) -> Any:
+                        return model.stateless_call(trainable, non_trainable, x, **kwargs)[0]
 
-            # `stateless_call` passes keyword arguments to `call` as they are.
-            flags = {"training": False} if takes_training(model) else {}
-            jitted = jax.jit(pure)
-            compiler = "jax.jit"
+                    state = list(zip(model.trainable_variables, trainable, strict=True))
+                    return forward(stateless, *data, state=state)
 
-            def compiled(*data: Any) -> Any:
-                return jitted(
-                    [v.value for v in model.trainable_variables],
-                    [v.value for v in model.non_trainable_variables],
-                    *data,
+                jitted = jax.jit(pure)
+
+                def compiled(*data: Any) -> Any:
+                    return jitted(
+                        [v.value for v in model.trainable_variables],
+                        [v.value for v in model.non_trainable_variables],
+                        *data,
+                    )
+
+                return compiled
+            if backend == "tensorflow":
+                import tensorflow as tf
+
+                def call(x: Any) -> Any:
+                    return model(x, training=training)
+
+                traced: Callable[..., Any] = tf.function(
+                    functools.partial(forward, call), reduce_retracing=True
                 )
+                return traced
+            return None
 
-        elif backend == "tensorflow":
-            import tensorflow as tf
-
-            compiled = tf.function(functools.partial(forward, call), reduce_retracing=True)
-            compiler = "tf.function"
-
-        # torch (and numpy, future backends): the eager call under torch.no_grad() (the
-        # gradients' forward and backward pass under torch.enable_grad()).
+        compiler = {"jax": "jax.jit", "tensorflow": "tf.function"}.get(backend, "")
+        compiled: dict[tuple[bool, ...], Callable[..., Any] | None] = {}  # by the view's key
+        traceable = True
 
         def run(*data: Any) -> T:
-            nonlocal compiled
+            nonlocal traceable
             if gradients is not None:
                 gradients.prepare(*data)
+            key = () if view is None else view.key()
+            training = view is not None and view.training
+            if traceable and key not in compiled:
+                compiled[key] = build(training)
+            function = compiled[key] if traceable else None
             try:
-                with capture.installed():
-                    if compiled is None:
-                        result = eager(*data)
+                with (
+                    contextlib.nullcontext() if view is None else view.installed(),
+                    capture.installed(),
+                ):
+                    if function is None:
+                        result = eager(training, *data)
                     else:
                         try:
-                            result = compiled(*data)
+                            result = function(*data)
                         # What a trace raises on a tensor turned into a Python value:
                         # jax's Tracer*ConversionError / ConcretizationTypeError and
                         # tf.function's OperatorNotAllowedInGraphError are TypeErrors,
                         # np.asarray of a graph tensor a NotImplementedError. Anything else
                         # (out of memory, say) is a failed check, not a reason to go eager.
                         except (TypeError, NotImplementedError) as exc:
-                            result = eager(*data)  # a real error raises here again
-                            compiled = None
+                            result = eager(training, *data)  # a real error raises here again
+                            traceable = False
+                            compiled.clear()
                             warnings.warn(
                                 f"actwatch: {compiler} cannot trace the `call` of model "
                                 f"{self._name!r} ({type(exc).__name__}: {_reason(exc)}); "

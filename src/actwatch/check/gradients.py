@@ -2,14 +2,16 @@
 
 The loss is the model's compiled loss (`model.compute_loss`, the loss given to `compile()`,
 plus weight penalties; not activity regularizers or `add_loss` terms, which would count the
-probes that share the call), on labelled data, with the model in inference mode. Each watched
-layer's output gets a zero tensor added at its first call (`capture.Perturb`), and the
-gradient is taken with respect to those zeros by the backend's own machinery, in the same
-compiled call that reads the activations (`extract.Extractor.make_gradient_runner`): one
-forward and one backward pass per check, `jax.grad` over `stateless_call` under `jax.jit`,
-`tf.GradientTape` under `tf.function`, torch autograd (eager). The loss is the mean over the
-labelled samples, so the gradients are those of a batch mean, as in training. Nothing is
-written to the model or its metrics: the loss is computed in a `keras.StatelessScope`.
+probes that share the call), on labelled data, in the pass training takes
+(`capture.TrainingView`: BatchNormalization on the labelled samples' own statistics, no
+dropout). Each watched layer's output gets a zero tensor added at its first call
+(`capture.Perturb`), and the gradient is taken with respect to those zeros by the backend's
+own machinery, in the same compiled call that reads the activations
+(`extract.Extractor.make_gradient_runner`): one forward and one backward pass per check,
+`jax.grad` over `stateless_call` under `jax.jit`, `tf.GradientTape` under `tf.function`,
+torch autograd (eager). The loss is the mean over the labelled samples, so the gradients are
+those of a batch mean, as in training. Nothing is written to the model or its metrics: the
+loss is computed in a `keras.StatelessScope`.
 
 Per layer, two figures come from the gradients (`GradientStats`):
 
@@ -148,8 +150,10 @@ class LossGradients:
     and the gradients in the order of `watched`, of the labelled rows only: `y` labels the
     leading samples of `x` (all of them, or the statistics samples before the probes), the
     loss is computed on those rows alone, and the gradient of each watched output is cut to
-    them. The model runs in inference mode, where a sample's outputs do not depend on the
-    other samples, so the rows after them change nothing.
+    them. The call is the training view (`capture.TrainingView`), whose BatchNormalizations
+    take their mean and variance from the labelled rows (the extractor's `batch_rows`), as
+    `fit` takes them from its batch, and the gradients flow through them as in `fit`; no
+    other layer mixes samples, so the rows after the labelled ones change nothing.
 
     Args:
         model: a compiled model (its loss is differentiated).
@@ -188,7 +192,8 @@ class LossGradients:
         weight = None if sample_weight is None else sample_weight[:1]
         loss = getattr(self.model, "_compile_loss", None)  # read only: has it been built?
         with inference():
-            y_pred = self.model(head, training=False)
+            with keras.StatelessScope():  # a layer drawing random numbers moves no seed
+                y_pred = self.model(head, training=False)
             # The labels as the compiled call will use them, on one sample: labels the loss
             # refuses are an error now, before training, not a failure at every check.
             state = [(v, v.value) for v in self.model.trainable_variables]

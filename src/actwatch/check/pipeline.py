@@ -1,6 +1,10 @@
 """One check's device work: forward pass, statistics and uint8 maps in one compiled call
 (with labels, the gradients of activations too: the same call's backward pass).
 
+The forward pass is the network as training sees it (`capture.TrainingView`): each
+BatchNormalization that `fit` runs in training mode normalises with the statistics of the
+checked batch's statistics samples, dropout and noise are off, and nothing is written.
+
 Shared by the callback and the notebook functions, so both read activations the same way.
 """
 
@@ -92,6 +96,12 @@ def _as_maps(a: Any, rank: int, max_side: int) -> Any:
 class CheckPipeline:
     """Run the watched layers on a fixed batch and bring back statistics and maps.
 
+    The batch goes through the network as `fit` runs it (`capture.TrainingView`): each
+    BatchNormalization in training mode normalises with the mean and variance of the
+    statistics samples (of the whole batch when `stats_samples` is 0), and the probes after
+    them are normalised with the same; dropout and noise are off; nothing is written to the
+    model. Dead, dormant and sparse filters are then those of the pass training takes.
+
     Args:
         model: the model.
         watched: layers from `resolve_layers`.
@@ -116,6 +126,9 @@ class CheckPipeline:
             respect to every watched output on those samples (one backward pass), and brings
             back their figures (`CheckResult.gradients`). The model must have been compiled
             with a loss (`ValueError` otherwise). Defaults to None: no gradients.
+        inference: run the inference view instead (`predict`'s: BatchNormalization on its
+            moving statistics), for measurements only: its dead filters may be filters
+            that fire on every batch `fit` sees. Defaults to False.
     """
 
     def __init__(
@@ -134,6 +147,7 @@ class CheckPipeline:
         feature_rank: bool = True,
         topk: int = 0,
         labels: tuple[Any, Any] | None = None,
+        inference: bool = False,
     ) -> None:
         self.watched = list(watched)
         self.dormant_threshold = dormant_threshold
@@ -185,7 +199,13 @@ class CheckPipeline:
                     item["signals"]["histogram"] = counts[i]
             return out
 
-        extractor = Extractor(model, self.watched, gradients=labels is not None)
+        extractor = Extractor(
+            model,
+            self.watched,
+            gradients=labels is not None,
+            batch_rows=stats_samples,
+            inference=inference,
+        )
         self._make_runner: Callable[[bool], Callable[[Any], Any]] = lambda careful: (
             extractor.make_runner(functools.partial(reduce, careful=careful))
         )

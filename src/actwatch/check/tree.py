@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["is_graph_model", "iter_layers", "walk"]
+__all__ = ["descendants", "is_graph_model", "iter_layers", "walk"]
 
 
 def _children(layer: Any) -> Iterator[tuple[str, Any]]:
@@ -76,6 +76,42 @@ def iter_layers(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[s
     """Yield `(path, layer)` for every layer of `model`, depth first, sublayers included."""
     for path, layer, _ in walk(model):
         yield f"{prefix}{path}", layer
+
+
+def _held(value: Any) -> Iterator[Any]:
+    """The layers an attribute value holds: itself, or the items of a list, tuple or dict."""
+    if isinstance(value, keras.layers.Layer):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        yield from (item for item in value if isinstance(item, keras.layers.Layer))
+    elif isinstance(value, dict):
+        yield from (item for item in value.values() if isinstance(item, keras.layers.Layer))
+
+
+def descendants(layer: Any) -> list[Any]:
+    """Every layer that `layer` holds, at any depth, each once, `layer` itself left out.
+
+    Unlike `walk`, which names the layers a user can watch, this finds every layer a call of
+    `layer` may run: through graphs, attributes private as well as public, and Keras' own
+    layers (`TimeDistributed`'s layer, an RNN's cell, the dropout inside attention).
+    """
+    seen = {id(layer)}
+    found: list[Any] = []
+    stack = [layer]
+    while stack:
+        current = stack.pop()
+        values = list(vars(current).values())
+        if is_graph_model(current):
+            values.append(current.layers)
+        if keras.backend.backend() == "torch":  # torch keeps sub-modules out of `__dict__`
+            values.append(dict(current.named_children()))
+        for value in values:
+            for child in _held(value):
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    found.append(child)
+                    stack.append(child)
+    return found
 
 
 def is_graph_model(model: Any) -> bool:
