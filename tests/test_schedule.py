@@ -155,3 +155,64 @@ def test_custom_loop_with_epoch_hooks_only(tmp_path: Path) -> None:
         monitor.on_epoch_end(epoch, {})
     monitor.on_train_end()
     assert _steps(tmp_path) == [0, 3, 6]
+
+
+def _generator(batches: int = 8) -> Any:
+    """A finite generator of `batches` batches of 4: its length is not known to Keras."""
+    return ((X[i : i + 4], Y[i : i + 4]) for i in range(0, 4 * batches, 4))
+
+
+@pytest.mark.parametrize(("every", "expected"), [(3, [0, 3, 6, 8]), (None, [0, 8])])
+def test_a_finite_generator_counts_the_batches_that_ran(
+    tmp_path: Path, every: int | None, expected: list[int]
+) -> None:
+    """8 batches from a generator, no steps_per_epoch: Keras' TensorFlow and JAX trainers call
+    the begin hook a 9th time before the data runs out (issue 19: checks at [0, 3, 6, 9] on
+    JAX); PyTorch's does not. Every backend counts 8."""
+    model = tiny_cnn()
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), images=False, every_n_batches=every)
+    with pytest.warns(UserWarning, match="ran out of data"):
+        model.fit(_generator(), epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
+    assert _steps(tmp_path) == expected
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data: TensorFlow only")
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
+@pytest.mark.parametrize(("every", "expected"), [(3, [0, 3, 6, 9, 12, 15, 16]), (None, [0, 8, 16])])
+def test_tf_data_of_unknown_cardinality_counts_the_batches_that_ran(
+    tmp_path: Path, every: int | None, expected: list[int]
+) -> None:
+    """A `tf.data` pipeline of 8 batches whose cardinality is unknown (a filter), 2 epochs:
+    batch checks every 3 batches, evenly (issue 19 spaced them 3, 3, 4, 2, 3, 3)."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((X[:32], Y[:32])).batch(4)
+    dataset = dataset.filter(lambda x, y: True)
+    assert int(dataset.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    model = tiny_cnn()
+    monitor = actwatch.ActivationMonitor(X[:2], str(tmp_path), images=False, every_n_batches=every)
+    model.fit(dataset, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    assert _steps(tmp_path) == expected
+
+
+def test_the_counter_drops_a_begin_hook_whose_batch_never_came() -> None:
+    """`StepCounter` alone, an epoch of unknown length: 3 begin hooks count 2 batches on a
+    trainer that fetches after the hook, 3 when the loop broke on `stop_training` or the
+    trainer fetches first; end hooks say exactly."""
+    from actwatch.fit.steps import StepCounter
+
+    def epoch(fetch_after_begin: bool, stopped: bool = False, ends: int = 0) -> int:
+        counter = StepCounter(fetch_after_begin=fetch_after_begin)
+        counter.begin(10, 10)
+        counter.epoch_begin()
+        for batch in range(3):
+            counter.batch_begin(batch, 0)
+            if batch < ends:
+                counter.batch_end(batch, 0)
+        counter.epoch_end(lambda: 99, 0, stopped=stopped)
+        return counter.current
+
+    assert epoch(True) == 12
+    assert epoch(True, stopped=True) == 13
+    assert epoch(False) == 13
+    assert epoch(True, ends=2) == epoch(False, ends=2) == 12

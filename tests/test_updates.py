@@ -2,13 +2,15 @@
 
 The bounds are the defaults, (1e-5, 1e-1): on the tiny CNN with Adam, one step moves each
 weight by about the learning rate, and the weights' RMS is about 0.1-0.3, so the ratio is
-about 3-10x the learning rate: 10 gives ~30-100 (too high), 1e-7 gives ~3e-7-1e-6 (too low),
-1e-3 gives ~3e-3-1e-2 (healthy).
+about 3-10x the learning rate: 10 gives ~30-100 (too high), 1e-3 gives ~3e-3-1e-2 (healthy).
+What a small ratio means is `tests/test_verdicts.py`'s.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 
 import actwatch
 from actwatch.check.layers import resolve_layers, weight_sources
-from actwatch.diagnose.updates import RatioTracker, UpdateRatios
+from actwatch.diagnose.updates import UpdateRatios
 
 from .helpers import data, read_events, tiny_cnn
 
@@ -50,6 +52,38 @@ def test_ratio_equals_numpy_over_one_train_on_batch() -> None:
     for name, value in ratios.items():
         assert value == pytest.approx(ratio(before[name], weights(model, name)), rel=1e-5)
         assert 1e-4 < value < 1  # one Adam step at 1e-2 moved it
+
+
+def test_huge_weights_still_get_a_ratio() -> None:
+    """Weights a too-high rate blew up to 1e20 (their squares overflow float32) doubled by a
+    step: the ratio is 1, and the weight RMS is right."""
+    model = tiny_cnn()
+    kernel = model.get_layer("conv1").kernel
+    kernel.assign(np.full(kernel.shape, 1e20, dtype="float32"))
+    updates = UpdateRatios(resolve_layers(model, None))
+    updates.snapshot(0)
+    kernel.assign(np.full(kernel.shape, 2e20, dtype="float32"))
+    ratios = updates.measure()
+    assert ratios["conv1"] == pytest.approx(1.0, rel=1e-5)
+    size = updates.sizes["conv1"]  # the kernel's 108 values, and 4 zero biases
+    assert updates.weight_rms["conv1"] == pytest.approx(1e20 * math.sqrt(108 / size), rel=1e-5)
+    assert ratios["conv2"] == 0.0
+
+
+def test_weights_no_longer_finite_are_listed_as_diverged(tmp_path: Path) -> None:
+    """A layer whose weights were NaN at the check has no ratio but is listed in `diverged`,
+    and a fit judges it an infinite step: "too high"."""
+    model = tiny_cnn()
+    kernel = model.get_layer("conv1").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+    updates = UpdateRatios(resolve_layers(model, None))
+    updates.snapshot(0)
+    assert "conv1" not in updates.measure() and updates.diverged == ["conv1"]
+    monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False, layers=["conv1"])
+    model.fit(X[:16], Y[:16], batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+    [alert] = [a for a in monitor.alerts if a.kind == "learning_rate"]
+    assert "too high (current: 0.001)" in alert.message
+    assert "made the weights of 1 of 1 layers with weights NaN or Inf" in alert.message
 
 
 def residual_net() -> keras.Model:
@@ -202,17 +236,10 @@ def test_ratio_with_a_check_every_batch(tmp_path: Path) -> None:
         assert value == pytest.approx(ratio(old, new), rel=1e-5), step
 
 
-@pytest.mark.parametrize(
-    ("lr", "words"),
-    [
-        (10.0, ["above 0.1", "too high (current: 10)", "lower it about"]),
-        (1e-7, ["below 1e-05", "too low (current: 1e-07)", "raise it about"]),
-    ],
-)
-def test_learning_rate_alerts(tmp_path: Path, lr: float, words: list[str]) -> None:
-    """Adam at 10 raises the "too high" alert, at 1e-7 the "too low" one, at the step after
-    the first check, passed to `on_alert` and written as alert text."""
-    model = tiny_cnn(lr=lr)
+def test_a_high_learning_rate_alert(tmp_path: Path) -> None:
+    """Adam at 10 raises the "too high" alert at the step after the first check, passed to
+    `on_alert` and written as alert text; the advice moves the rate 10x, not 5000x."""
+    model = tiny_cnn(lr=10.0)
     seen: list[actwatch.Alert] = []
     monitor = actwatch.ActivationMonitor(X[:2], tmp_path, images=False, on_alert=seen.append)
     model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
@@ -223,10 +250,10 @@ def test_learning_rate_alerts(tmp_path: Path, lr: float, words: list[str]) -> No
         1,
         2,
         2,
-        pytest.approx(lr),
+        pytest.approx(10.0),
     )
-    for word in words:
-        assert word in alert.message
+    for words in ("above 0.1", "too high (current: 10)", "lower it 10x, to about 1 "):
+        assert words in alert.message
     texts = read_events(tmp_path).texts["alerts"]
     assert texts[0][0] == 1 and "**learning_rate**" in texts[0][1]
 
@@ -238,26 +265,6 @@ def test_healthy_learning_rate_raises_no_learning_rate_alert(tmp_path: Path) -> 
     model.fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[monitor])
     assert all(1e-5 < r < 1e-1 for r in monitor.last_update_ratios.values())
     assert not [a for a in monitor.alerts if a.kind == "learning_rate"]
-
-
-class TestTracker:
-    """`RatioTracker`: patience, no repeats, and the advice after a jump."""
-
-    def test_patience_and_no_repeat(self) -> None:
-        """With patience 2, the second high measurement alerts; a third does not repeat it."""
-        tracker = RatioTracker(patience=2)
-        kwargs: dict[str, Any] = {"epoch": 0, "learning_rate": 0.5}
-        assert tracker.update({"a": 5.0}, step=1, **kwargs) == []
-        [alert] = tracker.update({"a": 5.0}, step=2, **kwargs)
-        assert "lower it about 5000x, to about 0.0001" in alert.message
-        assert tracker.update({"a": 5.0}, step=3, **kwargs) == []
-
-    def test_stuck_after_a_jump_is_not_told_to_raise(self) -> None:
-        """Weights that stop moving after a "too high" alert are called stuck, not slow."""
-        tracker = RatioTracker()
-        tracker.update({"a": 5.0}, step=1, epoch=0, learning_rate=0.5)
-        [alert] = tracker.update({"a": 0.0}, step=2, epoch=1, learning_rate=0.5)
-        assert "dead or saturated" in alert.message and "raise it" not in alert.message
 
 
 @pytest.mark.parametrize("bounds", [(0.1, 1e-5), (-1, 1), "low", (1e-5,)])
@@ -315,3 +322,24 @@ def test_frozen_and_zero_initialised_layers_raise_no_alert(tmp_path: Path) -> No
     assert not [a for a in monitor.alerts if a.kind == "learning_rate"]
     written = read_events(tmp_path).scalars
     assert "update_ratio/conv1" not in written and "update_ratio/head" not in written
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's warning")
+def test_five_monitors_compile_the_comparison_once_per_structure(tmp_path: Path) -> None:
+    """Five monitors in one process, on models of two structures: no retracing warning from
+    TensorFlow for the comparison (issue 19: a `tf.function` per monitor warned at the fifth)."""
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    try:
+        for i in range(5):
+            model = tiny_cnn(filters=(4, 8 + i % 2))
+            monitor = actwatch.ActivationMonitor(X[:2], tmp_path / str(i), images=False)
+            model.fit(X[:16], Y[:16], batch_size=16, epochs=1, verbose=0, callbacks=[monitor])
+            assert set(monitor.last_update_ratios) == {"conv1", "conv2"}
+    finally:
+        tf_logger.removeHandler(handler)
+    retraced = [r.getMessage() for r in seen if "retracing" in r.getMessage()]
+    assert not [m for m in retraced if "sums" in m], retraced

@@ -2,20 +2,34 @@
 
 Each function here builds one kind of alert from what a check found; the decisions (memory
 across checks, thresholds, the stop) are in `actwatch.diagnose.memory`,
-`actwatch.diagnose.updates` and `actwatch.diagnose.revive`. A message says what was seen, what
+`actwatch.diagnose.verdicts` and `actwatch.diagnose.revive`. A message says what was seen, what
 it means and what to do about it, in plain text (logged at WARNING); `Alert.markdown` is the
 same text for TensorBoard.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-__all__ = ["Alert", "AlertKind", "Decision", "dead", "nonfinite", "outlier", "revived"]
+if TYPE_CHECKING:
+    from actwatch.diagnose.evidence import LossTrend
+    from actwatch.diagnose.verdicts import RateFacts
+
+__all__ = [
+    "Alert",
+    "AlertKind",
+    "Decision",
+    "dead",
+    "learning_rate",
+    "nonfinite",
+    "outlier",
+    "revived",
+]
 
 AlertKind = Literal["dead", "nonfinite", "learning_rate", "revived", "outlier"]
 
@@ -38,7 +52,7 @@ class Alert:
         count: for "dead", how many filters are dead now; for "nonfinite", how many values.
         total: the layer's number of filters; for "nonfinite", of values looked at.
         fraction: `count / total`.
-        learning_rate: the optimizer's learning rate at the check, when known.
+        learning_rate: the learning rate at the check (for "learning_rate", of the step measured).
         message: the plain-text message logged at WARNING.
     """
 
@@ -291,4 +305,95 @@ def revived(
             dead=filters,
         )
         for path, filters in revived_filters.items()
+    )
+
+
+def _loss(loss: LossTrend | None) -> str:
+    if loss is None:
+        return "the loss is not known"
+    if loss.at_chance:
+        return f"the loss {loss.latest:.4g} is no better than chance ({loss.chance:.4g})"
+    return f"the loss went only from {loss.previous:.4g} to {loss.latest:.4g}"
+
+
+def _move(facts: RateFacts, verb: str) -> str:
+    """`raise it 10x, to about 0.01`, with what the family usually trains at, or why not."""
+    lr, target, usual = facts.learning_rate, facts.target, facts.usual
+    if lr is None or target is None:
+        if verb == "raise" and lr and usual:
+            return f"do not raise it: it is at the top of the usual range of {usual[0]}"
+        return f"{verb} the learning rate"
+    note = ""
+    if usual is not None and (not usual[1] <= target < usual[2] or lr > usual[2]):
+        note = f" ({usual[0]} usually trains at {usual[1]:g} to {usual[2]:g})"
+    times = target / lr if verb == "raise" else lr / target
+    return f"{verb} it {times:.2g}x, to about {target:g}{note}, then check again"
+
+
+def learning_rate(
+    verdict: Literal["high", "dead", "stuck", "low", "cut"],
+    out: Mapping[str, float],
+    facts: RateFacts,
+    *,
+    step: int,
+    epoch: int | None,
+) -> Alert:
+    """The `learning_rate` alert for layers whose update ratios stayed `out` of bounds."""
+    typical = sorted(out.values())[len(out) // 2]
+    names = ", ".join(f"'{p}' {r:.3g}" for p, r in list(out.items())[:8]) + ", ..." * (len(out) > 8)
+    lr = f"{facts.learning_rate:.4g}" if facts.learning_rate is not None else "unknown"
+    after = f" (measured at step {facts.measured_step})" if facts.measured_step is not None else ""
+    size = f"{typical:.0%}" if typical >= 0.01 else f"{typical * 100:.1g}%"
+    bound = f"above {facts.high:g}" if verdict == "high" else f"below {facts.low:g}"
+    layers = f"{len(out)} of {facts.measured} layers with weights"
+    moved = f"moved the weights of {layers} by about {size} of their size"
+    moved = moved if math.isfinite(typical) else f"made the weights of {layers} NaN or Inf"
+    seen = (
+        f"one training step{after} {moved if typical else f'left {layers} unchanged'} (update-"
+        f"to-weight ratio ||dW||/||W|| {bound}: {names}; about {facts.healthy:.2g} is healthy)"
+    )
+    if verdict == "high":
+        text = (
+            f"the learning rate is too high (current: {lr}): {seen}. Steps this large overshoot, "
+            f"kill ReLU units and make the loss jump: {_move(facts, 'lower')}."
+        )
+    elif verdict == "dead":
+        why = [f"{facts.dead[1]:.0%} of '{facts.dead[0]}' dead"] if facts.dead else []
+        if facts.largest is not None:
+            why.append(f"a ratio of {facts.largest[0]:.3g} at step {facts.largest[1]}")
+        if facts.loss is not None and facts.loss.at_chance:
+            why.append(f"the loss {facts.loss.latest:.4g} is at chance")
+        text = (
+            f"the learning rate was too high (current: {lr}) and the units died: {seen}. They "
+            f"stopped after steps that were too large ({'; '.join(why) or 'no gradient'}). A "
+            "higher learning rate will not revive them: restart from before the jump, or from "
+            f"scratch, with a lower one: {_move(facts, 'lower')}."
+        )
+    elif verdict == "stuck":
+        text = f"{seen}, although the learning rate is {lr}, and {_loss(facts.loss)}. No gradient "
+        text += "reaches these layers (dead units, stop_gradient): the rate is not the cause."
+    else:
+        if verdict == "cut":
+            lead = f"the learning rate is now {lr}, below the {facts.top_rate or 0:g} of earlier "
+            lead += "in this fit (a schedule or a callback lowered it)"
+            what = "If that was on purpose (to anneal or to freeze the weights), this is what it "
+            what += f"does; if not, {_move(facts, 'raise')}."
+        else:
+            lead = f"the learning rate is too low (current: {lr})"
+            bears = f"the sharpness is at {facts.edge or 0:.0%} of what the rate bears: "
+            edge = bears if facts.edge is not None else ""
+            what = f"Steps {facts.healthy / typical:.0f}x smaller than healthy ones hold back "
+            what += f"training: {edge}{_move(facts, 'raise')}."
+            if facts.edge is not None and facts.edge > 0.5:  # at the edge of stability
+                what = f"Yet {edge}a higher rate would not train faster."
+        text = f"{lead}: {seen}, and {_loss(facts.loss)}. {what}"
+    return _alert(
+        "learning_rate",
+        max(out, key=out.__getitem__) if verdict == "high" else min(out, key=out.__getitem__),
+        f"{when(step, epoch)}: {text}",
+        count=len(out),
+        total=facts.measured,
+        step=step,
+        epoch=epoch,
+        learning_rate=facts.learning_rate,
     )

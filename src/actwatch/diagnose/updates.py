@@ -14,16 +14,21 @@ A watched activation without weights of its own (conv -> BN -> ReLU, a residual 
 convs -> BN -> Add -> ReLU, where the default watches the ReLU only) gets the ratio of the
 linear convolutions that make its filters, their weights taken as one vector.
 
-A ratio near 1e-3 is healthy (CS231n notes, "Ratio of weights:updates"); `RatioTracker`
-alerts when a layer stays above `high` (the learning rate is too high) or below `low` while
-trainable (too low, or the layer is stuck) for `patience` measurements in a row.
+A ratio near 1e-3 is healthy (CS231n notes, "Ratio of weights:updates"). What a ratio out of
+bounds means for the learning rate is decided in `actwatch.diagnose.verdicts`: a small ratio
+alone is not a low learning rate (a converged model takes tiny steps too).
+
+The comparison is one call compiled by the backend's compiler (`jax.jit`, `tf.function`),
+shared by every monitor in the process whose layers have the same weight shapes: a
+`tf.function` made per monitor would be traced once per monitor, and TensorFlow warns about
+retracing from the fifth.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -32,9 +37,8 @@ from keras import ops
 
 from actwatch._logging import logger
 from actwatch.check.layers import WatchedLayer
-from actwatch.diagnose.alerts import Alert
 
-__all__ = ["DEFAULT_BOUNDS", "HEALTHY_RATIO", "MAX_SNAPSHOT_BYTES", "RatioTracker", "UpdateRatios"]
+__all__ = ["DEFAULT_BOUNDS", "HEALTHY_RATIO", "MAX_SNAPSHOT_BYTES", "UpdateRatios"]
 
 #: The healthy update-to-weight ratio (CS231n notes).
 HEALTHY_RATIO = 1e-3
@@ -55,32 +59,63 @@ def _nbytes(variable: Any) -> int:
 
 
 def _squared_sums(before: list[list[Any]], now: list[list[Any]]) -> Any:
-    """Per layer `(||now - before||^2, ||before||^2)` over its weights as one vector: `(L, 2)`."""
+    """Per layer `(||now - before||^2, ||before||^2, m)` over its weights as one vector, both
+    norms of the weights divided by `m`, their largest |value| before (1 when that is 0 or not
+    finite): `(L, 3)`. Weights a too-high rate blew up to 1e20 would overflow float32 squared."""
     rows = []
     for olds, news in zip(before, now, strict=True):
+        scale = ops.zeros(())
+        for old in olds:
+            if int(np.prod(old.shape)):
+                scale = ops.maximum(scale, ops.max(ops.abs(ops.cast(old, "float32"))))
+        scale = ops.where(ops.logical_and(ops.isfinite(scale), scale > 0), scale, 1.0)
         delta = ops.zeros(())
         norm = ops.zeros(())
         for old, new in zip(olds, news, strict=True):
-            old = ops.cast(old, "float32")
-            delta = delta + ops.sum(ops.square(ops.cast(new, "float32") - old))
+            old = ops.cast(old, "float32") / scale
+            delta = delta + ops.sum(ops.square(ops.cast(new, "float32") / scale - old))
             norm = norm + ops.sum(ops.square(old))
-        rows.append(ops.stack([delta, norm]))
+        rows.append(ops.stack([delta, norm, scale]))
     return ops.stack(rows)
 
 
-def _compile(function: Callable[..., Any]) -> Callable[..., Any]:
-    """`function` compiled by the backend's compiler (one call instead of a few eager ops per
-    weight: ResNet50's 106 weights took 98 ms eagerly on TensorFlow); torch runs it eagerly."""
+#: The compiled comparison, per backend and weight shapes (see the module docstring).
+_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+#: At most this many are kept (the oldest is dropped): one per model structure in a process.
+MAX_COMPILED = 16
+
+
+def _compiled(signature: tuple[Any, ...]) -> Callable[..., Any]:
+    """`_squared_sums` compiled by the backend's compiler (one call instead of a few eager ops
+    per weight: ResNet50's 106 weights took 98 ms eagerly on TensorFlow), one per `signature`
+    (the weights' shapes and dtypes) in the process; torch runs it eagerly.
+
+    Each signature gets a function object of its own, so TensorFlow traces each one once and
+    its retracing detector (keyed by the Python function) never sees one function traced for
+    five structures."""
     backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        return _squared_sums
+    key = (backend, signature)
+    found = _COMPILED.get(key)
+    if found is not None:
+        return found
+
+    def sums(before: list[list[Any]], now: list[list[Any]]) -> Any:
+        return _squared_sums(before, now)
+
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(function, reduce_retracing=True)  # type: ignore[no-any-return]
-    if backend == "jax":
+        found = tf.function(sums, reduce_retracing=True)
+    else:
         import jax
 
-        return jax.jit(function)  # type: ignore[no-any-return]
-    return function
+        found = jax.jit(sums)
+    if len(_COMPILED) >= MAX_COMPILED:
+        del _COMPILED[next(iter(_COMPILED))]
+    _COMPILED[key] = found
+    return found
 
 
 def _no_grad() -> contextlib.AbstractContextManager[Any]:
@@ -127,7 +162,19 @@ class UpdateRatios:
             total += size
             self.layers[w.path] = found
         self.bytes = total  # what one snapshot holds
-        self._sums: Callable[[list[list[Any]], list[list[Any]]], Any] | None = None
+        self.sizes = {  # weights per measured layer
+            path: sum(int(np.prod(v.shape)) for layer in layers for v in _weights(layer))
+            for path, layers in self.layers.items()
+        }
+        #: The RMS of each layer's weights at the last measured snapshot (`ratio * rms / lr`
+        #: is the size of an Adam step relative to its largest, see `diagnose.verdicts`).
+        self.weight_rms: dict[str, float] = {}
+        #: The layers whose weights were not finite at the last measured snapshot.
+        self.diverged: list[str] = []
+        self._signature = tuple(
+            tuple((tuple(v.shape), str(v.dtype)) for layer in layers for v in _weights(layer))
+            for layers in self.layers.values()
+        )
         if self.left_out:
             logger.info(
                 "actwatch: the update ratio copies at most %.0f MB of weights a check; %d "
@@ -186,7 +233,8 @@ class UpdateRatios:
         """`{path: ratio}` of the weights now against the snapshot; clears the snapshot.
 
         A layer whose weights were all zero (and moved) or not finite at the snapshot has
-        no ratio; a step that made finite weights non-finite has an infinite one."""
+        no ratio (the latter are listed in `diverged`); a step that made finite weights
+        non-finite has an infinite one."""
         before = self._before
         self.cancel()
         if before is None:
@@ -195,148 +243,18 @@ class UpdateRatios:
             [v.value for layer in layers for v in _weights(layer)]
             for layers in self.layers.values()
         ]
-        if self._sums is None:
-            self._sums = _compile(_squared_sums)
         with _no_grad():
-            sums = np.asarray(keras.ops.convert_to_numpy(self._sums(list(before.values()), now)))
+            compiled = _compiled(self._signature)
+            sums = np.asarray(keras.ops.convert_to_numpy(compiled(list(before.values()), now)))
         ratios = {}
-        for path, (d, n) in zip(self.layers, sums.astype(np.float64).tolist(), strict=True):
-            if n == 0 and d == 0:
+        self.weight_rms, self.diverged = {}, []
+        for path, (d, n, m) in zip(self.layers, sums.astype(np.float64).tolist(), strict=True):
+            if math.isfinite(n) and self.sizes[path]:
+                self.weight_rms[path] = m * math.sqrt(n / self.sizes[path])
+            if not math.isfinite(n):
+                self.diverged.append(path)
+            elif n == 0 and d == 0:
                 ratios[path] = 0.0  # all zero and not moving: stuck
             elif n > 0 and math.isfinite(n):
                 ratios[path] = math.sqrt(d) / math.sqrt(n) if math.isfinite(d) else math.inf
         return ratios
-
-
-def _times(factor: float) -> str:
-    """A factor as people say it: `5000x`, `20x`, `1.5x`."""
-    return f"{factor:.0f}x" if factor >= 10 else f"{factor:.2g}x"
-
-
-def _round_power(value: float) -> float:
-    """`value` rounded to a power of ten (in log scale)."""
-    return float(10.0 ** round(math.log10(value))) if value > 0 else 0.0
-
-
-class RatioTracker:
-    """Per layer, how many measurements in a row the ratio was above `high` or below `low`;
-    one `learning_rate` alert per direction once layers have stayed there `patience` times.
-
-    An alert is not repeated while the same layers stay out of bounds; a layer that comes
-    back within bounds can alert again.
-    """
-
-    def __init__(
-        self, *, low: float = DEFAULT_BOUNDS[0], high: float = DEFAULT_BOUNDS[1], patience: int = 1
-    ) -> None:
-        self.low = low
-        self.high = high
-        self.patience = patience
-        self._streak: dict[tuple[str, str], int] = {}
-        self._alerted: set[tuple[str, str]] = set()
-        self._was_high = False  # a "too high" alert came before
-
-    def update(
-        self,
-        ratios: Mapping[str, float],
-        *,
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-        revived: Collection[str] = (),
-    ) -> list[Alert]:
-        """This measurement's alerts. Layers in `revived` had filters re-initialised at the
-        check (ReDo zeroes their outgoing weights, so their incoming weights get no gradient
-        in the next step): they are not held to the low bound this time."""
-        alerts = []
-        for direction in ("high", "low"):
-            out = {
-                path: r
-                for path, r in ratios.items()
-                if (r > self.high if direction == "high" else r < self.low and path not in revived)
-            }
-            for path in ratios:
-                key = (direction, path)
-                if path in out:
-                    self._streak[key] = self._streak.get(key, 0) + 1
-                else:
-                    self._streak.pop(key, None)
-                    self._alerted.discard(key)
-            confirmed = {
-                p: r for p, r in out.items() if self._streak[(direction, p)] >= self.patience
-            }
-            new = [p for p in confirmed if (direction, p) not in self._alerted]
-            if not new:
-                continue
-            self._alerted.update((direction, p) for p in confirmed)
-            alerts.append(
-                self._alert(direction, confirmed, len(ratios), step, epoch, learning_rate)
-            )
-            self._was_high = self._was_high or direction == "high"
-        return alerts
-
-    def _alert(
-        self,
-        direction: str,
-        out: Mapping[str, float],
-        measured: int,
-        step: int,
-        epoch: int | None,
-        learning_rate: float | None,
-    ) -> Alert:
-        worst = (
-            max(out, key=out.__getitem__) if direction == "high" else min(out, key=out.__getitem__)
-        )
-        typical = float(np.median(list(out.values())))
-        names = ", ".join(f"'{p}' {r:.3g}" for p, r in list(out.items())[:8])
-        more = ", ..." if len(out) > 8 else ""
-        lr = f"{learning_rate:.4g}" if learning_rate is not None else "unknown"
-        when = f"Epoch {epoch + 1} (step {step})" if epoch is not None else f"Step {step}"
-        if direction == "high":
-            factor = typical / HEALTHY_RATIO
-            if learning_rate:
-                target = _round_power(learning_rate / factor)
-                move = f"lower it about {_times(learning_rate / target)}, to about {target:g}"
-            else:
-                move = f"lower it about {_times(_round_power(factor))}"
-            advice = f"The learning rate is too high (current: {lr}): {move}."
-            bound = f"above {self.high:g}"
-        elif self._was_high:
-            advice = (
-                "The weights have (almost) stopped moving after steps that were too large (an "
-                "earlier alert): the units are probably dead or saturated, which a higher "
-                "learning rate will not fix. Restart from before the jump with a lower "
-                f"learning rate (current: {lr})."
-            )
-            bound = f"below {self.low:g}"
-        else:
-            factor = HEALTHY_RATIO / typical if typical > 0 else math.inf
-            if math.isfinite(factor) and learning_rate:
-                target = _round_power(learning_rate * factor)
-                move = f"raise it about {_times(target / learning_rate)}, to about {target:g}"
-            else:
-                move = "their weights did not move at all; check that they get a gradient"
-            advice = (
-                f"The learning rate is too low (current: {lr}) or the layers are stuck "
-                f"(frozen by hand, dead filters, vanishing gradients): {move}."
-            )
-            bound = f"below {self.low:g}"
-        message = (
-            f"{when}: the update-to-weight ratio ||dW||/||W|| of one training step is {bound} "
-            f"in {len(out)} of {measured} layers with weights ({names}{more}); about "
-            f"{HEALTHY_RATIO:g} is healthy. {advice}"
-        )
-        return Alert(
-            kind="learning_rate",
-            layer=worst,
-            step=step,
-            epoch=epoch,
-            filters=(),
-            dead_filters=(),
-            died_since_last_check=(),
-            count=len(out),
-            total=measured,
-            fraction=len(out) / max(measured, 1),
-            learning_rate=learning_rate,
-            message=message,
-        )

@@ -259,7 +259,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         session = self._live()
-        session.steps.epoch_end(session.iterations, session.steps_per_epoch(self.params))
+        session.observe(logs, self.params)  # the batches that ran, and the loss
         every = self.settings.every_n_epochs
         if every is not None and (epoch + 1) % every == 0:
             session.check(session.steps.current, epoch=epoch)
@@ -269,6 +269,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         session, every = self._live(), self.settings.every_n_batches
         assert every is not None
+        session.observe(logs, self.params, batch=batch)
         step = session.steps.current
         # `>=`, not `%`: with steps_per_execution the hook sees every k-th step only.
         if step >= self._next_batch_check:

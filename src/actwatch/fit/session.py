@@ -20,7 +20,7 @@ import numpy as np
 
 from actwatch._logging import logger
 from actwatch.check.images import default_drawn, render_images
-from actwatch.check.layers import WatchedLayer, resolve_drawn, resolve_layers, weight_sources
+from actwatch.check.layers import WatchedLayer, resolve_drawn, resolve_layers
 from actwatch.check.network import NetworkStats
 from actwatch.check.pipeline import CheckPipeline, CheckResult
 from actwatch.check.probes import ProbeBatch, model_inputs, prepare_probes
@@ -29,13 +29,14 @@ from actwatch.diagnose import alerts as wording
 from actwatch.diagnose.alerts import Alert, Decision
 from actwatch.diagnose.memory import AlertTracker
 from actwatch.diagnose.revive import Reviver, plan
-from actwatch.diagnose.updates import DEFAULT_BOUNDS, RatioTracker, UpdateRatios
+from actwatch.diagnose.updates import UpdateRatios
 from actwatch.events import tags
 from actwatch.events.histograms import HistogramHistory, histogram_values
 from actwatch.events.log_dir import claim_log_dir
 from actwatch.events.sink import Sink
 from actwatch.fit.args import Settings, labels
 from actwatch.fit.distribute import is_chief
+from actwatch.fit.ratios import UpdateWatch
 from actwatch.fit.record import Failures, FitRecord, Memory
 from actwatch.fit.steps import StepCounter
 
@@ -97,17 +98,15 @@ class FitSession:
             else Reviver(model, plan(model, watched), patience=settings.patience)
         )
         self.revived_at_snapshot: set[str] = set()  # layers revived at the snapshot's check
-        self.updates = (
-            UpdateRatios(watched, weight_sources(model, watched))
-            if settings.update_ratio_bounds is not None
-            else UpdateRatios([])
-        )
-        low, high = settings.update_ratio_bounds or DEFAULT_BOUNDS
-        self.ratios = RatioTracker(low=low, high=high, patience=settings.patience)
+        self.watch = UpdateWatch(model, settings, watched, record, self.steps, self.applied_updates)
         self.chief = is_chief(model)
         self.layout = tags.layout([w.path for w in watched])
         self.sink_options = sink_options
         self.sink: Sink | None = None  # opened where the fit's steps start (`begin`)
+
+    @property
+    def updates(self) -> UpdateRatios:
+        return self.watch.updates
 
     @property
     def tracker(self) -> AlertTracker:
@@ -312,10 +311,9 @@ class FitSession:
         """Copy the weights for the update ratio, after any revival (so the ratio is of one
         training step). A failure turns the ratio off for this fit, the check stands."""
         try:
-            if self.updates.layers:
-                self.updates.snapshot(step, self.applied_updates())
+            self.watch.snapshot(step, self.applied_updates())
         except Exception as exc:
-            self.updates = UpdateRatios([])
+            self.watch.off()
             self.failures.check(
                 "actwatch: copying the weights for the update ratio at step %d failed (%s: %s); "
                 "no update ratio in this fit, the checks go on.",
@@ -328,34 +326,19 @@ class FitSession:
     def measure_updates(
         self, *, submit: bool = True
     ) -> tuple[dict[str, tuple[float, str]], tuple[Alert, ...]]:
-        """The update-to-weight ratios, once a training step has run since the last check:
-        their scalars and alerts, written and acted on at once with `submit` (from a batch
-        hook), else returned for the check at this step to write with its own."""
-        if not (self.updates.pending and self.steps.started):
+        """The update-to-weight ratios once a training step ran since the last check (or a
+        verdict that waited for a loss reading): their scalars and alerts, written and acted on
+        with `submit` (from a batch's begin hook), else returned for the check to write."""
+        if not self.steps.started:
             return {}, ()
         step = self.steps.current
         try:
-            if hasattr(self.model, "jax_state_sync"):
-                self.model.jax_state_sync()  # JAX keeps weights outside the model mid-epoch
-            if not self.updates.due(step, self.applied_updates(), self.steps.per_execution):
+            found = self.watch.measure(self.epoch, self.revived_at_snapshot, begin=submit)
+            if found is None:
                 return {}, ()
-            start = time.perf_counter()
-            ratios = self.updates.measure()
-            # The last check's timings gain the measurement, taken at the batch after it.
-            self.record.timings["update_ratio"] = time.perf_counter() - start
-            self.record.last_update_ratios = ratios
-            alerts = tuple(
-                self.ratios.update(
-                    ratios,
-                    step=step,
-                    epoch=self.epoch,
-                    learning_rate=self.learning_rate(),
-                    revived=self.revived_at_snapshot,
-                )
-            )
-            scalars = tags.update_ratio_scalars(ratios)
+            scalars, alerts = tags.update_ratio_scalars(found[0]), tuple(found[1])
             if submit:
-                if self.sink is not None and scalars:
+                if self.sink is not None and (scalars or alerts):
                     self.sink.submit(step, scalars=scalars, texts=tags.alert_texts(alerts))
                 self.act(Decision(alerts=alerts, stop_reason=None))
         except Exception as exc:
@@ -368,6 +351,18 @@ class FitSession:
             )
             return {}, ()
         return scalars, alerts
+
+    def observe(
+        self, logs: Mapping[str, Any] | None, params: Mapping[str, Any] | None, *, batch: int = -1
+    ) -> None:
+        """A batch's end (`batch`, with batch checks) or an epoch's end: count the batches that
+        ran (`StepCounter`), and keep the loss Keras reports in `logs` for the verdicts."""
+        if batch >= 0:
+            self.steps.batch_end(batch, self.steps_per_epoch(params))
+        else:
+            stopped = bool(getattr(self.model, "stop_training", False))
+            self.steps.epoch_end(self.iterations, self.steps_per_epoch(params), stopped=stopped)
+        self.watch.observe_loss(self.steps.current, logs, epoch_end=batch < 0)
 
     # Acting on decisions ------------------------------------------------------------------
 
