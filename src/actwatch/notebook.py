@@ -45,7 +45,8 @@ def _batch(model: keras.Model, x: Any, preprocess: Preprocess) -> ProbeBatch:
 def get_activations(
     model: keras.Model, x: Any, layers: Any = None, *, preprocess: Preprocess = None
 ) -> dict[str, np.ndarray]:
-    """Outputs of the watched layers for `x`, in one inference-mode forward pass.
+    """Outputs of the watched layers for `x`, in one forward pass as training sees it
+    (BatchNormalization on `x`'s own statistics, dropout off; nothing written), as a check.
 
     Args:
         model: a Functional or Sequential Keras model (nested models included).
@@ -76,7 +77,7 @@ def get_gradients(
 ) -> dict[str, np.ndarray]:
     """The compiled loss's gradient with respect to each watched layer's output (keract's
     `get_gradients_of_activations`), in one compiled forward and backward pass (the
-    callback's own), the model in inference mode.
+    callback's own), in the training pass (BatchNormalization on `x`'s own statistics).
 
     Args:
         model: a model compiled with a loss (`model.compile(loss=...)`).
