@@ -361,3 +361,35 @@ def test_errors_at_construction() -> None:
         Sharpness(model, X, Y, iterations=0)
     with pytest.raises(ValueError, match=r"`tolerance`.*Received: tolerance=-1"):
         Sharpness(model, X, Y, tolerance=-1)
+
+
+def test_monitor_writes_the_sharpness_of_each_check(tmp_path: Any) -> None:
+    """`ActivationMonitor(sharpness=True)` with labelled `stats_data`: `network/sharpness`,
+    its product with the rate and the threshold at every check, the last one equal to an
+    independent measure of the trained model; without labels, a ValueError before training."""
+    import actwatch
+
+    from .helpers import data, read_events, tiny_cnn
+
+    x, y = data(48)
+    model = tiny_cnn(lr=1e-2)
+    monitor = actwatch.ActivationMonitor(
+        x[:2], str(tmp_path), stats_data=(x[:32], y[:32]), sharpness=True, images=False
+    )
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[monitor])
+    scalars = read_events(tmp_path).scalars
+    steps = [s for s, _ in scalars["network/zero_fraction"]]
+    sharp = dict(scalars["network/sharpness"])
+    assert sorted(sharp) == steps == [0, 3, 6]
+    assert all(np.isfinite(v) and v > 0 for v in sharp.values())
+    lr = dict(scalars["network/learning_rate"])
+    for step, value in scalars["network/sharpness_x_lr"]:
+        assert value == pytest.approx(sharp[step] * lr[step], rel=1e-5)
+    assert dict(scalars["network/sharpness_threshold"])[6] == pytest.approx(38 / lr[6], rel=1e-5)
+    assert "network/preconditioned_sharpness" in scalars  # Adam, once it has stepped
+    last = monitor.last_sharpness
+    assert last is not None and monitor.timings["sharpness"] > 0
+    again = Sharpness(model, x[:32], y[:32], iterations=100).measure()
+    assert last.sharpness == pytest.approx(again.sharpness, rel=0.05)
+    with pytest.raises(ValueError, match=r"`sharpness`.*needs labels.*stats_data=\(x, y\)"):
+        actwatch.ActivationMonitor(x[:2], str(tmp_path), stats_data=x[:32], sharpness=True)

@@ -133,6 +133,13 @@ LEARNING_METRICS: dict[str, str] = {
         "filter divided by the layer's mean of those is <= tau."
     ),
     "revived_filters": "Filters re-initialised by revive='redo' (ReDo, Sokar et al. 2023).",
+    "sharpness": (
+        "Top eigenvalue of the loss Hessian on the labelled `stats_data`: gradient descent is "
+        "stable below 2 / lr and trains at that edge (Cohen et al., ICLR 2021)."
+    ),
+    "sharpness_x_lr": "Sharpness times the learning rate: 2 at plain gradient descent's edge.",
+    "preconditioned_sharpness": "Top eigenvalue of P^-1 H, P from Adam's second moments.",
+    "sharpness_threshold": "The optimizer's stability edge at this rate (2 / lr for SGD).",
 }
 #: Whole-network figures put in Keras' `logs` dict and charted together in the layout.
 HEADLINE_METRICS = ("zero_fraction", "dead_fraction", "dormant_fraction", "hoyer")

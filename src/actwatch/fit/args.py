@@ -85,6 +85,7 @@ class Settings:
     outlier_ratio: float | None
     update_ratio_bounds: tuple[float, float] | None
     revive: str | None
+    sharpness: bool
 
 
 def settings(
@@ -111,6 +112,7 @@ def settings(
     outlier_ratio: Any,
     update_ratio_bounds: Any,
     revive: Any,
+    sharpness: Any = False,
 ) -> Settings:
     """Every argument checked, in the constructor, before training: a ValueError or TypeError
     that names the argument, what it received and what it expects."""
@@ -142,6 +144,12 @@ def settings(
         )
     if not (isinstance(draw_layers, str) and draw_layers in ("auto", "all")):
         check_layer_specs(draw_layers, argument="draw_layers")
+    if flag("sharpness", sharpness) and stats_labels is None:
+        raise ValueError(
+            "Invalid value for argument `sharpness`: it is the loss's curvature, so it needs "
+            "labels. Pass `stats_data=(x, y)` (a few hundred labelled samples) with "
+            "sharpness=True. Received: sharpness=True without labels in stats_data."
+        )
     no_topk = topk == 0 and not isinstance(topk, bool)
     return Settings(
         probe_source=probe_source,
@@ -171,6 +179,7 @@ def settings(
         outlier_ratio=check_outlier_ratio(outlier_ratio),
         update_ratio_bounds=bounds(update_ratio_bounds),
         revive=check_revive(revive),
+        sharpness=bool(sharpness),
     )
 
 

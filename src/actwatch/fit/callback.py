@@ -29,14 +29,10 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     training. Network-wide figures are added to the `logs` dict (keys `actwatch_<metric>`),
     so `EarlyStopping`, `CSVLogger` and others can use them; put this callback before them.
 
-    Checks: one before the first batch (not when resuming with `initial_epoch`: the run
-    that stopped there checked that state at its end), then every `every_n_epochs` epochs
-    (or every `every_n_batches` batches), and one at the end of training if the last state was not
-    checked. The TensorBoard step of a check is the number of training batches run so far:
-    the batches this `fit()` ran (counted as they run, so a stop in the middle of an epoch
-    is checked at the batch it stopped at) on top of where the model started
-    (`model.optimizer.iterations`, or `initial_epoch * steps_per_epoch` when that is larger,
-    as after a weights-only resume). Steps never go backwards across repeated `fit()` calls.
+    Checks: one before the first batch (none when resuming with `initial_epoch`), then every
+    `every_n_epochs` epochs (or `every_n_batches` batches), and one at the end of training if
+    the last state was not checked. The TensorBoard step of a check is the number of training
+    batches run so far, from where the model started; it never goes backwards across fits.
     A monitor reused on the same model and layers keeps its alert memory: filters alerted in
     one fit are not alerted again in the next unless they revive and die again.
 
@@ -101,13 +97,15 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         outlier_ratio: raise an `"outlier"` alert when a layer's `max |a| / median |a|` (scalar
             `outlier_ratio/<layer>`) exceeds this, e.g. 1000 (Sun et al. 2024 report about
             1000x in LLMs). Defaults to None (no outlier alerts; the scalar is always written).
-        update_ratio_bounds: `(low, high)` for the update-to-weight ratio
-            `||W_after - W_before|| / ||W_before||` of one training step after each check,
-            logged as `update_ratio/{layer}` for every watched layer with trainable weights: a
-            layer above `high` (or below `low`) for `patience` checks raises a
-            `kind="learning_rate"` alert saying which way to move the learning rate.
-            Defaults to `(1e-5, 1e-1)`, two orders of magnitude around the healthy 1e-3
-            (CS231n notes); None measures nothing.
+        update_ratio_bounds: `(low, high)` for the update-to-weight ratio `||dW|| / ||W||`
+            of the training step after each check (`update_ratio/{layer}`). Out of bounds
+            for `patience` checks, it raises a `kind="learning_rate"` verdict: above `high`,
+            too high; below `low`, too low only when the loss shows the rate holds training
+            back. Defaults to `(1e-5, 1e-1)`, around the healthy 1e-3; None measures nothing.
+        sharpness: with labelled `stats_data`, also the loss Hessian's top eigenvalue against
+            the optimizer's stability edge (2/lr for SGD; `network/sharpness`,
+            `network/sharpness_x_lr`, `network/preconditioned_sharpness` for Adam), used by
+            the verdicts. Tens of Hessian-vector products a check. Defaults to False.
         revive: `"redo"` re-initialises filters dead (or tau-dormant) for `patience` checks
             (ReDo, Sokar et al. 2023): fresh incoming weights, zero bias and outgoing weights,
             so the output is unchanged at that instant; each revival is an alert of
@@ -161,6 +159,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         topk: int = 0,
         outlier_ratio: float | None = None,
         update_ratio_bounds: tuple[float, float] | None = DEFAULT_BOUNDS,
+        sharpness: bool = False,
         revive: str | None = None,
     ) -> None:
         super().__init__()
@@ -186,6 +185,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             topk=topk,
             outlier_ratio=outlier_ratio,
             update_ratio_bounds=update_ratio_bounds,
+            sharpness=sharpness,
             revive=revive,
         )
         if self.settings.every_n_batches is not None:

@@ -4,14 +4,20 @@ the warn-once loggers of what may fail at any check (`Failures`)."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import keras
+
 from actwatch._logging import WarnOnce
 from actwatch.check.gradients import GradientStats
+from actwatch.check.layers import WatchedLayer
+from actwatch.check.stability import SharpnessResult
 from actwatch.check.stats import LayerStats
 from actwatch.diagnose.alerts import Alert
 from actwatch.diagnose.memory import AlertTracker
+from actwatch.fit.args import Settings
 
 __all__ = ["Failures", "FitRecord", "Memory"]
 
@@ -26,6 +32,23 @@ class Memory:
     last_step: int = -1
     run_dir: str | None = None  # where this monitor writes: claimed at its first fit
 
+    def remember(self, model: keras.Model, watched: Sequence[WatchedLayer], s: Settings) -> bool:
+        """Keep the alert memory when the model and the watched layers are the same."""
+        memory = self
+        paths = tuple(w.path for w in watched)
+        same = memory.tracked is not None and memory.tracked[0]() is model
+        if memory.tracker is not None and same and memory.tracked[1] == paths:  # type: ignore[index]
+            return True
+        memory.tracker = AlertTracker(
+            patience=s.patience,
+            dead_alert_fraction=s.dead_alert_fraction,
+            stop_on_dead_fraction=s.stop_on_dead_fraction,
+            pooling=[w.path for w in watched if w.pooling],
+            outlier_ratio=s.outlier_ratio,
+        )
+        memory.tracked = (weakref.ref(model), paths)
+        return False
+
 
 @dataclass
 class FitRecord:
@@ -38,6 +61,7 @@ class FitRecord:
     timings: dict[str, float] = field(default_factory=dict)
     figures: dict[str, float] = field(default_factory=dict)  # for `logs`
     run_dir: str | None = None  # `Memory.run_dir`, shown as `monitor.run_dir`
+    last_sharpness: SharpnessResult | None = None  # with `sharpness=True`
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import time
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from actwatch.events.histograms import HistogramHistory, histogram_values
 from actwatch.events.log_dir import claim_log_dir
 from actwatch.events.sink import Sink
 from actwatch.fit.args import Settings, labels
+from actwatch.fit.curvature import CurvatureWatch
 from actwatch.fit.distribute import is_chief
 from actwatch.fit.ratios import UpdateWatch
 from actwatch.fit.record import Failures, FitRecord, Memory
@@ -91,7 +91,10 @@ class FitSession:
             labels=given,
         )
         self.pipeline.check_labels(self.feed)  # labels the loss refuses: an error now
-        self.remembered = self._remember(model, watched)
+        self.curvature = None  # sharpness=True needs labels (`args` checks it)
+        if settings.sharpness and given is not None:
+            self.curvature = CurvatureWatch(model, self.feed, given, record, failures)
+        self.remembered = memory.remember(model, watched, settings)
         self.reviver = (
             None
             if settings.revive is None
@@ -112,23 +115,6 @@ class FitSession:
     def tracker(self) -> AlertTracker:
         assert self.memory.tracker is not None
         return self.memory.tracker
-
-    def _remember(self, model: keras.Model, watched: list[WatchedLayer]) -> bool:
-        """Keep the alert memory when the model and the watched layers are the same."""
-        memory, s = self.memory, self.settings
-        paths = tuple(w.path for w in watched)
-        same = memory.tracked is not None and memory.tracked[0]() is model
-        if memory.tracker is not None and same and memory.tracked[1] == paths:  # type: ignore[index]
-            return True
-        memory.tracker = AlertTracker(
-            patience=s.patience,
-            dead_alert_fraction=s.dead_alert_fraction,
-            stop_on_dead_fraction=s.stop_on_dead_fraction,
-            pooling=[w.path for w in watched if w.pooling],
-            outlier_ratio=s.outlier_ratio,
-        )
-        memory.tracked = (weakref.ref(model), paths)
-        return False
 
     def _drawn(self, watched: list[WatchedLayer]) -> Any:
         """What `draw_layers` says, for the pipeline: a rule, or the paths to draw."""
@@ -211,6 +197,8 @@ class FitSession:
             record.last_stats = result.stats
             layers = {path: st.scalars() for path, st in result.stats.items()}
             network = NetworkStats.of(result.stats).scalars()
+            if self.curvature is not None:  # opt-in: tens of Hessian-vector products
+                network.update(self.curvature.measure(step, learning_rate))
             record.figures = tags.logs_figures(network, layers if s.log_per_layer else None)
             record.last_gradients = result.gradients
             for path, g in result.gradients.items():
@@ -242,6 +230,8 @@ class FitSession:
                 )
             self.act(decision)
             record.timings = {"device": device, "blocking": time.perf_counter() - start}
+            if record.last_sharpness is not None:
+                record.timings["sharpness"] = record.last_sharpness.seconds
         except Exception as exc:
             self.failures.check(
                 "actwatch: the check at step %d failed (%s: %s); training goes on. Later "
