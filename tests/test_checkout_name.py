@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+    reason="once per make test, in the TensorFlow run (where Keras' warnings were taken)",
+)
 def test_warning_filters_hold_in_a_checkout_folder_named_actwatch(tmp_path: Path) -> None:
     """tests/test_nonfinite.py passes with Keras imported from `<tmp>/actwatch/.venv`."""
     if sys.prefix == sys.base_prefix:
