@@ -55,23 +55,24 @@ class Capture:
                 layer.call = self._wrapper(id(layer), layer.call)
             yield
         finally:
-            for layer, previous in reversed(saved):
-                if previous is _MISSING:
-                    del layer.call
-                else:
-                    layer.call = previous
+            _restore(saved)
 
     def _wrapper(self, key: int, original: Callable[..., Any]) -> Callable[..., Any]:
-        outputs = self.outputs
+        outputs, first_call = self.outputs, self._first_call
 
         @functools.wraps(original)
         def call(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
             if key not in outputs:  # a layer called twice is watched at its first call
                 outputs[key] = out
+                out = first_call(key, out)
             return out
 
         return call
+
+    def _first_call(self, key: int, out: Any) -> Any:
+        """What the layer `key` passes on at its first call: its output as it is."""
+        return out
 
 
 class Perturb(Capture):
@@ -88,20 +89,9 @@ class Perturb(Capture):
         super().__init__(layers)
         self.deltas: dict[int, Any] = {}
 
-    def _wrapper(self, key: int, original: Callable[..., Any]) -> Callable[..., Any]:
-        outputs = self.outputs
-        deltas = self.deltas
-
-        @functools.wraps(original)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            if key not in outputs:  # a layer called twice is perturbed at its first call
-                outputs[key] = out
-                if key in deltas:
-                    out = out + deltas[key]
-            return out
-
-        return call
+    def _first_call(self, key: int, out: Any) -> Any:
+        """The output plus its delta (a layer called twice is perturbed at its first call)."""
+        return out + self.deltas[key] if key in self.deltas else out
 
 
 _NORM = keras.layers.BatchNormalization
@@ -185,11 +175,7 @@ class TrainingView:
             with keras.StatelessScope():
                 yield
         finally:
-            for layer, previous in reversed(saved):
-                if previous is _MISSING:
-                    del layer.call
-                else:
-                    layer.call = previous
+            _restore(saved)
 
 
 def _training_position(call: Callable[..., Any]) -> int | None:
@@ -319,10 +305,25 @@ def inference() -> Iterator[None]:
         yield
 
 
+def _restore(saved: list[tuple[Any, Any]]) -> None:
+    """Put back each layer's own `call` (`saved` as `(layer, call in its __dict__ or
+    _MISSING)`), last wrapped first."""
+    for layer, previous in reversed(saved):
+        if previous is _MISSING:
+            del layer.call
+        else:
+            layer.call = previous
+
+
+def accepts(function: Any, name: str) -> bool:
+    """Whether `function` accepts the keyword `name` (by name or through `**kwargs`)."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def takes_training(model: Any) -> bool:
     """Whether `model.call` accepts `training=` (by name or through `**kwargs`)."""
-    parameters = inspect.signature(model.call).parameters.values()
-    return any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in parameters)
+    return accepts(model.call, "training")
 
 
 def _spec(value: Any) -> Any:

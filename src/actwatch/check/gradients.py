@@ -24,7 +24,6 @@ Per layer, two figures come from the gradients (`GradientStats`):
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from actwatch.check.capture import Perturb, inference, trace
+from actwatch.check.capture import Perturb, accepts, inference, trace
 from actwatch.check.layers import WatchedLayer
 
 __all__ = ["GradientStats", "LossGradients", "check_loss", "gradient_stats", "reduce_gradients"]
@@ -114,15 +113,9 @@ def check_loss(model: keras.Model) -> None:
         )
 
 
-def _takes(function: Any, name: str) -> bool:
-    """Whether `function` accepts the keyword `name` (by name or through `**kwargs`)."""
-    parameters = inspect.signature(function).parameters.values()
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
-
-
 def _loss_flags(model: keras.Model) -> dict[str, Any]:
     # An override of `compute_loss` written before Keras 3.3 has no `training` argument.
-    return {"training": False} if _takes(model.compute_loss, "training") else {}
+    return {"training": False} if accepts(model.compute_loss, "training") else {}
 
 
 def _first(x: Any) -> Any:

@@ -35,7 +35,6 @@ The thresholds it is compared with are in `actwatch.check.stability`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from actwatch.check.capture import inference, takes_training
+from actwatch.check.capture import accepts, inference, takes_training
 from actwatch.check.power import power_step
 from actwatch.check.stability import (
     SharpnessResult,
@@ -55,12 +54,6 @@ from actwatch.check.stability import (
 )
 
 __all__ = ["Sharpness", "SharpnessResult", "stability_threshold"]  # re-exported
-
-
-def _takes(function: Any, name: str) -> bool:
-    """Whether `function` accepts the keyword `name` (by name or through `**kwargs`)."""
-    parameters = inspect.signature(function).parameters.values()
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 class Sharpness:
@@ -176,7 +169,7 @@ class Sharpness:
         self._y = keras.tree.map_structure(convert, y)
         self._weight = None if sample_weight is None else convert(sample_weight)
         self._call_flags = {"training": training} if takes_training(model) else {}
-        self._loss_flags = {"training": training} if _takes(model.compute_loss, "training") else {}
+        self._loss_flags = {"training": training} if accepts(model.compute_loss, "training") else {}
         self._start: Callable[[], Callable[[list[Any], list[Any]], Any]] | None = None
         self._variables: list[Any] = []
         self._vectors: list[list[Any]] = []
