@@ -314,6 +314,14 @@ CASES = [
          "Invalid value for argument `stats_data`: y has 3 samples but x has 4. Pass "
          "`stats_data=(x, y)` or `(x, y, sample_weight)` with one label (and weight) per "
          "sample of x."),
+    Case("sharpness without labels", lambda f: {"sharpness": True, "stats_data": X[:4]}, "init",
+         ValueError,
+         "Invalid value for argument `sharpness`: it is the loss's curvature, so it needs "
+         "labels. Pass `stats_data=(x, y)` (a few hundred labelled samples) with "
+         "sharpness=True. Received: sharpness=True without labels in stats_data."),
+    Case("sharpness not a flag", lambda f: {"sharpness": "yes"}, "init", TypeError,
+         "Invalid value for argument `sharpness`. Expected True or False. "
+         "Received: sharpness='yes'"),
     Case("revive bogus", lambda f: {"revive": "bogus"}, "init", ValueError,
          "Invalid value for argument `revive`. Expected None (no revival) or 'redo' (ReDo: "
          "re-initialise filters that stay dead). Received: revive='bogus'"),
