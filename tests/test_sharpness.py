@@ -391,5 +391,15 @@ def test_monitor_writes_the_sharpness_of_each_check(tmp_path: Any) -> None:
     assert last is not None and monitor.timings["sharpness"] > 0
     again = Sharpness(model, x[:32], y[:32], iterations=100).measure()
     assert last.sharpness == pytest.approx(again.sharpness, rel=0.05)
+    from actwatch.events.runs import read_run
+    from actwatch.report import figures
+
+    figure = figures.learning_figure(read_run(tmp_path), {})
+    assert figure is not None  # update ratios, gradient RMS, then the sharpness and its edge
+    panel = figure.axes[-1]
+    assert panel.get_title() == "sharpness against the stability edge"
+    drawn = {line.get_label(): list(line.get_ydata()) for line in panel.get_lines()}
+    assert drawn[figures.SHARPNESS_CURVES[0][1]] == pytest.approx([sharp[s] for s in steps])
+    assert figures.SHARPNESS_CURVES[2][1] in drawn
     with pytest.raises(ValueError, match=r"`sharpness`.*needs labels.*stats_data=\(x, y\)"):
         actwatch.ActivationMonitor(x[:2], str(tmp_path), stats_data=x[:32], sharpness=True)

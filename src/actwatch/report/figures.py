@@ -24,6 +24,7 @@ from actwatch.render.tiles import colorful_dimension
 __all__ = [
     "CURVES",
     "LEARNING_CURVES",
+    "SHARPNESS_CURVES",
     "SIGNAL_CURVES",
     "curves_figure",
     "dead_figure",
@@ -153,18 +154,23 @@ def learning_figure(
     bounds: tuple[float, float] = (1e-5, 1e-1),
 ) -> Figure | None:
     """`LEARNING_CURVES` per layer on log scales, the ratio with its healthy 1e-3 (CS231n)
-    and the alert bounds dashed; None when the run logged neither."""
+    and the alert bounds dashed, and with `sharpness=True` the sharpness against the
+    optimizer's stability edge; None when the run logged none of them."""
     present = [
         m
         for m in LEARNING_CURVES
         if any(log.series(m, layer)[0] for layer in log.scalars_layers(m))
     ]
-    if not present:
+    sharpness = tags.network_tag("sharpness") in log.scalars
+    panels = len(present) + sharpness
+    if not panels:
         return None
     figure = Figure(figsize=(11, 3.8), layout="constrained")
+    layer_axes = []
     for i, metric in enumerate(present):
         title, label = LEARNING_CURVES[metric]
-        axes = figure.add_subplot(1, len(present), i + 1)
+        axes = figure.add_subplot(1, panels, i + 1)
+        layer_axes.append(axes)
         lines = [
             (layer, steps, list(np.maximum(values, 1e-12)))
             for layer, steps, values in _lines(log, metric, log.scalars_layers(metric))
@@ -173,17 +179,44 @@ def learning_figure(
         if metric == "update_ratio":
             for value, style in ((bounds[0], ":"), (1e-3, "--"), (bounds[1], ":")):
                 axes.axhline(value, color="grey", linestyle=style, linewidth=1)
-        axes.set_yscale("log")
-        axes.set_xlabel("step (training batches)")
-        axes.set_ylabel(label)
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-    handles, labels = max(
-        (axes.get_legend_handles_labels() for axes in figure.axes), key=lambda h: len(h[0])
-    )
-    if handles and len(handles) <= LEGEND_LAYERS:
-        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
+        _log_axes(axes, label, title)
+    if sharpness:
+        _sharpness_panel(figure.add_subplot(1, panels, panels), log)
+    if layer_axes:
+        handles, labels = max(
+            (axes.get_legend_handles_labels() for axes in layer_axes), key=lambda h: len(h[0])
+        )
+        if handles and len(handles) <= LEGEND_LAYERS:
+            figure.legend(handles, labels, loc="outside right upper", fontsize=8)
     return figure
+
+
+#: The network's curvature figures (`sharpness=True`): metric, label, line style.
+SHARPNESS_CURVES = (
+    ("sharpness", "sharpness (top Hessian eigenvalue)", "-"),
+    ("preconditioned_sharpness", "preconditioned sharpness (Adam)", "-"),
+    ("sharpness_threshold", "stability edge (2/lr; 38/lr preconditioned, Adam)", "--"),
+)
+
+
+def _sharpness_panel(axes: Axes, log: RunLog) -> None:
+    """The sharpness at each check against the optimizer's stability edge (Cohen et al.
+    2021): training drives it up to the edge, where a higher rate no longer trains faster."""
+    for metric, label, style in SHARPNESS_CURVES:
+        points = sorted(log.scalars.get(tags.network_tag(metric), {}).items())
+        if points:
+            steps, values = zip(*points, strict=True)
+            axes.plot(steps, values, style, marker="o" if style == "-" else None, label=label)
+    _log_axes(axes, "eigenvalue", "sharpness against the stability edge")
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+
+
+def _log_axes(axes: Axes, label: str, title: str) -> None:
+    axes.set_yscale("log")
+    axes.set_xlabel("step (training batches)")
+    axes.set_ylabel(label)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
 
 
 def _bin_ticks(first: int, last: int, rows: int) -> tuple[list[int], list[str]]:

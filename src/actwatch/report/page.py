@@ -318,12 +318,15 @@ specialise: blobby maps become sparse and localised.</p>
 check. A band that turns red and stays red is filters dying, usually from too high a learning
 rate.</p>
 {_runs_row(dead)}</section>
-<section id="learning"><h2>Learning rate: update ratios and gradients</h2>
+<section id="learning"><h2>Learning rate: update ratios, gradients, sharpness</h2>
 <p class="note">Left: how far one training step after each check moved each layer's weights,
 ||dW|| / ||W||; about 1e-3 is healthy (dashed), above 1e-1 or below 1e-5 (dotted) for
 <code>patience</code> checks raises a learning-rate alert. Right, when
 <code>stats_data=(x, y)</code> has labels: the RMS of the loss gradient with respect to each
-layer's output (vanishing or exploding gradients). Green triangles on the dead-fraction map
+layer's output (vanishing or exploding gradients). Last, with <code>sharpness=True</code>: the
+loss Hessian's top eigenvalue against the optimizer's stability edge (2/lr for gradient
+descent, 38/lr of the preconditioned sharpness for Adam), which training drives it up to.
+Green triangles on the dead-fraction map
 above mark checks where <code>revive="redo"</code> re-initialised dead filters.</p>
 {_runs_row(learning_cells)}</section>
 <section id="filters"><h2>Filter grids of probe 0</h2>
