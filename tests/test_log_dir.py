@@ -113,6 +113,25 @@ class TestEarlierRun:
             assert claim_log_dir(log_dir, start_step=1) == f"{log_dir}-2"
             assert "up to step 1" in _warnings(caplog)[0]
 
+    def test_a_resume_after_the_update_ratio_of_the_last_check_continues(
+        self, tmp_path: Path
+    ) -> None:
+        """A crash after the last check's update ratio (written alone at the step after it):
+        the run resumed from that check's checkpoint still continues its directory, and a
+        run moved to a sibling resumes in that sibling."""
+        log_dir = str(tmp_path / "run1")
+        sink = Sink(log_dir, priority="normal")
+        sink.submit(8, scalars={"network/zero_fraction": (0.5, "z")})
+        sink.submit(9, scalars={"update_ratio/conv1": (1e-3, "u")}, texts={"alerts": ("a", "")})
+        sink.close()
+        assert last_step(log_dir) == 8
+        assert claim_log_dir(log_dir, start_step=9) == log_dir
+        sibling = claim_log_dir(log_dir, start_step=0)  # a new run: kept apart
+        assert sibling == f"{log_dir}-2"
+        _write_run(sibling, 0.5)  # its check at step 1
+        assert claim_log_dir(log_dir, start_step=2) == sibling  # the sibling's run resumed
+        assert claim_log_dir(log_dir, start_step=1) == f"{log_dir}-3"
+
     def test_the_last_step_is_found_from_the_headers_past_images_and_damage(
         self, tmp_path: Path
     ) -> None:

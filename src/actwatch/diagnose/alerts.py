@@ -382,10 +382,9 @@ def learning_rate(
             lead = f"the learning rate is too low (current: {lr})"
             bears = f"the sharpness is at {facts.edge or 0:.0%} of what the rate bears: "
             edge = bears if facts.edge is not None else ""
-            what = f"Steps {facts.healthy / typical:.0f}x smaller than healthy ones hold back "
+            smaller = f"{facts.healthy / typical:.0f}x smaller" if typical > 0 else "smaller"
+            what = f"Steps {smaller} than healthy ones hold back "
             what += f"training: {edge}{_move(facts, 'raise')}."
-            if facts.edge is not None and facts.edge > 0.5:  # at the edge of stability
-                what = f"Yet {edge}a higher rate would not train faster."
         text = f"{lead}: {seen}, and {_loss(facts.loss)}. {what}"
     return _alert(
         "learning_rate",

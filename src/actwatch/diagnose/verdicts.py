@@ -63,6 +63,9 @@ VANISHED = 1e-3
 WEAK_ADAM_STEP = 1e-2
 #: A rate this far below the fit's highest was cut (by a schedule or a callback).
 CUT = 0.1
+#: The sharpness at this share of what the rate bears (`SharpnessResult.ratio`) is at the edge
+#: of stability: a higher rate would not train faster, so a small ratio is no "too low".
+EDGE = 0.5
 
 Verdict = Literal["high", "dead", "stuck", "low", "cut", "none", "wait"]
 
@@ -306,12 +309,16 @@ class RatioTracker:
             return "dead"
         if ev.rising:
             return "none"  # a warmup: a small rate now is the plan, not a problem
+        if ev.edge is not None and ev.edge >= EDGE:
+            return "none"  # at the edge of stability a higher rate will not train faster
         if progressing or weak or self._vanished(out, ev):
             return "none"
         if loss is None or not loss.stalled:
             return "wait" if loss is None or loss.previous is None else "none"
         if zero:
             return "stuck"
+        if dead_layer:  # weights creeping (weight decay) in a half-dead network: no raise
+            return "dead" if loss.at_chance else "stuck"
         cut = rate is not None and rate <= CUT * self._top_rate
         return "cut" if cut else "low"
 

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from tensorboard.compat.proto import event_pb2
 
 from actwatch._logging import logger
+from actwatch.events import tags
 from actwatch.events.records import EVENT_FILE_PREFIX, RecordError, read_record_at, record_offsets
 
 __all__ = ["CLAIM_FILE", "check_log_dir", "claim_log_dir", "last_step"]
@@ -52,9 +53,11 @@ CLAIM_FILE = ".actwatch-claim"
 
 
 def last_step(directory: str | os.PathLike[str]) -> int | None:
-    """The highest step in the actwatch events files of `directory` (None without one): the
-    step of each file's last readable record (a monitor writes its steps in order), found
-    from the record headers, so a file of images is not read through."""
+    """The step of the last check in the actwatch events files of `directory` (None without
+    one): in each file the last readable record of a check (a monitor writes its steps in
+    order; the update ratios written on their own at the step after a check, and alerts
+    written between checks, are passed over), found from the record headers, so a file of
+    images is not read through."""
     steps = []
     for name in os.listdir(directory):
         if not (name.startswith(EVENT_FILE_PREFIX) and name.endswith(".actwatch")):
@@ -62,11 +65,20 @@ def last_step(directory: str | os.PathLike[str]) -> int | None:
         path = os.path.join(directory, name)
         for offset in reversed(record_offsets(path)):
             try:
-                steps.append(event_pb2.Event.FromString(read_record_at(path, offset)).step)
-                break
+                event = event_pb2.Event.FromString(read_record_at(path, offset))
             except (RecordError, DecodeError):  # a damaged record: the one before it
                 continue
+            if _of_a_check(event):
+                steps.append(event.step)
+                break
     return max(steps, default=None)
+
+
+def _of_a_check(event: event_pb2.Event) -> bool:
+    """Whether `event` is a check's record: summaries beyond update ratios and alerts."""
+    values = event.summary.value if event.HasField("summary") else ()
+    between = all(v.tag == tags.ALERTS or "update_ratio" in v.tag for v in values)
+    return bool(values) and not between
 
 
 def claim_log_dir(log_dir: str | os.PathLike[str], start_step: int | None = None) -> str:
@@ -102,7 +114,7 @@ def claim_log_dir(log_dir: str | os.PathLike[str], start_step: int | None = None
         candidate = path if n == 1 else f"{base}-{n}"
         if os.path.exists(candidate) and not os.path.isdir(candidate):
             continue  # a file of that name: not ours to replace
-        why = _claim(check_log_dir(candidate), start_step if n == 1 else None)
+        why = _claim(check_log_dir(candidate), start_step)  # a resumed run: its own dir
         if why is None:
             if refused is not None:
                 logger.warning(

@@ -122,9 +122,9 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         timings: what the last check blocked the training thread for, in seconds: `blocking`
             (all of it), `device` (the compiled call) and `update_ratio` (the comparison of
             the weights, at the first batch after the check).
-        run_dir: the directory this monitor writes to: `log_dir`, or the first free
-            `<log_dir>-2`, `-3`, ... when `log_dir` already holds another run's events (said
-            at WARNING; claimed at the first fit, kept by later ones; None before).
+        run_dir: where this monitor writes: `log_dir`, or `<log_dir>-2`, ... when it held
+            another run's events (said at WARNING; claimed at the first fit; None before).
+        last_sharpness: the last check's `SharpnessResult` (with `sharpness=True`), or None.
 
     Example:
 

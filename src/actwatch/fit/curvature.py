@@ -41,13 +41,14 @@ class CurvatureWatch:
     def measure(self, step: int, learning_rate: float | None) -> dict[str, float]:
         """The network scalars of the sharpness now (`sharpness`, `sharpness_x_lr`, ...);
         none once it failed in this fit (said once, the checks go on)."""
+        self.record.last_sharpness = None  # never an earlier check's figures
         if self.sharpness is None:
             return {}
         try:
             result: SharpnessResult = self.sharpness.measure(learning_rate)
         except Exception as exc:
             self.sharpness = None
-            self.failures.check(
+            self.failures.sharpness(
                 "actwatch: the sharpness at step %d failed (%s: %s); this fit goes on without it.",
                 step,
                 type(exc).__name__,

@@ -73,7 +73,8 @@ class Failures:
         default_factory=lambda: WarnOnce("actwatch: the gradients of activations failed")
     )
     hook: WarnOnce = field(default_factory=lambda: WarnOnce("actwatch: on_alert raised"))
+    sharpness: WarnOnce = field(default_factory=lambda: WarnOnce("actwatch: the sharpness failed"))
 
     def reset(self) -> None:
-        for warn in (self.check, self.gradients, self.hook):
+        for warn in (self.check, self.gradients, self.hook, self.sharpness):
             warn.reset()
