@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,tensorflow,jax,torch,demo]' '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,tensorflow,jax,torch,demo]' '$(TORCH)'
 	touch $(STAMP)
 
 # Two runs side by side: a learning rate that kills filters (the alert fires), then a sane one.
