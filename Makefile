@@ -36,12 +36,15 @@ typecheck: install
 	$(BIN)/mypy
 
 # One pytest run per backend. Off TensorFlow's backend, `import tensorflow` is made to fail
-# (tests/conftest.py), proving actwatch runs without it.
+# (tests/conftest.py), proving actwatch runs without it. Tests marked read_path (no backend
+# involved) run in the first run only.
 test: lint typecheck chromium
-	@set -e; for b in $(BACKENDS); do \
+	@set -e; read=1; for b in $(BACKENDS); do \
 		echo "=== pytest with KERAS_BACKEND=$$b ==="; \
 		block=1; [ "$$b" = tensorflow ] && block=0; \
-		KERAS_BACKEND=$$b ACTWATCH_BLOCK_TENSORFLOW=$$block $(BIN)/python -m pytest $(PYTEST_ARGS); \
+		KERAS_BACKEND=$$b ACTWATCH_BLOCK_TENSORFLOW=$$block ACTWATCH_READ_PATH=$$read \
+			$(BIN)/python -m pytest $(PYTEST_ARGS); \
+		read=0; \
 	done
 
 clean:

@@ -12,9 +12,26 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 BLOCK_ENV = "ACTWATCH_BLOCK_TENSORFLOW"
 
 if os.environ.get(BLOCK_ENV) == "1":
     if sys.modules.get("tensorflow") is not None:
         raise RuntimeError(f"{BLOCK_ENV}=1 but TensorFlow was imported before the tests")
     sys.modules["tensorflow"] = None  # type: ignore[assignment]
+
+# Tests of what no Keras backend touches (reading event files, rendering, the tab, the report,
+# storage) are marked `read_path`. `make test` runs the suite once per backend and sets
+# ACTWATCH_READ_PATH=0 on every run but the first, so those tests run once; a plain `pytest`
+# runs them all.
+READ_PATH_ENV = "ACTWATCH_READ_PATH"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(READ_PATH_ENV, "1") != "0":
+        return
+    skip = pytest.mark.skip(reason="backend-independent (read path): runs in make test's first run")
+    for item in items:
+        if item.get_closest_marker("read_path") is not None:
+            item.add_marker(skip)
