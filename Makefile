@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
-BACKENDS ?= tensorflow jax torch
+# The first run (JAX, TensorFlow blocked) also runs the backend-independent read_path tests.
+BACKENDS ?= jax tensorflow torch
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint typecheck clean chromium

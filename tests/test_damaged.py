@@ -23,6 +23,9 @@ from actwatch.events import reader
 
 from .fit_logs import fit_run
 
+# Reading, rendering and serving: no Keras backend involved, so once per make test.
+pytestmark = pytest.mark.read_path
+
 LAYERS = ["conv1", "pool1", "conv2", "pool2"]  # helpers.tiny_cnn's watched layers
 #: The records a fit's file starts with: the file version, the custom-scalars layout, the
 #: first check (which carries every tag's metadata: plugin names and descriptions).

@@ -33,13 +33,9 @@ from .tensorboard_server import Server, tensorboard_server
 
 pytestmark = [
     pytest.mark.slow,
-    # The tab and its index never touch Keras: what matters is that they run without
-    # TensorFlow, which the JAX and PyTorch passes block. The TensorFlow pass would only
-    # repeat them (about 50 s of a `make test` that must stay under 30 minutes).
-    pytest.mark.skipif(
-        os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow",
-        reason="runs in the JAX and PyTorch passes, where TensorFlow is blocked",
-    ),
+    # The tab and its index never touch Keras: once per make test, in its first (JAX) run,
+    # where TensorFlow is blocked.
+    pytest.mark.read_path,
 ]
 
 XSS = "<img src=x onerror=alert(1)>"

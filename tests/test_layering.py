@@ -14,6 +14,9 @@ import pytest
 from actwatch.events import tags
 from actwatch.events.sink import Sink
 
+# Reading, rendering and serving: no Keras backend involved, so once per make test.
+pytestmark = pytest.mark.read_path
+
 FORBIDDEN = ("keras", "tensorflow", "jax", "torch")
 READ_PATH = (
     "actwatch.report",

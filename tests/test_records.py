@@ -20,6 +20,9 @@ from actwatch.events.records import (
     read_records,
 )
 
+# Reading, rendering and serving: no Keras backend involved, so once per make test.
+pytestmark = pytest.mark.read_path
+
 PAYLOADS = [b"", b"a", b"hello records", bytes(range(256)) * 40]
 
 

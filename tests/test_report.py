@@ -26,6 +26,9 @@ from .chromium import chromium_session
 from .fit_logs import MATH_LAYER, SCRIPT_LAYER, fit_run, write_script_run
 from .helpers import read_events
 
+# Reading, rendering and serving: no Keras backend involved, so once per make test.
+pytestmark = pytest.mark.read_path
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -9,6 +9,9 @@ from tensorboard.compat.proto import event_pb2
 
 from actwatch.events import reader, summaries, tags
 
+# Reading, rendering and serving: no Keras backend involved, so once per make test.
+pytestmark = pytest.mark.read_path
+
 LAYERS = ["conv1", "backbone/block_1/conv", "a/probe_0", "$x<b>"]
 
 
