@@ -139,13 +139,30 @@ class TestBitDepth:
         Image.fromarray(np.full((16, 16), 1000, np.uint16)).save(dark)
         np.testing.assert_array_equal(_batch([dark]), np.full((1, 16, 16, 3), 4.0))  # 1000/257
 
+    def test_sixteen_bit_values_all_below_256_are_not_read_as_eight_bit(
+        self, tmp_path: Path
+    ) -> None:
+        """Review of issue 19: a dark 16-bit image (every value <= 255), as a file (`I;16`)
+        and as the `I` image older Pillow decodes it to, is scaled by its 16-bit depth."""
+        pixels = np.tile(np.arange(0, 256, 16, dtype=np.uint16), (16, 1))  # 0..240
+        path = tmp_path / "dark16.png"
+        Image.fromarray(pixels).save(path)
+        with Image.open(path) as image:
+            assert image.mode == "I;16"
+            as_i = image.convert("I")
+        expected = np.round(pixels / 257.0)  # 0 or 1: nearly black, as in the 16-bit file
+        assert expected.max() == 1
+        for given in (path, as_i):
+            batch = prepare_probes(read_probe_source([given]), model_inputs(tiny_cnn())).inputs[0]
+            np.testing.assert_array_equal(batch[0, ..., 0], expected)
+
     @pytest.mark.parametrize(
         ("mode", "values", "expected"),
         [
             ("I;16", [0, 128, 129, 257, 32896, 65535], [0, 0, 1, 1, 128, 255]),
             ("I;16B", [0, 128, 129, 257, 32896, 65535], [0, 0, 1, 1, 128, 255]),
             ("I", [0, 128, 129, 257, 32896, 65535], [0, 0, 1, 1, 128, 255]),
-            ("I", [0, 7, 128, 200, 254, 255], [0, 7, 128, 200, 254, 255]),  # 8-bit in 32
+            ("I", [0, 7, 128, 200, 254, 255], [0, 0, 0, 1, 1, 1]),  # 16-bit, all <= 255
             ("F", [0.0, 0.25, 0.5, 1.0, 0.002, 0.998], [0, 64, 128, 255, 1, 254]),
             ("F", [0.0, 7.0, 128.0, 255.0, 1.5, 254.6], [0, 7, 128, 255, 2, 255]),  # 0-255
             ("L", [0, 7, 128, 255, 1, 254], [0, 7, 128, 255, 1, 254]),
@@ -167,9 +184,9 @@ class TestBitDepth:
         ("mode", "values", "message"),
         [
             ("I", [0, 70000], "is a 32-bit integer image with values from 0 to 70000; expected "
-             "8-bit (0-255) or 16-bit (0-65535) pixels."),
-            ("I", [-1, 5], "is a 32-bit integer image with values from -1 to 5; expected 8-bit "
-             "(0-255) or 16-bit (0-65535) pixels."),
+             "16-bit (0-65535) pixels, as Pillow decodes 16-bit files."),
+            ("I", [-1, 5], "is a 32-bit integer image with values from -1 to 5; expected 16-bit "
+             "(0-65535) pixels, as Pillow decodes 16-bit files."),
             ("F", [-1.0, 1.0], "is a floating-point image with values from -1 to 1; expected "
              "values in [0, 1] (or 0-255)."),
             ("F", [0.0, 1000.0], "is a floating-point image with values from 0 to 1000; "

@@ -9,7 +9,8 @@ stays dark):
 - 8-bit images (`L`, `RGB`, `P`, ...) as they are;
 - 16-bit grayscale (`I;16`, `I;16B`, `I;16L`, `I;16N`: 16-bit PNG and TIFF files) divided by
   257, so 65535 becomes 255 (Pillow's own conversion clips every value above 255 to white);
-- 32-bit integer (`I`) with values in 0-255 as they are, in 0-65535 as 16-bit, else refused;
+- 32-bit integer (`I`, what older Pillow decodes 16-bit files to) as 16-bit, whatever its
+  values (a dark 16-bit image with every value <= 255 stays dark); outside 0-65535, refused;
 - floating point (`F`) in `[0, 1]` times 255, in `[0, 255]` as they are, else refused.
 """
 
@@ -96,13 +97,15 @@ def eight_bit(image: Image.Image, argument: str, label: str) -> Image.Image:
             )
         scale = 255.0 if high <= 1.0 else 1.0
     elif image.mode == "I":
+        # Pillow decodes 16-bit files to `I` (older versions, `convert("I")`): its depth
+        # is 16 bits whatever the values, so a dark 16-bit image is not read as 8-bit.
         if low < 0 or high > 65535:
             raise ValueError(
                 f"Invalid value for argument `{argument}`: {label} is a 32-bit integer image "
-                f"with values from {low:g} to {high:g}; expected 8-bit (0-255) or 16-bit "
-                "(0-65535) pixels. " + _CONVERT_YOURSELF
+                f"with values from {low:g} to {high:g}; expected 16-bit (0-65535) pixels, "
+                "as Pillow decodes 16-bit files. " + _CONVERT_YOURSELF
             )
-        scale = 1.0 if high <= 255 else 1 / 257
+        scale = 1 / 257
     else:
         scale = 1 / 257  # 65535 -> 255, exactly the 8-bit value for v * 257
     return Image.fromarray(np.round(pixels * scale).astype(np.uint8))
