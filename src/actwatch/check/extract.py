@@ -27,10 +27,12 @@ from typing import Any, TypeVar
 import keras
 
 from actwatch._warnings import ActwatchWarning
+from actwatch.check.attention import AttentionHooks
 from actwatch.check.capture import Capture, TrainingView, inference, takes_training
 from actwatch.check.gradients import LossGradients
 from actwatch.check.layers import WatchedLayer
-from actwatch.check.tree import is_graph_model, iter_layers, walk
+from actwatch.check.transformers import full_walk
+from actwatch.check.tree import is_graph_model, iter_layers
 
 __all__ = ["Extractor"]
 
@@ -164,6 +166,9 @@ class Extractor:
         inference: the inference view instead (`model.predict`'s: moving statistics), for
             measurements only; its dead filters are not the training pass's. Defaults to
             False.
+        attention: `(path, layer)` of the attention layers whose softmax is seen
+            (`attention.AttentionHooks`): while `reduce` runs, `extras[path]` holds
+            `attention.reduce_attention`'s tensors for each one that ran.
     """
 
     def __init__(
@@ -174,8 +179,13 @@ class Extractor:
         gradients: bool = False,
         batch_rows: int = 0,
         inference: bool = False,
+        attention: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        anchors = {path: anchor for path, _, anchor in walk(model)}
+        #: The attention layers' softmaxes, seen during each call (`attention.AttentionHooks`);
+        #: their figures are in `extras` while `reduce` runs (inside the trace).
+        self.hooks = AttentionHooks(attention, rows=batch_rows)
+        self.extras: dict[str, Any] = {}
+        anchors = {path: anchor for path, _, anchor in full_walk(model)}
         self.watched = list(watched)
         self._name = model.name
         self._view = (
@@ -261,6 +271,10 @@ class Extractor:
         capture = self._capture
         assemble = self._assemble
         view = self._view
+        hooks = self.hooks
+
+        def extras(captured: dict[int, Any]) -> None:
+            self.extras = {p: captured[k] for p, k in hooks.keys.items() if k in captured}
 
         def forward(
             call: Callable[[Any], Any],
@@ -270,8 +284,11 @@ class Extractor:
         ) -> Any:
             capture.outputs.clear()
             if gradients is None:
-                return reduce(assemble(_as_list(call(x)), capture.outputs), None)
+                outputs = assemble(_as_list(call(x)), capture.outputs)
+                extras(capture.outputs)
+                return reduce(outputs, None)
             captured, grads = gradients.forward(call, x, *labels, state=state)
+            extras(captured)
             return reduce(assemble([], captured), grads)
 
         def flags(training: bool) -> dict[str, bool]:
@@ -341,6 +358,7 @@ class Extractor:
                 with (
                     contextlib.nullcontext() if view is None else view.installed(),
                     capture.installed(),
+                    hooks.installed(capture.outputs),
                 ):
                     if function is None:
                         result = eager(training, *data)
@@ -364,6 +382,7 @@ class Extractor:
                                 stacklevel=2,
                             )
             finally:
+                self.extras = {}
                 capture.outputs.clear()
                 if gradients is not None:
                     gradients.perturb.deltas.clear()

@@ -29,6 +29,7 @@ import keras
 
 from actwatch.check import kinds
 from actwatch.check.capture import trace
+from actwatch.check.transformers import full_walk, roles
 from actwatch.check.tree import walk
 
 __all__ = [
@@ -61,6 +62,8 @@ class WatchedLayer:
     channel_axis: int
     channels: int
     pooling: bool
+    #: In a transformer: "attention", "block" (the residual stream) or "mlp"; else "".
+    role: str = ""
 
 
 def _channel_axis(layer: Any, rank: int, inherited: str | None = None) -> int:
@@ -91,7 +94,7 @@ def _output_of(layer: Any, path: str) -> Any:
 
 
 def _watchable(
-    path: str, layer: Any, inherited: str | None = None, output: Any = None
+    path: str, layer: Any, inherited: str | None = None, output: Any = None, role: str = ""
 ) -> WatchedLayer:
     if output is None:
         output = _output_of(layer, path)
@@ -110,7 +113,7 @@ def _watchable(
             "5 (batch, ..., channels). Choose a convolution, pooling, activation or Dense "
             "layer."
         )
-    axis = _channel_axis(layer, rank, inherited)
+    axis = -1 if role else _channel_axis(layer, rank, inherited)
     channels = output.shape[axis]
     if channels is None:
         raise ValueError(
@@ -125,6 +128,7 @@ def _watchable(
         channel_axis=axis,
         channels=int(channels),
         pooling=isinstance(layer, kinds.POOLING),
+        role=role,
     )
 
 
@@ -173,18 +177,22 @@ def resolve_layers(
     running the model once, eagerly, on `sample` (the probes, as fed to the model) or else
     on one zero sample of the model's input shape; that call also tells their output shapes.
     """
-    table = walk(model)
+    table = full_walk(model)
     paths = [p for p, _, _ in table]
     by_path = {p: layer for p, layer, _ in table}
     anchors = {p: anchor for p, _, anchor in table}
+    parts = roles(table)  # a transformer's attention layers, blocks and MLPs
     if layers is None:
         skipped = _linear_before_activation([(p, by_path[p]) for p in paths if anchors[p] is None])
         candidates = [
             p
             for p in paths
-            if isinstance(by_path[p], _DEFAULT_TYPES)
-            and not isinstance(by_path[p], keras.Model)
-            and p not in skipped
+            if (
+                isinstance(by_path[p], _DEFAULT_TYPES)
+                and not isinstance(by_path[p], keras.Model)
+                and p not in skipped
+            )
+            or p in parts
         ]
     else:
         pairs = [(p, by_path[p]) for p in paths]
@@ -215,8 +223,8 @@ def resolve_layers(
         }
         if not outputs:
             raise ValueError(
-                f"Model {model.name!r} has no convolution, pooling or activation layer to "
-                "watch by default. Pass `layers=[...]` with the names of the layers to watch "
+                f"Model {model.name!r} has no convolution, pooling, activation or attention "
+                "layer to watch by default. Pass `layers=[...]` with the names of the layers to watch "
                 f"(available: {paths[:20]})."
             )
     formats: dict[str, str | None] = {}
@@ -235,7 +243,10 @@ def resolve_layers(
             return (position[path], -1)
         return (position[anchor] if anchor else -1, called[id(by_path[path])])
 
-    return [_watchable(p, by_path[p], formats[p], outputs[p]) for p in sorted(outputs, key=order)]
+    return [
+        _watchable(p, by_path[p], formats[p], outputs[p], parts.get(p, ""))
+        for p in sorted(outputs, key=order)
+    ]
 
 
 def _tensor(layer: Any, attribute: str) -> Any:
@@ -372,7 +383,7 @@ def resolve_drawn(model: keras.Model, watched: Sequence[WatchedLayer], spec: Any
     Raises ValueError when it names a layer that is not watched. Only names are matched
     (no call of the model), so captured layers cost nothing more here.
     """
-    table = [(path, layer) for path, layer, _ in walk(model)]
+    table = [(path, layer) for path, layer, _ in full_walk(model)]
     by_path = dict(table)
     all_paths = [p for p, _ in table]
     named: list[str] = []

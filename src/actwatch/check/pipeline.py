@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import keras
@@ -33,6 +33,8 @@ from actwatch.check.signals import (
 )
 from actwatch.check.signals import histograms as histogram_counts
 from actwatch.check.stats import SIGNAL_INPUTS, LayerStats, reduce_layer, summarize
+from actwatch.check.tokens import TokenPicture
+from actwatch.check.transformer_items import TransformerItems
 from actwatch.render.tiles import TopK
 
 __all__ = ["CheckPipeline", "CheckResult", "DrawRule"]
@@ -45,7 +47,8 @@ class CheckResult:
     `maps` holds uint8 codes `(probes, H, W, F)` or `(probes, F)` for Dense outputs, at most
     `max_filters` filters; `heat` holds uint8 `(probes, H, W)` (absent for Dense outputs);
     `topk` the top-k statistics samples of each drawn filter (when asked for); `gradients`
-    the gradient figures of every layer (with labels).
+    the gradient figures of every layer (with labels); `tokens` a transformer's pictures,
+    keyed `"attention/{path}"` and `"tokens/{path}"` (`check.tokens.TokenPicture`).
     """
 
     stats: dict[str, LayerStats]
@@ -53,6 +56,7 @@ class CheckResult:
     heat: dict[str, np.ndarray]
     topk: dict[str, TopK] = field(default_factory=dict)
     gradients: dict[str, GradientStats] = field(default_factory=dict)
+    tokens: dict[str, TokenPicture] = field(default_factory=dict)
 
 
 def _channels_last(a: Any, layer: WatchedLayer) -> Any:
@@ -153,6 +157,7 @@ class CheckPipeline:
         self.dormant_threshold = dormant_threshold
         layers = self.watched
         self._spatial: dict[str, tuple[int, ...]] = {}  # channels-last, set when traced
+        self._transformer = TransformerItems(model, stats_samples)
 
         def reduce(outputs: list[Any], careful: bool = False) -> list[dict[str, Any]]:
             """Per watched layer: `{"stats": {...}, "maps": ..., "heat": ...}` (device).
@@ -180,6 +185,16 @@ class CheckPipeline:
                         flat, inputs, histogram=False, feature_rank=feature_rank
                     )
                     flats.append(sample_values(flat, HISTOGRAM_SAMPLE))
+                if layer.role:  # a transformer's attention layer, block or MLP
+                    item.update(
+                        self._transformer.reduce(
+                            layer.role,
+                            a,
+                            extractor.extras,
+                            layer.path,
+                            draw and layer.path in chosen,
+                        )
+                    )
                 if draw and topk > 0 and layer.path in chosen:
                     item["topk"] = reduce_topk(flat, topk, max_filters)
                 if draw and layer.path in chosen:
@@ -205,6 +220,7 @@ class CheckPipeline:
             gradients=labels is not None,
             batch_rows=stats_samples,
             inference=inference,
+            attention=[(w.path, w.layer) for w in self.watched if w.role == "attention"],
         )
         self._make_runner: Callable[[bool], Callable[[Any], Any]] = lambda careful: (
             extractor.make_runner(functools.partial(reduce, careful=careful))
@@ -246,6 +262,7 @@ class CheckPipeline:
         heat: dict[str, np.ndarray] = {}
         topk: dict[str, TopK] = {}
         gradients: dict[str, GradientStats] = {}
+        tokens: dict[str, TokenPicture] = {}
         if self._run_labelled is not None:
             items, raw = self._run_labelled(inputs)
             gradients = gradient_stats(raw, self.watched, self.dormant_threshold)
@@ -264,8 +281,23 @@ class CheckPipeline:
             stats[layer.path] = summarize(
                 item["stats"], self.dormant_threshold, item.get("signals")
             )
+            if layer.role:
+                shape = (int(item["stats"]["values"]) // max(layer.channels, 1), layer.channels)
+                figures, pictures, where = self._transformer.finish(
+                    layer.path, item, (*self._rows(shape, layer), layer.channels), inputs
+                )
+                stats[layer.path] = replace(stats[layer.path], transformer=figures, peak_at=where)
+                tokens.update(pictures)
             if "maps" in item:
                 maps[layer.path] = item["maps"]
             if "heat" in item:
                 heat[layer.path] = item["heat"]
-        return CheckResult(stats=stats, maps=maps, heat=heat, topk=topk, gradients=gradients)
+        return CheckResult(
+            stats=stats, maps=maps, heat=heat, topk=topk, gradients=gradients, tokens=tokens
+        )
+
+    def _rows(self, shape: tuple[int, int], layer: WatchedLayer) -> tuple[int, int]:
+        """(samples, tokens) of a rank-3 layer's statistics data, from its value count."""
+        spatial = self._spatial.get(layer.path, ())
+        tokens = int(spatial[0]) if spatial else 1
+        return shape[0] // max(tokens, 1), tokens

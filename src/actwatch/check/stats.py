@@ -240,6 +240,12 @@ class LayerStats:
     #: values' range.
     histogram: np.ndarray | None = None
     value_range: tuple[float, float] | None = None
+    #: A transformer's figures (`check.attention`, `check.tokens`), by metric name: for an
+    #: attention layer `attention_*`, for a block's output `token_norm_ratio`,
+    #: `token_similarity`, `kurtosis`, `massive_activation`. None elsewhere.
+    transformer: Mapping[str, float] | None = None
+    #: A block whose largest |a| is a massive activation: `(sample, token, channel)` of it.
+    peak_at: tuple[int, int, int] | None = None
 
     @property
     def filters(self) -> int:
@@ -278,6 +284,7 @@ class LayerStats:
             "mean": self.mean,
             "nonfinite": float(self.nonfinite),
             **self.signal_scalars(),
+            **dict(self.transformer or {}),
         }
 
     def signal_scalars(self) -> dict[str, float]:

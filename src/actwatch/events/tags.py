@@ -8,7 +8,10 @@
 | checks whose images were skipped so far | `network/images_skipped` |
 | filter grid | `filters/{layer}/probe_{i}` |
 | heatmap over the probe | `heatmap/{layer}/probe_{i}` |
+| token L2 norms on the patch grid (transformers) | `tokens/{layer}/probe_{i}` |
+| attention per head (patch grid; text: query x key) | `attention/{layer}/probe_{i}` |
 | per-layer signal scalar | `{signal}/{layer}`, e.g. `rms/conv1` (`{signal}` in `SIGNAL_METRICS`) |
+| per-layer transformer scalar | `{metric}/{layer}`, e.g. `attention_logit_max/block_0/mha` (`TRANSFORMER_METRICS`) |
 | activation histogram (Histograms and Distributions tabs) | `histogram/{layer}` |
 | colorful dimension: histogram bins x checks (drawn layers) | `distribution/{layer}` |
 | top-k samples of each drawn filter (drawn layers, `topk` > 0) | `topk/{layer}` |
@@ -36,6 +39,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 __all__ = [
     "AFTER_CHECK_METRICS",
     "ALERTS",
+    "ATTENTION",
     "CHART_LINES",
     "DISTRIBUTION",
     "FILTERS",
@@ -48,11 +52,15 @@ __all__ = [
     "LOGS_PREFIX",
     "METRICS",
     "NETWORK",
+    "PROBE_IMAGES",
     "SIGNAL_METRICS",
+    "TOKENS",
     "TOPK",
+    "TRANSFORMER_METRICS",
     "LoggedAlert",
     "MarkdownAlert",
     "alert_texts",
+    "attention_tag",
     "describe",
     "distribution_tag",
     "filters_tag",
@@ -67,6 +75,7 @@ __all__ = [
     "parse_image_tag",
     "parse_layer_tag",
     "scalar_values",
+    "tokens_tag",
     "topk_tag",
     "update_ratio_scalars",
 ]
@@ -115,6 +124,36 @@ SIGNAL_METRICS: dict[str, str] = {
         "averaged features holding 99% of their sum; at most min(samples, channels)."
     ),
 }
+#: A transformer's per-layer metrics (see `actwatch.check.attention`, `actwatch.check.tokens`)
+#: -> description (Markdown). Written per layer only, left out of the custom-scalars layout.
+TRANSFORMER_METRICS: dict[str, str] = {
+    "attention_entropy": (
+        "Attention entropy (Zhai et al., ICML 2023): mean over samples, heads and queries of "
+        "-sum A log A / log(number of unmasked keys), in [0, 1]; near 0 is entropy collapse."
+    ),
+    "attention_entropy_min": "Attention entropy of the lowest head (mean over its queries).",
+    "attention_logit_max": (
+        "Largest |attention logit| at the softmax's input, as the layer computes it: growth "
+        "at high learning rates precedes divergence (Wortsman et al. 2023, arXiv 2309.14322)."
+    ),
+    "attention_sink": (
+        "Mean attention mass on the first key (attention sinks, Gu et al., ICLR 2025)."
+    ),
+    "token_norm_ratio": (
+        "Largest token L2 norm over the median one: high-norm tokens (Darcet et al., ICLR 2024)."
+    ),
+    "token_similarity": (
+        "Mean pairwise cosine between a sample's tokens: 1 is rank collapse (Dong et al. 2021)."
+    ),
+    "kurtosis": (
+        "Kurtosis mean(s^4) / mean(s^2)^2 of the per-channel RMS s over tokens: outlier "
+        "features (He et al., NeurIPS 2024); 1 when all channels are alike."
+    ),
+    "massive_activation": (
+        "1 when the largest |a| is > 100 and > 1000x the median |a| (massive activations, "
+        "Sun et al. 2024), else 0."
+    ),
+}
 #: Learning-rate metrics (see `actwatch.diagnose.updates`, `actwatch.check.gradients`,
 #: `actwatch.diagnose.revive`) -> description (Markdown), per layer and (`update_ratio`,
 #: `revived_filters`) for the network.
@@ -152,6 +191,10 @@ ALERTS = "alerts"
 #: The first part of image and histogram tags (`filters_tag`, `heatmap_tag`, ...).
 FILTERS, HEATMAP, TOPK = "filters", "heatmap", "topk"
 HISTOGRAM, DISTRIBUTION = "histogram", "distribution"
+#: The first part of transformers' picture tags (`tokens_tag`, `attention_tag`).
+TOKENS, ATTENTION = "tokens", "attention"
+#: The kinds of per-probe picture tags, `{kind}/{layer}/probe_{i}` (`parse_image_tag`).
+PROBE_IMAGES = (FILTERS, HEATMAP, TOKENS, ATTENTION)
 #: Prefix of the keys actwatch adds to Keras' `logs` dict.
 LOGS_PREFIX = "actwatch_"
 
@@ -172,6 +215,14 @@ def heatmap_tag(layer: str, probe: int) -> str:
     return f"{HEATMAP}/{layer}/probe_{probe}"
 
 
+def tokens_tag(layer: str, probe: int) -> str:
+    return f"{TOKENS}/{layer}/probe_{probe}"
+
+
+def attention_tag(layer: str, probe: int) -> str:
+    return f"{ATTENTION}/{layer}/probe_{probe}"
+
+
 def histogram_tag(layer: str) -> str:
     return layer_tag(HISTOGRAM, layer)
 
@@ -184,7 +235,7 @@ def topk_tag(layer: str) -> str:
     return layer_tag(TOPK, layer)
 
 
-_IMAGE_TAG = re.compile(rf"^(?P<kind>{FILTERS}|{HEATMAP})/(?P<layer>.+)/probe_(?P<probe>\d+)$")
+_IMAGE_TAG = re.compile(rf"^(?P<kind>{'|'.join(PROBE_IMAGES)})/(?P<layer>.+)/probe_(?P<probe>\d+)$")
 
 
 def parse_layer_tag(tag: str) -> tuple[str, str] | None:
@@ -198,8 +249,8 @@ def parse_layer_tag(tag: str) -> tuple[str, str] | None:
 
 
 def parse_image_tag(tag: str) -> tuple[str, str, int] | None:
-    """`(kind, layer, probe)` of a `filters_tag` or `heatmap_tag` (kind `FILTERS` or
-    `HEATMAP`); None for any other tag."""
+    """`(kind, layer, probe)` of a `filters_tag`, `heatmap_tag`, `tokens_tag` or
+    `attention_tag` (kind one of `PROBE_IMAGES`); None for any other tag."""
     match = _IMAGE_TAG.match(tag)
     if match is None:
         return None
@@ -262,15 +313,22 @@ def describe(
     Per layer: `` "{about} Layer `{layer}`." ``, by which readers tell per-layer scalars
     (`is_layer_metric`); for the network (`layer` None): `"{about} {network}"`.
     """
-    about = METRICS.get(metric) or SIGNAL_METRICS.get(metric) or LEARNING_METRICS[metric]
+    about = (
+        METRICS.get(metric)
+        or SIGNAL_METRICS.get(metric)
+        or TRANSFORMER_METRICS.get(metric)
+        or LEARNING_METRICS[metric]
+    )
     return f"{about} Layer `{layer}`." if layer is not None else f"{about} {network}"
 
 
 def is_layer_metric(metric: str, layer: str, description: str = "") -> bool:
     """True when a `{metric}/{layer}` scalar is a per-layer figure of actwatch's: a metric of
-    `METRICS`, `SIGNAL_METRICS` or `LEARNING_METRICS`, or one described as `describe`
+    `METRICS`, `SIGNAL_METRICS`, `TRANSFORMER_METRICS` or `LEARNING_METRICS`, or one described as `describe`
     describes a layer's (metrics are added over time: a reader lists what it finds)."""
-    known = metric in METRICS or metric in SIGNAL_METRICS or metric in LEARNING_METRICS
+    known = any(
+        metric in m for m in (METRICS, SIGNAL_METRICS, TRANSFORMER_METRICS, LEARNING_METRICS)
+    )
     return known or description.endswith(f"Layer `{layer}`.")
 
 

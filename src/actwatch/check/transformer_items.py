@@ -1,0 +1,133 @@
+"""A check's transformer figures, between the pipeline's reduction and its result.
+
+`TransformerItems` adds to the pipeline's per-layer items (on the device, inside the check's
+compiled call): for an attention layer (`role="attention"`) the figures of
+`attention.reduce_attention` and, when drawn, the probes' attention; for a block's output
+(`role="block"`) `tokens.reduce_tokens` and, when drawn, the probes' token norms. On the host,
+`finish` turns them into scalars for `LayerStats` and `TokenPicture`s for the pictures.
+
+Token layout: a model with an image input (rank 4) is a vision model. Its first tokens are
+class and register tokens: `num_register_tokens` (DINOv2) plus one class token when a layer
+has `cls_token` or `use_class_token=True`; without such a layer, what is left over the
+largest square number of tokens. Its attention picture is the class token's row (a prefix),
+or the mean over queries (none). Any other model is a text model: the attention picture is
+the whole matrix of its first `attention.MAX_TEXT_TOKENS` tokens, with the probes' token ids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+
+from actwatch.check.attention import MAX_TEXT_TOKENS, attention_picture, attention_scalars
+from actwatch.check.tokens import TokenPicture, reduce_tokens, token_figures, token_norms
+from actwatch.check.tree import descendants
+
+__all__ = ["TransformerItems", "token_prefix"]
+
+
+def token_prefix(model: Any) -> int | None:
+    """Class + register tokens a vision transformer puts first, read from its layers; None
+    when no layer says (see the module docstring)."""
+    found = None
+    for layer in [model, *descendants(model)]:
+        registers = getattr(layer, "num_register_tokens", None)
+        has_class = hasattr(layer, "cls_token") or getattr(layer, "use_class_token", False)
+        if isinstance(registers, int) or has_class:
+            found = (registers if isinstance(registers, int) else 0) + (1 if has_class else 0)
+    return found
+
+
+def _grid(tokens: int, prefix: int | None) -> tuple[int, tuple[int, int]]:
+    if prefix is None:
+        side = math.isqrt(tokens)
+        prefix = tokens - side * side
+    patches = max(tokens - prefix, 0)
+    side = math.isqrt(patches)
+    return prefix, ((side, side) if side * side == patches else (1, patches))
+
+
+class TransformerItems:
+    """The transformer part of a check (module docstring).
+
+    Args:
+        model: the model.
+        rows: the statistics samples leading the batch (0: all are probes too).
+    """
+
+    def __init__(self, model: Any, rows: int) -> None:
+        try:
+            inputs = list(model.inputs or [])
+        except (AttributeError, ValueError):
+            inputs = []
+        self.vision = any(len(getattr(t, "shape", ())) == 4 for t in inputs)
+        self.prefix = token_prefix(model) if self.vision else 0
+        self.rows = rows
+
+    def query(self, tokens: int) -> str:
+        if not self.vision:
+            return "all"
+        prefix, _ = _grid(tokens, self.prefix)
+        return "class" if prefix >= 1 else "mean"
+
+    def reduce(
+        self, role: str, a: Any, extras: Mapping[str, Any], path: str, drawn: bool
+    ) -> dict[str, Any]:
+        """Device: the items to add for one layer (`a` its `(B, T, D)` float32 output)."""
+        rows = self.rows
+        out: dict[str, Any] = {}
+        if role == "attention" and path in extras:
+            figures = dict(extras[path])
+            probs = figures.pop("probs")
+            out["attention"] = figures
+            if drawn:
+                out["attention_map"] = attention_picture(probs, self.query(int(probs.shape[2])))
+        elif role == "block" and len(a.shape) == 3:
+            out["tokens"] = reduce_tokens(a[:rows] if rows else a)
+            if drawn:
+                out["token_norms"] = token_norms(a[rows:] if rows else a)
+        return out
+
+    def finish(
+        self, path: str, item: Mapping[str, Any], shape: tuple[int, ...], ids: Any = None
+    ) -> tuple[dict[str, float], dict[str, TokenPicture], tuple[int, int, int] | None]:
+        """Host: `(scalars, pictures keyed "{kind}/{path}", massive activation's place)`.
+        `shape` is the layer's output shape (statistics samples, tokens, channels); `ids`
+        the batch's first input (token ids of a text model)."""
+        scalars: dict[str, float] = {}
+        pictures: dict[str, TokenPicture] = {}
+        where = None
+        text_ids = None
+        first = ids[0] if isinstance(ids, (list, tuple)) and ids else ids
+        if not self.vision and first is not None and np.ndim(first) == 2:
+            if np.issubdtype(np.asarray(first).dtype, np.integer):
+                text_ids = np.asarray(first)[self.rows :, :MAX_TEXT_TOKENS]
+        if "attention" in item:
+            scalars.update(attention_scalars(item["attention"]))
+        if "attention_map" in item:
+            values = np.asarray(item["attention_map"], dtype=np.float32)
+            tokens = int(values.shape[-1])
+            query = self.query(tokens) if self.vision else "all"
+            prefix, grid = _grid(tokens, self.prefix) if self.vision else (0, None)
+            pictures[f"attention/{path}"] = TokenPicture(
+                "attention", values, query, prefix, grid, text_ids
+            )
+        if "tokens" in item:
+            n, t, d = shape
+            figures = token_figures(item["tokens"], (n, t, d))
+            scalars.update(figures.scalars())
+            where = figures.where if figures.massive else None
+        if "token_norms" in item:
+            values = np.asarray(item["token_norms"], dtype=np.float32)
+            tokens = int(values.shape[-1])
+            prefix, grid = _grid(tokens, self.prefix) if self.vision else (0, None)
+            pictures[f"tokens/{path}"] = TokenPicture("tokens", values, "", prefix, grid, text_ids)
+        return scalars, pictures, where
+
+
+def drawn_roles(paths: Collection[str], roles: Mapping[str, str]) -> list[str]:
+    """The transformer layers among `paths` (attention layers and blocks) that get pictures."""
+    return [p for p in paths if roles.get(p) in ("attention", "block")]
