@@ -44,7 +44,7 @@ _HEADER_FOOTER = 16  # a record's framing around its payload
 #: Bytes before the place reading stopped at, remembered to tell a file rewritten in place.
 _MARK = 16
 _PNG = b"\x89PNG\r\n\x1a\n"
-_IMAGES = (tags.FILTERS, tags.HEATMAP)
+_IMAGES = tags.PROBE_IMAGES  # filters, heatmaps, transformers' tokens and attention
 _unreadable = WarnOnce("actwatch: an events file could not be read again (see the first warning)")
 
 

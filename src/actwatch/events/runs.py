@@ -35,6 +35,8 @@ class RunLog:
         histograms: `{layer: {step: counts}}`, each check's activation histogram as counts
             over `actwatch.events.histograms.HISTOGRAM_EDGES`' bins.
         topk: `{layer: {step: PNG bytes}}`, the top-k strips (`topk/{layer}`) of each check.
+        pictures: `{kind: {layer: {step: PNG bytes}}}`, transformers' pictures of probe 0
+            (`kind` `tags.TOKENS` or `tags.ATTENTION`) at each check.
         layers: the watched layer paths in network order (`reader.LayerOrder`).
     """
 
@@ -47,6 +49,7 @@ class RunLog:
     layers: list[str] = field(default_factory=list)
     histograms: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     topk: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    pictures: dict[str, dict[str, dict[int, bytes]]] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[int]:
@@ -113,10 +116,13 @@ def _take(log: RunLog, order: reader.LayerOrder, item: reader.Item) -> None:
         if item.layer:
             order.see(item)
     elif item.kind == reader.IMAGE:
-        if item.metric in (tags.FILTERS, tags.HEATMAP):
+        if item.metric in tags.PROBE_IMAGES:
             order.see(item)
             if item.metric == tags.FILTERS and item.probe == 0:
                 log.grids.setdefault(item.layer, {})[item.step] = item.value
+            elif item.metric in (tags.TOKENS, tags.ATTENTION) and item.probe == 0:
+                layers = log.pictures.setdefault(item.metric, {})
+                layers.setdefault(item.layer, {})[item.step] = item.value
         elif item.metric == tags.TOPK:
             log.topk.setdefault(item.layer, {})[item.step] = item.value
     elif item.kind == reader.HISTOGRAM and item.layer:

@@ -14,6 +14,7 @@ import numpy as np
 from actwatch.check.layers import check_layer_specs
 from actwatch.check.probes import ProbeSource, check_preprocess, read_probe_source
 from actwatch.check.signals import check_outlier_ratio
+from actwatch.check.text_probes import check_strings, read_text_probes, vocabulary_of
 from actwatch.diagnose.alerts import Alert
 from actwatch.diagnose.revive import check_revive
 from actwatch.events.log_dir import check_log_dir
@@ -86,6 +87,8 @@ class Settings:
     update_ratio_bounds: tuple[float, float] | None
     revive: str | None
     sharpness: bool
+    #: `id_to_token` of a tokenizer given as `preprocess`: the labels of text pictures.
+    vocabulary: Callable[[int], str] | None = None
 
 
 def settings(
@@ -116,12 +119,13 @@ def settings(
 ) -> Settings:
     """Every argument checked, in the constructor, before training: a ValueError or TypeError
     that names the argument, what it received and what it expects."""
-    probe_source = read_probe_source(probes, "probes")
+    vocabulary = vocabulary_of(preprocess)  # a tokenizer: text probes, labelled tokens
+    probe_source = sources(probes, preprocess, "probes")
     stats_labels: tuple[Any, Any] | None = None
     if isinstance(stats_data, tuple) and len(stats_data) in (2, 3):  # (x, y[, weight])
         stats_data, *labels = stats_data
         stats_labels = (labels[0], labels[1] if len(labels) > 1 else None)
-    stats_source = None if stats_data is None else read_probe_source(stats_data, "stats_data")
+    stats_source = None if stats_data is None else sources(stats_data, preprocess, "stats_data")
     batches = positive_int("every_n_batches", every_n_batches)
     if batches is not None and every_n_epochs is not None:
         raise ValueError(
@@ -135,7 +139,8 @@ def settings(
             "Invalid value for argument `on_alert`. Expected a callable taking an "
             f"actwatch.Alert. Received: on_alert={on_alert!r}"
         )
-    check_preprocess(preprocess, [probe_source, stats_source])
+    if vocabulary is None:  # a tokenizer ran on the strings above; else images only
+        check_preprocess(preprocess, [probe_source, stats_source])
     check_layer_specs(layers)
     if draw_layers is None:
         raise ValueError(
@@ -167,7 +172,7 @@ def settings(
         patience=positive_int("patience", patience, allow_none=False) or 1,
         max_filters=positive_int("max_filters", max_filters, allow_none=False) or 64,
         dormant_threshold=fraction("dormant_threshold", dormant_threshold, low_open=False),
-        preprocess=preprocess,
+        preprocess=None if vocabulary is not None else preprocess,
         images=flag("images", images),
         draw_layers=draw_layers,
         log_per_layer=flag("log_per_layer", log_per_layer),
@@ -180,7 +185,16 @@ def settings(
         update_ratio_bounds=bounds(update_ratio_bounds),
         revive=check_revive(revive),
         sharpness=bool(sharpness),
+        vocabulary=vocabulary,
     )
+
+
+def sources(value: Any, preprocess: Any, argument: str) -> ProbeSource:
+    """Probes or statistics samples read: strings tokenized by a tokenizer `preprocess`
+    (`actwatch.check.text_probes`), anything else as `read_probe_source` reads it."""
+    check_strings(value, preprocess, argument)
+    text = read_text_probes(value, preprocess, argument)
+    return text if text is not None else read_probe_source(value, argument)
 
 
 def bounds(value: Any) -> tuple[float, float] | None:

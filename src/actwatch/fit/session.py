@@ -24,6 +24,8 @@ from actwatch.check.network import NetworkStats
 from actwatch.check.pipeline import CheckPipeline, CheckResult
 from actwatch.check.probes import ProbeBatch, model_inputs, prepare_probes
 from actwatch.check.stats import LayerStats
+from actwatch.check.text_probes import padding_lengths, token_labels
+from actwatch.check.token_images import render_token_images
 from actwatch.diagnose import alerts as wording
 from actwatch.diagnose.alerts import Alert, Decision
 from actwatch.diagnose.memory import AlertTracker
@@ -63,6 +65,8 @@ class FitSession:
         self.stopping = False
         inputs = model_inputs(model)
         probes = prepare_probes(settings.probe_source, inputs, settings.preprocess)
+        self.labels = token_labels(probes, inputs.names, settings.vocabulary)  # text models
+        self.lengths = padding_lengths(probes, inputs.names)
         watched = resolve_layers(model, settings.layers, probes.feed())
         self.display = self.samples = probes.display  # samples: pictures for the top-k
         self.histories = HistogramHistory()
@@ -244,7 +248,14 @@ class FitSession:
 
     def _render(self, result: CheckResult) -> Any:
         """The check's pictures, drawn later on the writer's thread."""
-        return functools.partial(
+        pictures = functools.partial(
+            render_token_images,
+            tokens=getattr(result, "tokens", {}),
+            display=self.display,
+            labels=self.labels,
+            lengths=self.lengths,
+        )
+        images = functools.partial(
             render_images,
             maps=result.maps,
             heat=result.heat,
@@ -254,6 +265,7 @@ class FitSession:
             topk=result.topk,
             samples=self.samples,
         )
+        return lambda: {**images(), **pictures()}
 
     def _run_pipeline(self) -> CheckResult:
         """This check's device work. With labels, a failure there costs the gradients (the

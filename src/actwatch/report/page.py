@@ -32,6 +32,8 @@ from actwatch.events.runs import RunLog, event_files, find_runs, read_run
 from actwatch.render import figures as drawing
 from actwatch.render import html as _html
 from actwatch.report import figures
+from actwatch.report.pictures import NOTE as PICTURES_NOTE
+from actwatch.report.pictures import picture_rows
 from actwatch.report.progress import ProgressBar
 
 __all__ = ["write_report"]
@@ -284,6 +286,7 @@ def _render(
             caption = f"{_run_caption(log)}, steps: {_html.esc(steps)}"
             cells.append(_figure_html(png, f"filters of {layer} in run {log.name}", caption))
         filter_rows.append(f"<h3>{_html.esc(layer)}</h3>{_runs_row(cells)}")
+    pictures = picture_rows(runs, layers, prefixes, figures_dir, _figure_html, _run_caption)
     if bar is not None:
         bar.close()
 
@@ -303,6 +306,7 @@ also in <code>{_html.esc(figures_dir.name)}/</code> next to this page.</p>
 {skipped_note}
 <nav><a href="#runs">Runs</a><a href="#sparsity">Sparsity</a><a href="#dead">Dead filters</a>
 <a href="#learning">Learning rate</a><a href="#filters">Filter grids</a>
+{'<a href="#transformers">Tokens and attention</a>' if pictures else ""}
 <a href="#histograms">Histograms</a><a href="#topk">Top-k</a><a href="#alerts">Alerts</a></nav>
 <section id="runs"><h2>Runs</h2>
 <p class="note">Figures at the last check; zero fraction, Hoyer and dead fraction over all
@@ -334,6 +338,8 @@ above mark checks where <code>revive="redo"</code> re-initialised dead filters.<
 tile is scaled to its own range; red crossed tiles are dead filters, magenta pixels
 non-finite values.</p>
 {"".join(filter_rows)}</section>
+{f'<section id="transformers"><h2>Tokens and attention</h2>{PICTURES_NOTE}' if pictures else ""}
+{"".join(pictures) + "</section>" if pictures else ""}
 <section id="histograms"><h2>Activation histograms and the colorful dimension</h2>
 <p class="note">Each layer's activations on the statistics data in fixed symmetric log bins (a
 bin around 0, two an octave from 2^-20 (about 1e-6) to 2^20 (about 1e6) on each side), at the

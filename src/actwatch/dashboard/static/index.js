@@ -12,6 +12,13 @@ const COLORS = [ // viridis at 0, 0.25, 0.5, 0.75, 1
 const ROW = 16; // pixels per layer row of the heatmap (labels and canvas rows agree)
 const GUTTER_RGB = [32, 64, 96]; // actwatch.grids.GUTTER_RGB
 const REFRESH_MS = 30000;
+// Pictures per layer and probe: CNN filter grids and heatmaps, transformers' token norms and
+// attention (actwatch.events.tags.PROBE_IMAGES). A layer shows the kinds it has.
+const KINDS = ["filters", "heatmap", "tokens", "attention"];
+const CAPTIONS = {
+  tokens: "token L2 norms on the patch grid",
+  attention: "attention per head",
+};
 
 const state = {
   runs: {}, // name -> runs API entry
@@ -361,7 +368,9 @@ function layerBrowser(run, data) {
   for (const layer of info.drawn) {
     const row = el("div", { className: "aw-layer" + (layer === state.layer ? " aw-selected" : ""), dataset: { layer } },
       el("div", { className: "aw-layer-name", title: layer, onclick: () => { state.layer = layer; renderAll(); } }, layer));
-    for (const kind of ["filters", "heatmap"]) {
+    const images = state.data[run].images;
+    const kinds = KINDS.filter((kind) => Object.keys(images).some((t) => t.startsWith(`${kind}/${layer}/probe_`)));
+    for (const kind of kinds) {
       const tag = `${kind}/${layer}/probe_${state.probe}`;
       const at = imageStep(run, tag, step);
       const cell = el("figure", { className: `aw-${kind}` });
@@ -384,6 +393,7 @@ function layerBrowser(run, data) {
           img.addEventListener("click", (ev) => showHistory(run, layer, tag, img, ev));
         }
         cell.append(img);
+        if (kind in CAPTIONS) cell.append(el("figcaption", { className: "aw-muted" }, CAPTIONS[kind]));
         if (at !== step) cell.append(el("figcaption", { className: "aw-muted" }, `grid of step ${at}: none at step ${step}`));
       }
       row.append(cell);

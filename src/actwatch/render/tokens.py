@@ -1,0 +1,235 @@
+"""Pictures of transformers, with numpy and Pillow: token norms and attention.
+
+Vision transformers: the patch tokens are laid on their grid (`patch_grid`), the class and
+register tokens before them set aside. `token_norm_image` draws each patch token's L2 norm as
+a heatmap over the probe image (high-norm tokens, Darcet et al. 2024, are hot spots);
+`attention_grid_indices` tiles, per head, the class token's attention over the patches (or
+the mean over queries without a class token), like the filter grids.
+
+Text models: `attention_matrices_image` draws each head's query x key attention matrix with
+the tokens as axis labels (readable up to about 64 tokens). Nothing here imports Keras or
+matplotlib, encodes or writes files.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from actwatch.render.tiles import (
+    GREYS,
+    INFERNO_LUT,
+    NONFINITE,
+    PALETTE,
+    filter_grid_indices,
+    grid_layout,
+    heatmap_overlay,
+)
+
+__all__ = [
+    "ATTENTION_PALETTE",
+    "MAX_PREFIX",
+    "attention_codes",
+    "attention_grid_indices",
+    "attention_matrices_image",
+    "patch_grid",
+    "query_attention",
+    "token_heat",
+    "token_norm_image",
+]
+
+#: At most this many tokens before the patches (a class token and registers: DINOv2 has 4).
+MAX_PREFIX = 8
+#: `tiles.PALETTE` with the grey levels turned into inferno: the attention grids' colours
+#: (bright is more attention), the gutter and non-finite colours kept.
+ATTENTION_PALETTE = PALETTE.copy()
+ATTENTION_PALETTE[:GREYS] = INFERNO_LUT[np.arange(GREYS) * 255 // (GREYS - 1)]
+
+
+def patch_grid(
+    tokens: int, *, image_shape: tuple[int, int] | None = None, prefix: int | None = None
+) -> tuple[int, int, int] | None:
+    """`(prefix, rows, cols)`: how `tokens` tokens lie on a patch grid, or None.
+
+    The patches are the last `tokens - prefix` tokens, row-major on a `rows x cols` grid of
+    the image's aspect (`image_shape` `(height, width)`; square without one). With `prefix`
+    None the fewest leading tokens (at most `MAX_PREFIX`: class and register tokens) that
+    leave such a grid are set aside. None when no grid fits.
+    """
+    height, width = image_shape or (1, 1)
+    candidates = [prefix] if prefix is not None else range(min(MAX_PREFIX, tokens - 1) + 1)
+    for p in candidates:
+        n = tokens - p
+        if n < 1:
+            continue
+        # rows / cols = height / width, rows * cols = n.
+        rows = round(math.sqrt(n * height / width))
+        for r in (rows, rows - 1, rows + 1):
+            if r >= 1 and n % r == 0 and r * width == (n // r) * height:
+                return p, r, n // r
+    return None
+
+
+def token_heat(values: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """The patch tokens' `values` `(tokens,)` on the grid, scaled to uint8 0..255 over the
+    patches (non-finite values count as the lowest; a constant map is 0)."""
+    prefix, rows, cols = grid
+    patches = np.asarray(values, dtype=np.float64)[prefix : prefix + rows * cols]
+    finite = np.isfinite(patches)
+    if not finite.any():
+        return np.zeros((rows, cols), dtype=np.uint8)
+    lo, hi = float(patches[finite].min()), float(patches[finite].max())
+    spread = hi - lo if hi > lo else 1.0
+    scaled = np.where(finite, (patches - lo) / spread * 255.0, 0.0)
+    return np.round(np.clip(scaled, 0, 255)).astype(np.uint8).reshape(rows, cols)
+
+
+def token_norm_image(
+    norms: np.ndarray, grid: tuple[int, int, int], background: np.ndarray | None
+) -> np.ndarray:
+    """Each patch token's L2 norm `(tokens,)` as a heatmap blended over the probe's picture
+    `(H, W, 3)` (or alone without one): RGB uint8, like the activation heatmaps."""
+    return heatmap_overlay(token_heat(norms, grid), background)
+
+
+def query_attention(attention: np.ndarray, prefix: int) -> np.ndarray:
+    """`(heads, keys)` from `(heads, queries, keys)` scores: the class token's row (the first
+    query) when there is one (`prefix` >= 1), else the mean over queries. A `(heads, keys)`
+    input is returned as is."""
+    scores = np.asarray(attention, dtype=np.float32)
+    if scores.ndim == 2:
+        return scores
+    if scores.ndim != 3:
+        raise ValueError(
+            f"attention scores must be (heads, keys) or (heads, queries, keys); got shape "
+            f"{scores.shape}."
+        )
+    return scores[:, 0, :] if prefix >= 1 else scores.mean(axis=1)
+
+
+def attention_codes(scores: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """uint8 map codes `(rows, cols, heads)` of per-head attention `(heads, keys)` over the
+    patch keys, each head scaled to its own range (as `actwatch.check.maps` codes filters:
+    0..254, 255 non-finite; a constant map is mid-grey when positive)."""
+    prefix, rows, cols = grid
+    patches = np.asarray(scores, dtype=np.float64)[:, prefix : prefix + rows * cols]
+    finite = np.isfinite(patches)
+    lo = np.where(finite, patches, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(finite, patches, -np.inf).max(axis=1, keepdims=True)
+    none = ~finite.any(axis=1, keepdims=True)  # a head without a finite weight
+    lo, hi = np.where(none, 0.0, lo), np.where(none, 0.0, hi)
+    spread = hi - lo
+    varied = spread > 0
+    scaled = np.where(varied, (patches - lo) / np.where(varied, spread, 1.0) * 254.0, 0.0)
+    flat = np.where(varied, 0.0, np.where(hi > 0, 127.0, 0.0))
+    codes = np.where(finite, np.clip(np.round(scaled + flat), 0, 254), NONFINITE)
+    return np.ascontiguousarray(codes.astype(np.uint8).reshape(-1, rows, cols).transpose(1, 2, 0))
+
+
+def attention_grid_indices(scores: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """One tile per head (left to right, top to bottom) of its attention `(heads, keys)` over
+    the patches, laid out like a filter grid: indices into `ATTENTION_PALETTE`."""
+    return filter_grid_indices(attention_codes(scores, grid))
+
+
+# Text: attention matrices with the tokens as labels ----------------------------------------
+
+_BACKGROUND = (255, 255, 255)
+_INK = (20, 20, 20)
+_LABEL_CHARS = 12  # longer tokens are cut, with an ellipsis
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's own font (no system font needed) at `size` pixels."""
+    return ImageFont.load_default(size=size)
+
+
+def _cell(tokens: int) -> int:
+    """Pixels per matrix cell: labels stay readable up to 64 tokens, then cells shrink."""
+    if tokens <= 32:
+        return 14
+    if tokens <= 64:
+        return 11
+    return max(2, 704 // tokens)
+
+
+#: Word-start marks of byte-level BPE and SentencePiece vocabularies, and BPE's newline.
+_MARKS = str.maketrans({"\u0120": "_", "\u2581": "_", "\u010a": "\\n"})
+
+
+def _short(label: str) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in str(label).translate(_MARKS)) or "_"
+    return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + "\u2026"
+
+
+def _label_strip(
+    labels: Sequence[str],
+    cell: int,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    width: int,
+    *,
+    right: bool,
+) -> Image.Image:
+    """A column `width` wide of the non-empty `labels`, label i centred at row i of `cell`
+    pixels, right-aligned (the query axis) or left-aligned (turned into the key axis)."""
+    strip = Image.new("RGB", (width, cell * len(labels)), _BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    for i, label in enumerate(labels):
+        if not label:
+            continue
+        x = width - 2 - draw.textlength(label, font=font) if right else 2
+        draw.text((x, i * cell + cell / 2), label, fill=_INK, font=font, anchor="lm")
+    return strip
+
+
+def attention_matrices_image(
+    attention: np.ndarray, labels: Sequence[str], *, title: str = "head"
+) -> np.ndarray:
+    """Each head's attention matrix `(heads, queries, keys)` as one RGB uint8 image.
+
+    Per head a panel titled `"{title} {h}"`: rows are queries, columns keys, the tokens
+    `labels` (one per position; cut to 12 characters) on the left and on top (read upwards);
+    brightness is sqrt(attention) on inferno, so 0 is black and 1 bright on every head, and
+    small weights still show. Every label is drawn up to 64 tokens; past that, every k-th.
+    Non-finite weights are magenta.
+    """
+    scores = np.asarray(attention, dtype=np.float64)
+    if scores.ndim != 3 or scores.shape[1] != scores.shape[2] or 0 in scores.shape:
+        raise ValueError(
+            f"attention matrices must be (heads, tokens, tokens); got shape {scores.shape}."
+        )
+    heads, tokens = scores.shape[0], scores.shape[2]
+    names = [_short(x) for x in labels][:tokens]
+    names += [str(i) for i in range(len(names), tokens)]
+    cell = _cell(tokens)
+    every = 1 if cell >= 8 else math.ceil(8 / cell)
+    shown = [name if i % every == 0 else "" for i, name in enumerate(names)]
+    font = _font(max(8, min(cell - 3, 11)))
+    margin = 4 + math.ceil(max(font.getlength(x) for x in shown))
+    left = _label_strip(shown, cell, font, margin, right=True)
+    top = _label_strip(shown, cell, font, margin, right=False).transpose(Image.Transpose.ROTATE_90)
+    title_h, gap, side = 16, 12, cell * tokens
+    panel_w, panel_h = margin + side, title_h + margin + side
+    rows, cols = grid_layout(heads)
+    size = (cols * (panel_w + gap) + gap, rows * (panel_h + gap) + gap)
+    out = Image.new("RGB", size, _BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    finite = np.isfinite(scores)
+    weights = np.clip(np.where(finite, scores, 0.0), 0.0, 1.0)
+    coloured = INFERNO_LUT[np.round(np.sqrt(weights) * 255).astype(np.uint8)]
+    coloured[~finite] = (255, 0, 255)
+    title_font = _font(11)
+    for h in range(heads):
+        r, c = divmod(h, cols)
+        x, y = gap + c * (panel_w + gap), gap + r * (panel_h + gap)
+        draw.text((x + margin, y + 2), f"{title} {h}", fill=_INK, font=title_font)
+        matrix = coloured[h].repeat(cell, axis=0).repeat(cell, axis=1)
+        out.paste(Image.fromarray(matrix), (x + margin, y + title_h + margin))
+        out.paste(left, (x, y + title_h + margin))
+        out.paste(top, (x + margin, y + title_h))
+    return np.asarray(out)
