@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,13 @@ import pytest
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
-from actwatch.events.log_dir import CLAIM_FILE, claim_log_dir, last_step
+from actwatch.events.log_dir import (
+    CLAIM_FILE,
+    CLAIM_STALE_SECONDS,
+    claim_log_dir,
+    last_step,
+    release_claim,
+)
 from actwatch.events.records import EVENT_FILE_PREFIX, read_records
 from actwatch.events.sink import Sink
 
@@ -45,7 +52,10 @@ def _learning_rates(path: Path) -> list[float]:
 
 
 def _claim_text(log_dir: str | Path) -> str:
-    return (Path(log_dir) / CLAIM_FILE).read_text(encoding="utf-8")
+    """The claim's "<host> <pid>", its time checked (within a minute of now) and cut off."""
+    host, pid, made = (Path(log_dir) / CLAIM_FILE).read_text(encoding="utf-8").split()
+    assert abs(float(made) - time.time()) < 60
+    return f"{host} {pid}\n"
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -203,11 +213,33 @@ class TestClaims:
     def test_a_claim_from_another_host_holds(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Whether a process on another host runs cannot be told: its claim holds."""
-        (tmp_path / CLAIM_FILE).write_text("elsewhere 12\n")
+        """Whether a process on another host runs cannot be told: its recent claim holds."""
+        (tmp_path / CLAIM_FILE).write_text(f"elsewhere 12 {time.time():.0f}\n")
         with caplog.at_level(logging.WARNING, logger="actwatch"):
             assert claim_log_dir(tmp_path) == f"{tmp_path}-2"
         assert "is claimed by process 12 on host 'elsewhere'" in _warnings(caplog)[0]
+
+    def test_an_old_claim_from_another_host_is_stale(self, tmp_path: Path) -> None:
+        """Another host's claim older than CLAIM_STALE_SECONDS (by its time, or for a claim
+        without one, the file's time) is replaced: a crash there does not block the folder."""
+        old = time.time() - CLAIM_STALE_SECONDS - 10
+        (tmp_path / CLAIM_FILE).write_text(f"elsewhere 12 {old:.0f}\n")
+        assert claim_log_dir(tmp_path) == str(tmp_path)
+        assert _claim_text(tmp_path) == f"{HOST} {os.getpid()}\n"
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / CLAIM_FILE).write_text("elsewhere 12\n")
+        os.utime(other / CLAIM_FILE, (old, old))
+        assert claim_log_dir(other) == str(other)
+
+    def test_the_claim_is_released_and_another_process_claim_is_kept(self, tmp_path: Path) -> None:
+        """release_claim (at train end) removes this process's claim only: none is left."""
+        run = claim_log_dir(tmp_path / "run1")
+        release_claim(run)
+        assert not (Path(run) / CLAIM_FILE).exists()
+        (Path(run) / CLAIM_FILE).write_text("elsewhere 12 1\n")
+        release_claim(run)
+        assert (Path(run) / CLAIM_FILE).exists()
 
     def test_a_claim_whose_process_is_gone_is_replaced(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -17,7 +17,10 @@ length header ends the reading of that file until it grows (the next record cann
 both are counted in `RunIndex.damaged_bytes`. A file that shrank, was replaced (another inode,
 or other bytes before the place reading stopped at) or removed makes its run be read again
 from the start. A file that cannot be read (its permissions, removed meanwhile) is tried again
-at the next refresh. No TensorFlow import.
+at the next refresh. A log directory on object storage (`--logdir s3://...`, any fsspec URL)
+is indexed from its local copy (`storage.mirror`), brought up to date at each refresh: an
+object is downloaded again when its size or ETag changed (replacing the copy: a new inode),
+so the rules above hold. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ _HEADER_FOOTER = 16  # a record's framing around its payload
 _MARK = 16
 _PNG = b"\x89PNG\r\n\x1a\n"
 _IMAGES = tags.PROBE_IMAGES  # filters, heatmaps, transformers' tokens and attention
+_unreachable = WarnOnce("actwatch: the log directory could not be listed again")
 _unreadable = WarnOnce("actwatch: an events file could not be read again (see the first warning)")
 
 
@@ -321,7 +325,7 @@ class LogdirIndex:
     """
 
     def __init__(self, logdir: str | os.PathLike[str], *, max_age: float = 2.0) -> None:
-        self.logdir = Path(logdir)
+        self.logdir = os.fspath(logdir)  # a local folder, or a URL read from its local copy
         self.max_age = max_age
         self.lock = threading.RLock()
         self._runs: dict[str, RunIndex] = {}
@@ -332,7 +336,14 @@ class LogdirIndex:
         with self.lock:
             if not force and time.monotonic() - self._refreshed < self.max_age:
                 return
-            found = dict(reader.run_dirs(self.logdir)) if self.logdir.is_dir() else {}
+            try:
+                root = reader.local_logdir(self.logdir)
+            except Exception as exc:  # a store out of reach: the runs known stay, tried again
+                _unreachable(
+                    "actwatch: could not list %s (%s: %s)", self.logdir, type(exc).__name__, exc
+                )
+                return
+            found = dict(reader.run_dirs(root)) if root.is_dir() else {}
             for name in list(self._runs):
                 if name not in found:
                     del self._runs[name]

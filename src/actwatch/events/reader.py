@@ -3,6 +3,9 @@
 The report (`actwatch.events.runs`), the dashboard's index (`actwatch.dashboard.events_index`)
 and notebooks read runs through this module, so they agree on what a run holds:
 
+- a log directory is a local path or an fsspec URL (`s3://...`): a URL is read from a local
+  copy of its events files, brought up to date at each listing (`storage.mirror`: new
+  objects, or sizes/ETags that changed, are downloaded);
 - every directory under a log directory holding `events.out.tfevents.*` files is a run, named
   as TensorBoard names it (its path relative to the log directory, `.` for itself);
 - a run's events files are read in write order (names start with the creation time), each
@@ -32,7 +35,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
 
-from actwatch.events import tags
+from actwatch.events import storage, tags
 from actwatch.events.records import EVENT_FILE_PREFIX, ReadState, Record, scan_records
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "event_files",
     "events",
     "find_runs",
+    "local_logdir",
     "run_dirs",
 ]
 
@@ -63,10 +67,19 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 # Runs and their files -----------------------------------------------------------------------
 
 
+def local_logdir(logdir: str | os.PathLike[str]) -> Path:
+    """`logdir` as a local folder: a URL's local copy brought up to date (`storage.mirror`,
+    with fsspec's configuration for credentials and endpoints), `file://` as its path."""
+    text = os.fspath(logdir)
+    if storage.is_url(text):
+        return storage.mirror(text)
+    return Path(storage.local_path(text))
+
+
 def run_dirs(logdir: str | os.PathLike[str]) -> Iterator[tuple[str, Path]]:
     """`(name, directory)` of every directory under `logdir` (itself included) holding events
     files, in sorted order, without reading them. Links to directories are not followed."""
-    root = Path(logdir)
+    root = local_logdir(logdir)
     for directory, subdirs, files in os.walk(root):
         subdirs.sort()
         if any(f.startswith(EVENT_FILE_PREFIX) for f in files):
@@ -79,7 +92,7 @@ def find_runs(logdir: str | os.PathLike[str]) -> list[Path]:
     Raises:
         FileNotFoundError: when `logdir` is not a directory, or holds no events file.
     """
-    root = Path(logdir)
+    root = local_logdir(logdir)
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(

@@ -4,7 +4,8 @@ The training thread hands each check over with `Sink.submit` and goes on; one ba
 thread renders the check's images (with a callable the caller gives), PNG-encodes them and
 writes the check as one event (`summaries` builds the values, `records` frames and writes
 them, unbuffered: a killed process leaves every earlier check readable). No TensorFlow import
-on any backend.
+on any backend. A `log_dir` on object storage (an fsspec URL) is written to a local spool
+and uploaded as new objects by `storage.Uploader`'s own thread.
 
 Scalars and texts are never dropped. Images wait in memory until the thread gets to them;
 when the images of the checks already waiting would pass `max_pending_bytes`, a check's
@@ -17,14 +18,13 @@ aside, and when no check came after it, its images are written at `close`.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import queue
-import sys
+import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,10 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from actwatch._logging import WarnOnce, logger
 from actwatch.events import summaries, tags
+from actwatch.events.log_dir import release_claim
+from actwatch.events.priority import PRIORITIES, set_thread_priority
 from actwatch.events.records import EventFileWriter
+from actwatch.events.storage import DEFAULT_UPLOAD_INTERVAL, Uploader, is_url
 from actwatch.render.png import PaletteImage, encode_png
 
 __all__ = [
@@ -49,10 +52,6 @@ __all__ = [
 #: (H, W, 3) or (H, W), or a `PaletteImage`.
 ImageRender = Callable[[], Mapping[str, tuple["np.ndarray | PaletteImage", str]]]
 
-#: CPU priorities of the background thread on Linux: "idle" (SCHED_IDLE: it runs only when a
-#: core would otherwise be idle, so it never slows training down), "nice" (niceness 10: a
-#: small share of a busy core) or "normal".
-PRIORITIES = ("idle", "nice", "normal")
 #: How many bytes of images may wait to be written before a check's images are skipped.
 DEFAULT_MAX_PENDING_BYTES = 64 * 2**20
 #: What a waiting check is assumed to hold until the first check's images were rendered.
@@ -102,13 +101,16 @@ class Sink:
     """Writes checks to an events file in `log_dir`, on a background thread.
 
     Args:
-        log_dir: directory of the events file (created).
+        log_dir: directory of the events file (created), or an fsspec URL: the file is then
+            written to a local spool and uploaded every `upload_interval` seconds (default
+            30) as new objects (`storage.Uploader`), with `storage_options` for fsspec.
         max_pending_bytes: bytes of images that may wait to be written; a check whose images
             would pass it has them skipped (but for the first and the last check). A waiting
             check counts as the pixel bytes of the last check rendered (4 MiB until one
             was). Defaults to 64 MiB.
         png_compress_level: zlib level of the PNG encoder (0-9). Defaults to 1.
         layout: optional custom-scalars layout, written first in every events file.
+        head: summary values written with it (TensorBoard's HParams data of the run).
         priority: the thread's CPU priority on Linux, one of `PRIORITIES`. Defaults to
             "idle" (SCHED_IDLE).
     """
@@ -121,6 +123,9 @@ class Sink:
         png_compress_level: int = 1,
         layout: layout_pb2.Layout | None = None,
         priority: str = "idle",
+        head: Sequence[Any] = (),
+        storage_options: Mapping[str, Any] | None = None,
+        upload_interval: float = DEFAULT_UPLOAD_INTERVAL,
     ) -> None:
         if priority not in PRIORITIES:
             raise ValueError(
@@ -133,6 +138,7 @@ class Sink:
         self.priority = priority
         self.stats = SinkStats()
         self._layout = layout
+        self._head = list(head)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0  # checks whose images are queued and not yet written
@@ -140,6 +146,18 @@ class Sink:
         self._held: _Job | None = None  # the last check, when its images were skipped
         self._described: set[str] = set()
         self._writer: EventFileWriter | None = None
+        self.uploader = (
+            None
+            if not is_url(log_dir)
+            else Uploader(
+                log_dir,
+                tempfile.mkdtemp(prefix="actwatch-spool-"),
+                interval=upload_interval,
+                storage_options=storage_options,
+            )
+        )
+        self._directory = log_dir if self.uploader is None else self.uploader.spool
+        self._storage_options = storage_options
         self._skip_warning = WarnOnce("actwatch: images of another check were skipped")
         self._error_warning = WarnOnce("actwatch: another write error")
         self._closed = False
@@ -235,6 +253,7 @@ class Sink:
             self._queue.put(held)  # an event with the images only, at the check's step
         self._queue.put(_STOP)
         self._thread.join(timeout)
+        release_claim(self.log_dir, self._storage_options)  # a run's claim, once it wrote
         if self._thread.is_alive():
             # The thread closes the file when it reaches the end of the queue: closing it
             # under its feet would cut a record in half and lose the checks still queued.
@@ -257,7 +276,7 @@ class Sink:
     # Background thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
-        _set_thread_priority(self.priority)
+        set_thread_priority(self.priority)
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -281,6 +300,8 @@ class Sink:
                 self._writer.close()
             except OSError as exc:
                 self._report(exc)
+        if self.uploader is not None:
+            self.uploader.close()
 
     def _report(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -307,12 +328,12 @@ class Sink:
             self._writer = None
             self._report(FileNotFoundError(f"the events file in {self.log_dir!r} was deleted"))
         if self._writer is None:
-            os.makedirs(self.log_dir, exist_ok=True)
-            self._writer = EventFileWriter(self.log_dir)
+            os.makedirs(self._directory, exist_ok=True)
+            self._writer = EventFileWriter(self._directory)
             self._described.clear()  # a new file needs every tag's metadata again
-            if self._layout is not None:
-                values = [summaries.custom_scalars(self._layout)]
-                self._writer.write_event(summaries.event(0, wall_time, values))
+            values = [summaries.custom_scalars(self._layout)] if self._layout is not None else []
+            if values or self._head:
+                self._writer.write_event(summaries.event(0, wall_time, [*values, *self._head]))
         return self._writer
 
     def _write_job(self, job: _Job) -> None:
@@ -361,6 +382,8 @@ class Sink:
         except OSError:
             self._described = described  # their metadata did not land: send it again
             raise
+        if self.uploader is not None:
+            self.uploader.written(writer.path, writer.bytes_written)
         timings["write"] = time.perf_counter() - start
         size = writer.bytes_written - before
         self.stats.checks += 1
@@ -369,25 +392,6 @@ class Sink:
         self.stats.encode_seconds += timings["encode"]
         self.stats.write_seconds += timings["write"]
         self.stats.last_check = {**timings, "bytes": float(size)}
-
-
-def _set_thread_priority(priority: str) -> None:
-    """Set the calling thread's CPU priority to one of `PRIORITIES` (Linux only).
-
-    Training threads of a CPU run keep every core busy and wait for their slowest shard: even
-    a niced thread that takes a core for a few milliseconds stalls them. With SCHED_IDLE the
-    writer gets a core only when nothing else wants it (between steps, while data loads),
-    which is all a few images per check need; images wait in memory meanwhile. Elsewhere, or
-    where the call is refused, the thread keeps the normal priority.
-    """
-    if not sys.platform.startswith("linux") or priority == "normal":
-        return
-    tid = threading.get_native_id()
-    with contextlib.suppress(OSError, AttributeError):
-        if priority == "idle":
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.setpriority(os.PRIO_PROCESS, tid, 10)
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Sink]) -> None:
