@@ -176,3 +176,29 @@ def test_notebook_functions_share_the_callback_pipeline(tmp_path: Path) -> None:
     for name, s in monitor.last_stats.items():
         assert s.zero_fraction == pytest.approx(stats[name].zero_fraction, abs=1e-6)
         np.testing.assert_array_equal(s.dead, stats[name].dead)
+
+
+def test_inference_view_on_request() -> None:
+    """Review of issue 19: the one-off functions take `inference=True` (BatchNormalization on
+    its moving statistics, as `predict` runs it); the default is the training view. The
+    switch is the same Python on every backend (the views themselves are tested on each, in
+    test_training_view.py), so this runs on JAX only."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("backend-independent logic: runs in the JAX run only")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.ReLU(name="relu")(keras.layers.BatchNormalization(name="bn")(h))
+    model = keras.Model(inputs, h)
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.full(4, 5.0, "float32"))  # far from the batch: all dead there
+    x = data(4)[0]
+    predicted = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+    inferred = actwatch.get_activations(model, x, ["relu"], inference=True)["relu"]
+    np.testing.assert_allclose(inferred, predicted, rtol=1e-5, atol=1e-5)
+    stats = actwatch.activation_stats(model, x, ["relu"], inference=True)["relu"]
+    assert stats.dead.tolist() == ref.dead(ref.to_npc(predicted)).tolist()
+    trained = actwatch.get_activations(model, x, ["relu"])["relu"]  # the training view
+    assert (trained.reshape(-1, 4).max(axis=0) > 0).all()
+    with pytest.raises(TypeError, match="Received: inference='yes'"):
+        actwatch.get_activations(model, x, inference="yes")  # type: ignore[arg-type]

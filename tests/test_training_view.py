@@ -406,3 +406,37 @@ def test_batch_normalization_called_in_inference_mode_stays_so() -> None:
     bn1 = batch_norm(model.bn1, _np(model.conv(x)))
     assert_stats(result.stats["bn1"], bn1)
     assert_stats(result.stats["bn2"], batch_norm(model.bn2, bn1, training=False))
+
+
+def pooled_bn_net() -> keras.Model:
+    """conv (relu) -> global pooling -> bn -> relu: the bn sees one value per channel and
+    sample, so one probe gives it a zero batch variance in training mode."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = L.Conv2D(6, 3, activation="relu", name="conv")(inputs)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    h = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(h))
+    return keras.Model(inputs, L.Dense(3, activation="softmax", name="head")(h))
+
+
+def test_one_value_per_channel_falls_back_to_inference_mode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review of issue 19: a BatchNormalization after global pooling, checked on one probe
+    without stats_data, had a zero batch variance: every filter after it "dead". It runs in
+    inference mode instead, said once at WARNING; with 2 probes, training mode again."""
+    model = trained(pooled_bn_net())
+    x, _ = batch(2)
+    norm = model.get_layer("bn")
+    pooled = _np(model.get_layer("gap")(model.get_layer("conv")(x))).reshape(2, 1, 1, -1)
+    pipeline = CheckPipeline(model, resolve_layers(model, ["relu"]))
+    with caplog.at_level("WARNING", logger="actwatch"):
+        one = [pipeline.run(x[:1]).stats["relu"] for _ in range(2)]
+    said = [r.getMessage() for r in caplog.records if "fewer than 2 values" in r.getMessage()]
+    assert len(said) == 1 and "'bn'" in said[0], said
+    inference = np.maximum(batch_norm(norm, pooled[:1], training=False), 0.0)
+    assert inference.max() > 0  # the inference pass fires: nothing is dead there
+    for stats in one:
+        assert_stats(stats, inference.reshape(1, -1))
+    two = CheckPipeline(model, resolve_layers(model, ["relu"])).run(x).stats["relu"]
+    assert_stats(two, np.maximum(batch_norm(norm, pooled), 0.0).reshape(2, -1))

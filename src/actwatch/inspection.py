@@ -201,6 +201,7 @@ def inspect_model(
     layers: Any = None,
     preprocess: str = "none",
     max_filters: int = 64,
+    inference: bool = False,
 ) -> Path:
     """Write filter grids, heatmaps and a statistics table of `model` on `images`.
 
@@ -213,6 +214,9 @@ def inspect_model(
         preprocess: one of `PREPROCESS`: what is done to the raw 0-255 pixels.
             Defaults to "none".
         max_filters: at most this many filters per layer are drawn. Defaults to 64.
+        inference: look at the model as `predict` runs it (BatchNormalization on its moving
+            statistics), what an exported model computes. Defaults to False: as training
+            sees it (BatchNormalization on the images' own statistics).
 
     Returns:
         The path of `stats.html` in `output_dir`.
@@ -230,7 +234,12 @@ def inspect_model(
     watched = resolve_layers(loaded, layers)
     paths = [Path(i) for i in images]
     batch, result = look(
-        loaded, watched, [os.fspath(p) for p in paths], preprocess=function, max_filters=max_filters
+        loaded,
+        watched,
+        [os.fspath(p) for p in paths],
+        preprocess=function,
+        max_filters=max_filters,
+        inference=inference,
     )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +266,9 @@ def inspect_model(
     body = (
         f"<h1>actwatch inspect: {_html.esc(name)}</h1>\n"
         f'<p class="note">Preprocessing: {_html.esc(preprocess)} '
-        f"({_html.esc(PREPROCESS[preprocess])}). Statistics are judged on all "
+        f"({_html.esc(PREPROCESS[preprocess])}); "
+        f"{'inference mode (moving statistics)' if inference else 'as training sees it'}. "
+        f"Statistics are judged on all "
         f"{len(paths)} image(s): a dead filter outputs &lt;= 0 everywhere on every one.</p>\n"
         f"{_html.table(_HEADERS, rows)}\n{''.join(sections)}"
     )

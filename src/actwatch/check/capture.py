@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from actwatch._logging import logger
 from actwatch.check.tree import descendants
 
 __all__ = ["Capture", "Perturb", "TrainingView", "inference", "takes_training", "trace"]
@@ -118,6 +120,9 @@ class TrainingView:
     - the call runs in a `keras.StatelessScope`, so no variable is written: moving
       statistics, seed generators (a layer drawing random numbers in its own `call`), none.
 
+    One seeing < 2 values per channel (one probe, after global pooling) would have a zero
+    batch variance, every filter after it "dead": it runs in inference mode (`inferred`).
+
     A BatchNormalization subclass with its own `call`, or with `renorm`, runs its own
     training-mode `call` (on all the batch's samples), its updates discarded. A model
     without a BatchNormalization that `fit` runs in training mode is called with
@@ -135,6 +140,9 @@ class TrainingView:
     def __init__(self, model: Any, *, rows: int = 0, gradients: bool = False) -> None:
         self.rows = rows
         self.gradients = gradients
+        #: BatchNormalizations run in inference mode for want of values (see the class).
+        self.inferred: set[str] = set()
+        self._said: set[str] = set()
         layers = [model, *descendants(model)]
         self._norms = [layer for layer in layers if isinstance(layer, _NORM)]
         #: The other layers that take `training`: where it is, and the norms they hold.
@@ -167,7 +175,9 @@ class TrainingView:
             for norm in self._norms:
                 if norm.trainable and type(norm).call is _NORM.call and not norm.renorm:
                     saved.append((norm, vars(norm).get("call", _MISSING)))
-                    norm.call = _normalizing(norm, norm.call, self.rows, self.gradients)
+                    norm.call = _normalizing(
+                        norm, norm.call, self.rows, self.gradients, self.inferred.add
+                    )
             for layer, position, norms in self._others:
                 if not any(norm.trainable for norm in norms):
                     saved.append((layer, vars(layer).get("call", _MISSING)))
@@ -176,6 +186,19 @@ class TrainingView:
                 yield
         finally:
             _restore(saved)
+            self._say()
+
+    def _say(self) -> None:
+        """Say once which BatchNormalizations ran in inference mode for want of values."""
+        if new := sorted(self.inferred - self._said):
+            self._said.update(new)
+            logger.warning(
+                "actwatch: BatchNormalization %s: fewer than 2 values per channel in the "
+                "checked batch (a zero batch variance would call every filter after it dead), "
+                "so checked in inference mode (moving statistics). Pass stats_data (a few "
+                "hundred samples) or more probes to see it as training does.",
+                ", ".join(map(repr, new)),
+            )
 
 
 def _training_position(call: Callable[..., Any]) -> int | None:
@@ -199,18 +222,28 @@ def _inferring(original: Callable[..., Any], position: int) -> Callable[..., Any
 
 
 def _normalizing(
-    norm: Any, original: Callable[..., Any], rows: int, gradients: bool
+    norm: Any, original: Callable[..., Any], rows: int, gradients: bool, inferred: Any
 ) -> Callable[..., Any]:
     """`BatchNormalization.call` that, in training mode, normalises with the batch's own
-    statistics (over its `rows` leading samples) and updates nothing."""
+    statistics (its `rows` leading samples), updating nothing; with < 2 values, inference."""
 
     @functools.wraps(original)
     def call(inputs: Any, training: Any = None, mask: Any = None) -> Any:
         if not training:  # called with training=False: inference, as `fit` runs it
             return original(inputs, training=training, mask=mask)
+        if values_per_channel(inputs.shape, norm.axis, rows) < 2:
+            inferred(norm.name)
+            return original(inputs, training=False, mask=mask)
         return batch_normalized(norm, inputs, mask, rows=rows, fused=not gradients)
 
     return call
+
+
+def values_per_channel(shape: Sequence[int | None], axis: int, rows: int = 0) -> int:
+    """Values of each channel in a batch of `shape` (its `rows` leading samples; 0: all);
+    2 when a size is unknown at trace time (trusted to be enough)."""
+    sizes = [rows if i == 0 and rows else d for i, d in enumerate(shape) if i != axis % len(shape)]
+    return 2 if None in sizes else math.prod([int(d or 0) for d in sizes])
 
 
 def batch_normalized(
