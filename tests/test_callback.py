@@ -287,6 +287,45 @@ def test_steps_continue_across_fit_calls(tmp_path: Path) -> None:
     assert steps == [0, 4, 8, 12]
 
 
+def test_an_argument_set_between_fits_is_checked_and_takes_effect(tmp_path: Path) -> None:
+    """Review of issue 19: `monitor.images = False` between two fits was ignored (the
+    arguments live in a frozen Settings). Setting one checks it as the constructor does."""
+    model = tiny_cnn()
+    x, y = data()
+    monitor = actwatch.ActivationMonitor(x[:1], tmp_path)
+    model.fit(x, y, epochs=1, batch_size=32, callbacks=[monitor], verbose=0)
+    assert len(read_events(tmp_path).images["filters/conv1/probe_0"]) == 2
+    monitor.images = False
+    monitor.every_n_epochs = None  # so that every_n_batches may be set
+    monitor.every_n_batches = 1
+    assert monitor.images is False and monitor.settings.images is False
+    assert not is_default(monitor.on_train_batch_end)
+    model.fit(x, y, epochs=1, batch_size=32, callbacks=[monitor], verbose=0)
+    events = read_events(tmp_path)
+    assert len(events.images["filters/conv1/probe_0"]) == 2  # none written by the second fit
+    assert [s for s, _ in events.scalars["network/mean"]] == [0, 2, 3, 4]
+    monitor.every_n_batches = None
+    assert is_default(monitor.on_train_batch_end) and monitor.every_n_epochs == 1
+    for name, value, error in [
+        ("images", "no", TypeError),
+        ("patience", 0, ValueError),
+        ("every_n_epochs", 2, None),
+        ("every_n_batches", 3, ValueError),  # both: refused, as the constructor does
+    ]:
+        if error is None:
+            setattr(monitor, name, value)
+            continue
+        before = monitor.settings
+        with pytest.raises(error) as raised:
+            setattr(monitor, name, value)
+        kwargs = {"every_n_epochs": 2} if name == "every_n_batches" else {}
+        with pytest.raises(error) as constructed:
+            actwatch.ActivationMonitor(x[:1], tmp_path / "other", **kwargs, **{name: value})
+        assert str(raised.value) == str(constructed.value)
+        assert monitor.settings is before  # a refused value changes nothing
+    assert monitor.patience == 1 and monitor.images is False and monitor.every_n_epochs == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

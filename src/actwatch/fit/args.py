@@ -3,9 +3,10 @@ argument `x`. Expected ... Received: x=...")."""
 
 from __future__ import annotations
 
+import inspect
 import numbers
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -17,9 +18,22 @@ from actwatch.check.signals import check_outlier_ratio
 from actwatch.check.text_probes import check_strings, read_text_probes, vocabulary_of
 from actwatch.diagnose.alerts import Alert
 from actwatch.diagnose.revive import check_revive
+from actwatch.events.hparams import HParamValue, check_hparams
 from actwatch.events.log_dir import check_log_dir
+from actwatch.events.storage import DEFAULT_UPLOAD_INTERVAL
 
-__all__ = ["Settings", "bounds", "flag", "fraction", "labels", "positive_int", "settings"]
+__all__ = [
+    "ARGUMENTS",
+    "Settings",
+    "bounds",
+    "flag",
+    "fraction",
+    "given",
+    "labels",
+    "positive_int",
+    "revised",
+    "settings",
+]
 
 
 def positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
@@ -87,8 +101,20 @@ class Settings:
     update_ratio_bounds: tuple[float, float] | None
     revive: str | None
     sharpness: bool
+    #: The arguments as given (by `settings`' keyword), to check again with one replaced.
+    arguments: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: `id_to_token` of a tokenizer given as `preprocess`: the labels of text pictures.
     vocabulary: Callable[[int], str] | None = None
+    #: The user's `hparams={...}` for TensorBoard's HParams tab, checked.
+    hparams: Mapping[str, HParamValue] = field(default_factory=dict)
+    #: fsspec's arguments for a `log_dir` on object storage, and seconds between uploads.
+    storage_options: Mapping[str, Any] | None = None
+    upload_interval: float = DEFAULT_UPLOAD_INTERVAL
+
+    @property
+    def storage(self) -> dict[str, Any]:
+        """The `Sink` arguments of a `log_dir` on object storage."""
+        return {"storage_options": self.storage_options, "upload_interval": self.upload_interval}
 
 
 def settings(
@@ -116,9 +142,13 @@ def settings(
     update_ratio_bounds: Any,
     revive: Any,
     sharpness: Any = False,
+    hparams: Any = None,
+    storage_options: Any = None,
+    upload_interval: Any = DEFAULT_UPLOAD_INTERVAL,
 ) -> Settings:
     """Every argument checked, in the constructor, before training: a ValueError or TypeError
     that names the argument, what it received and what it expects."""
+    arguments = dict(locals())  # the parameters alone, as given
     vocabulary = vocabulary_of(preprocess)  # a tokenizer: text probes, labelled tokens
     probe_source = sources(probes, preprocess, "probes")
     stats_labels: tuple[Any, Any] | None = None
@@ -160,7 +190,7 @@ def settings(
         probe_source=probe_source,
         stats_source=stats_source,
         stats_labels=stats_labels,
-        log_dir=check_log_dir(log_dir),
+        log_dir=check_log_dir(log_dir, check_storage_options(storage_options)),
         layers=layers,
         every_n_epochs=None if batches is not None else (epochs or 1),
         every_n_batches=batches,
@@ -185,8 +215,38 @@ def settings(
         update_ratio_bounds=bounds(update_ratio_bounds),
         revive=check_revive(revive),
         sharpness=bool(sharpness),
+        arguments=arguments,
         vocabulary=vocabulary,
+        hparams=check_hparams(hparams),
+        storage_options=storage_options,
+        upload_interval=positive_float("upload_interval", upload_interval),
     )
+
+
+def check_storage_options(value: Any) -> Mapping[str, Any] | None:
+    """`storage_options`: None or a dict of fsspec arguments (endpoint, credentials)."""
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(
+            "Invalid value for argument `storage_options`. Expected None or a dict of fsspec "
+            "arguments, e.g. {'endpoint_url': 'http://127.0.0.1:9000'}. Received: "
+            f"storage_options={value!r}"
+        )
+    return value
+
+
+def positive_float(name: str, value: Any) -> float:
+    """`value` as a finite number > 0; a ValueError or TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected a number of seconds > 0. "
+            f"Received: {name}={value!r}"
+        )
+    if not 0 < float(value) < float("inf"):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a number of seconds > 0. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
 
 
 def sources(value: Any, preprocess: Any, argument: str) -> ProbeSource:
@@ -195,6 +255,24 @@ def sources(value: Any, preprocess: Any, argument: str) -> ProbeSource:
     check_strings(value, preprocess, argument)
     text = read_text_probes(value, preprocess, argument)
     return text if text is not None else read_probe_source(value, argument)
+
+
+#: The monitor's constructor arguments (`settings`' keywords): settable as its attributes.
+ARGUMENTS = frozenset(inspect.signature(settings).parameters)
+
+
+def given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments out of its `locals()`, for `settings(**given(...))`."""
+    return {name: values[name] for name in ARGUMENTS}
+
+
+def revised(current: Settings, name: str, value: Any) -> Settings:
+    """`current` with the argument `name` set to `value`, every argument checked again as
+    the constructor checks them (the same ValueError or TypeError for a wrong value, or
+    for a combination it refuses, e.g. `every_n_batches` while `every_n_epochs` is set)."""
+    if name not in ARGUMENTS:
+        raise AttributeError(f"{name!r} is not an argument of ActivationMonitor")
+    return settings(**{**current.arguments, name: value})
 
 
 def bounds(value: Any) -> tuple[float, float] | None:

@@ -11,7 +11,7 @@ import numpy as np
 from actwatch.diagnose.alerts import Alert
 from actwatch.diagnose.updates import DEFAULT_BOUNDS
 from actwatch.events.sink import SinkStats
-from actwatch.fit.args import Settings, settings
+from actwatch.fit.args import ARGUMENTS, Settings, given, revised, settings
 from actwatch.fit.record import Failures, FitRecord, Memory
 from actwatch.fit.session import FitSession
 
@@ -41,9 +41,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             image paths or PIL images (resized to the model's input size; raw 0-255 pixels,
             see `preprocess`), or for multi-input models a dict by input name or a list of
             arrays. A handful (4-8) is plenty.
-        log_dir: directory for the TensorBoard events file (created; see `run_dir`). Run
-            `tensorboard --logdir LOG_DIR` and open its actwatch tab to see every check's
-            images.
+        log_dir: directory for the events file (created; see `run_dir`), or an fsspec URL
+            (`s3://b/run`, ...; `storage_options`: fsspec's; uploads every `upload_interval` s).
         layers: what to watch. Defaults to every convolution, pooling and activation layer
             with a channel axis, in nested models, subclassed models and custom layers too,
             except a linear convolution whose output goes into an activation (conv -> BN ->
@@ -112,12 +111,12 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             `kind="revived"`. Only for Conv/Dense layers feeding Conv/Dense layers through
             channel-preserving layers in a Functional or Sequential model; anything else is a
             ValueError at the start of `fit`. Defaults to None.
+        hparams: more hyperparameters for TensorBoard's HParams tab, e.g. `{"dropout": 0.1}`.
 
     Attributes:
         alerts: the `actwatch.Alert`s of the current (or last) fit.
         last_stats: the last check's `actwatch.LayerStats`, by layer path.
-        last_gradients: the last check's gradient figures (with labels in `stats_data`), by
-            layer path.
+        last_gradients: the last check's gradient figures by layer path (labels in `stats_data`).
         last_update_ratios: the update-to-weight ratios measured after the last check.
         timings: what the last check blocked the training thread for, in seconds: `blocking`
             (all of it), `device` (the compiled call) and `update_ratio` (the comparison of
@@ -129,8 +128,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     Example:
 
     ```python
-    monitor = actwatch.ActivationMonitor(probes=x_val[:4], log_dir="logs/run1",
-                                         stats_data=x_val[:256])
+    monitor = actwatch.ActivationMonitor(x_val[:4], "logs/run1", stats_data=x_val[:256])
     model.fit(x_train, y_train, epochs=20, callbacks=[monitor])
     ```
     """
@@ -161,51 +159,50 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         update_ratio_bounds: tuple[float, float] | None = DEFAULT_BOUNDS,
         sharpness: bool = False,
         revive: str | None = None,
+        hparams: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        upload_interval: float = 30.0,
     ) -> None:
         super().__init__()
-        self.settings: Settings = settings(
-            probes=probes,
-            log_dir=log_dir,
-            layers=layers,
-            every_n_epochs=every_n_epochs,
-            every_n_batches=every_n_batches,
-            stats_data=stats_data,
-            on_alert=on_alert,
-            stop_on_dead_fraction=stop_on_dead_fraction,
-            dead_alert_fraction=dead_alert_fraction,
-            patience=patience,
-            max_filters=max_filters,
-            dormant_threshold=dormant_threshold,
-            preprocess=preprocess,
-            images=images,
-            draw_layers=draw_layers,
-            log_per_layer=log_per_layer,
-            histograms=histograms,
-            feature_rank=feature_rank,
-            topk=topk,
-            outlier_ratio=outlier_ratio,
-            update_ratio_bounds=update_ratio_bounds,
-            sharpness=sharpness,
-            revive=revive,
-        )
-        if self.settings.every_n_batches is not None:
-            # Defined only on request: overriding it turns off Keras' async batch dispatch.
-            self.on_train_batch_end = self._on_train_batch_end  # type: ignore[method-assign]
+        self.settings: Settings = settings(**given(locals()))
         self._memory = Memory()  # alert memory and the last step, across fits
-        self._record = FitRecord()
-        self._failures = Failures()
+        self._record, self._failures = FitRecord(), Failures()
         self._session: FitSession | None = None
         self._last_sink_stats: SinkStats | None = None
         #: Private: extra `Sink` arguments (priority, max_pending_bytes) for benchmarks and tests.
         self._sink_options: dict[str, Any] = {}
         self._check_failed, self._gradients_failed = self._failures.check, self._failures.gradients
+        self._hooks()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An argument set as an attribute (`monitor.images = False`) is checked again as the
+        constructor checks it (the same ValueError or TypeError) and takes effect at the
+        next fit; a new `log_dir` is claimed then, as a new monitor's."""
+        if name not in ARGUMENTS or "settings" not in self.__dict__:
+            super().__setattr__(name, value)
+            return
+        old, self.__dict__["settings"] = self.settings, revised(self.settings, name, value)
+        if self.settings.log_dir != old.log_dir:
+            self._memory.run_dir = None
+        if self._session is None:
+            self._hooks()
+
+    def _hooks(self) -> None:
+        """`on_train_batch_end` only with `every_n_batches`: defining it turns off Keras'
+        asynchronous batch dispatch."""
+        if self.settings.every_n_batches is not None:
+            self.__dict__["on_train_batch_end"] = self._on_train_batch_end
+        else:
+            self.__dict__.pop("on_train_batch_end", None)
 
     def __getattr__(self, name: str) -> Any:
-        """The attributes above (the last fit's record), and the validated arguments, as
-        Keras' callbacks keep theirs (`monitor.log_dir`, `monitor.patience`, ...)."""
-        for held in (self.__dict__.get("_record"), self.__dict__.get("settings")):
-            if held is not None and name in type(held).__dataclass_fields__:
-                return getattr(held, name)
+        """The last fit's record (see Attributes) and the arguments (`monitor.patience`)."""
+        record, held = self.__dict__.get("_record"), self.__dict__.get("settings")
+        for value in (record, held):
+            if value is not None and name in type(value).__dataclass_fields__:
+                return getattr(value, name)
+        if held is not None and name in held.arguments:  # probes, stats_data: as given
+            return held.arguments[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -246,7 +243,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         session.steps.epoch_begin()
         if not session.steps.started:
             first = session.begin(epoch, session.steps_per_epoch(self.params))
-            n = self.settings.every_n_batches or 1
+            n = session.settings.every_n_batches or 1
             start = session.steps.current
             self._next_batch_check = (start // n + 1) * n  # the step of the next batch check
             if first is not None:
@@ -260,15 +257,17 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         session = self._live()
         session.observe(logs, self.params)  # the batches that ran, and the loss
-        every = self.settings.every_n_epochs
+        every = session.settings.every_n_epochs
         if every is not None and (epoch + 1) % every == 0:
             session.check(session.steps.current, epoch=epoch)
         if logs is not None:
             logs.update(self._record.figures)
 
     def _on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        session, every = self._live(), self.settings.every_n_batches
-        assert every is not None
+        session = self._live()
+        every = session.settings.every_n_batches
+        if every is None:  # set during this fit: from the next one
+            return
         session.observe(logs, self.params, batch=batch)
         step = session.steps.current
         # `>=`, not `%`: with steps_per_execution the hook sees every k-th step only.
@@ -293,6 +292,7 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         return self._session
 
     def _close(self) -> None:
+        self._hooks()
         if self._session is not None:
             self._session.close()
             if self._session.sink is not None:
