@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+import actwatch
 from actwatch import report
 from actwatch.check.text_probes import (
     check_strings,
@@ -342,3 +344,117 @@ def test_report_shows_the_pictures(logdir: Path, tmp_path: Path) -> None:
     assert sum("-attention-" in name for name in files) == 4
     assert sum("-tokens-" in name for name in files) == 2
     assert vit.pictures[tags.TOKENS][VIT_BLOCK][0].startswith(b"\x89PNG")
+
+
+# Real fits (each backend) --------------------------------------------------------------------
+
+
+class ClassToken(keras.layers.Layer):
+    """Prepends a learned class token to the patch tokens."""
+
+    def build(self, input_shape: Any) -> None:
+        self.token = self.add_weight(shape=(1, 1, input_shape[-1]), initializer="zeros")
+
+    def call(self, x: Any) -> Any:
+        batch = keras.ops.shape(x)[0]
+        token = keras.ops.broadcast_to(self.token, (batch, 1, keras.ops.shape(x)[-1]))
+        return keras.ops.concatenate([token, x], axis=1)
+
+
+def _block(x: Any, width: int, *, causal: bool, name: str) -> Any:
+    """A pre-LN transformer block of MultiHeadAttention (2 heads) and a GELU MLP."""
+    y = keras.layers.LayerNormalization(name=f"{name}_ln1")(x)
+    y = keras.layers.MultiHeadAttention(2, width // 2, name=f"{name}_mha")(
+        y, y, use_causal_mask=causal
+    )
+    x = keras.layers.Add(name=f"{name}_attn_add")([x, y])
+    y = keras.layers.LayerNormalization(name=f"{name}_ln2")(x)
+    y = keras.layers.Dense(2 * width, activation="gelu", name=f"{name}_mlp")(y)
+    y = keras.layers.Dense(width, name=f"{name}_proj")(y)
+    return keras.layers.Add(name=f"{name}_out")([x, y])
+
+
+def tiny_vit() -> keras.Model:
+    """32 px images, patch 8 (4x4 patches), a class token, one block of width 16."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Conv2D(16, 8, strides=8, name="patchify")(inputs)
+    x = ClassToken(name="cls")(keras.layers.Reshape((16, 16), name="patches")(x))
+    x = _block(x, 16, causal=False, name="block_0")
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(x))
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    return model
+
+
+def tiny_lm(vocabulary: int, length: int) -> keras.Model:
+    """A causal LM of one block over `{"token_ids", "padding_mask"}` (KerasHub's inputs)."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((length,), dtype="int32", name="token_ids")
+    mask = keras.Input((length,), dtype="int32", name="padding_mask")
+    x = keras.layers.Embedding(vocabulary, 16, name="embed")(ids)
+    x = x * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    x = _block(x, 16, causal=True, name="block_0")
+    model = keras.Model({"token_ids": ids, "padding_mask": mask},
+                        keras.layers.Dense(vocabulary, name="logits")(x))  # fmt: skip
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _png_images(log_dir: Path, kind: str) -> dict[str, list[tuple[int, np.ndarray]]]:
+    found = read_events(log_dir).images
+    return {tag: images for tag, images in found.items() if tag.startswith(f"{kind}/")}
+
+
+def test_vit_fit_writes_token_and_attention_pictures(tmp_path: Path) -> None:
+    """A functional ViT's fit: token norms over the probe and per-head class-token attention
+    on the 4x4 patch grid (the class token set aside), at each check."""
+    model = tiny_vit()
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    monitor = actwatch.ActivationMonitor(probes=x[:2], log_dir=str(tmp_path / "vit"))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
+    run = Path(monitor.run_dir)
+    tokens, attention = _png_images(run, "tokens"), _png_images(run, "attention")
+    assert {tags.parse_image_tag(t)[2] for t in tokens} == {0, 1}
+    assert any("mha" in tags.parse_image_tag(t)[1] for t in attention)
+    for tag, images in tokens.items():
+        assert [s for s, _ in images] == [0, 2], tag  # before training and after the epoch
+        for _, image in images:
+            assert image.shape == (64, 64, 3) and image.std() > 1, tag
+    for tag, images in attention.items():
+        for _, image in images:
+            # Two heads of the 16 patches: tiles of 4x4 upscaled to 24 px, side by side.
+            # With the class token among the keys (17) they would lie on no grid.
+            assert image.shape == (28, 54, 3) and image.std() > 1, tag
+
+
+def test_text_fit_from_strings_labels_the_tokens(tmp_path: Path) -> None:
+    """A causal LM fed `{"token_ids", "padding_mask"}`: string probes tokenized by the given
+    tokenizer, per-head matrices labelled by its tokens, cut at each probe's length."""
+    tokenizer = WordTokenizer(8)
+    model = tiny_lm(len(tokenizer.vocabulary), 8)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, len(tokenizer.vocabulary), (16, 8)).astype("int32")
+    data = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    texts = ["the cat sat", "on the mat ."]
+    monitor = actwatch.ActivationMonitor(
+        probes=texts, preprocess=tokenizer, log_dir=str(tmp_path / "lm")
+    )
+    model.fit(data, np.roll(ids, -1, axis=1), batch_size=8, epochs=1, verbose=0,
+              callbacks=[monitor])  # fmt: skip
+    attention = _png_images(Path(monitor.run_dir), "attention")
+    layers = {tags.parse_image_tag(t)[1] for t in attention}
+    assert layers and all("mha" in layer for layer in layers)
+    for tag, images in attention.items():
+        probe = tags.parse_image_tag(tag)[2]
+        words = texts[probe].split()
+        # The picture of exactly these labels and this many tokens (2 heads): its size.
+        expected = attention_matrices_image(np.zeros((2, len(words), len(words))), words)
+        for _, image in images:
+            assert image.shape == expected.shape, tag
+            assert (image != 255).any(axis=-1).mean() > 0.2  # cells and labels drawn

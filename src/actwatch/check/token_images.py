@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from actwatch.check.tokens import split_key
 from actwatch.events import tags
 from actwatch.render.png import PaletteImage
 from actwatch.render.tokens import (
@@ -48,12 +49,6 @@ class TokenPictureLike(Protocol):
     def token_ids(self) -> np.ndarray | None: ...
 
 
-def _layer(key: str) -> tuple[str, str]:
-    """`(kind, path)` of a `CheckResult.tokens` key `"{kind}/{path}"`."""
-    kind, _, path = key.partition("/")
-    return kind, path
-
-
 def _labels(
     picture: TokenPictureLike, probe: int, labels: Sequence[Sequence[str]] | None
 ) -> list[str]:
@@ -81,7 +76,7 @@ def render_token_images(
     """
     images: dict[str, tuple[np.ndarray | PaletteImage, str]] = {}
     for key, picture in tokens.items():
-        kind, path = _layer(key)
+        kind, path = split_key(key)
         values = np.asarray(picture.values, dtype=np.float32)
         prefix = int(picture.prefix)
         if picture.grid is not None:

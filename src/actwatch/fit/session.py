@@ -250,7 +250,7 @@ class FitSession:
         """The check's pictures, drawn later on the writer's thread."""
         pictures = functools.partial(
             render_token_images,
-            tokens=getattr(result, "tokens", {}),
+            tokens=result.tokens,
             display=self.display,
             labels=self.labels,
             lengths=self.lengths,
