@@ -47,17 +47,19 @@ def _own_layers(layer: Any) -> list[tuple[str, Any]]:
     values: dict[str, Any] = dict(vars(layer))
     if keras.backend.backend() == "torch":
         values.update(layer.named_children())
-    found = []
-    for attr, value in values.items():
-        if isinstance(value, keras.layers.Layer):
-            found.append((attr, value))
-        elif isinstance(value, (list, tuple)):
+    found = [(attr, value) for attr, value in values.items() if isinstance(value, keras.layers.Layer)]
+    for attr, value in values.items():  # lists after named layers; Keras' own `_layers` never
+        if isinstance(value, (list, tuple)) and attr not in _TRACKERS:
             found.extend(
                 (f"{attr}/{i}", item)
                 for i, item in enumerate(value)
                 if isinstance(item, keras.layers.Layer)
             )
     return found
+
+
+#: Keras' own lists of every sublayer (not a name a user gave).
+_TRACKERS = frozenset({"_layers", "_tracker"})
 
 
 def is_attention(layer: Any) -> bool:

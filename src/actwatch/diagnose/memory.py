@@ -30,6 +30,7 @@ import numpy as np
 from actwatch.check.stats import LayerStats
 from actwatch.diagnose import alerts as wording
 from actwatch.diagnose.alerts import Alert, Decision, indices
+from actwatch.diagnose.attention import LogitWatch
 
 __all__ = ["REALERT_SHARE", "AlertTracker"]
 
@@ -92,6 +93,7 @@ class AlertTracker:
         self._alert_mark: dict[str, int] = {}  # confirmed-dead count at the layer's last alert
         self._nonfinite_alerted = False
         self._outlying: set[str] = set()
+        self._logits = LogitWatch()  # attention-logit growth (transformers)
         self._initial_epoch = 0
 
     def begin_fit(self, *, initial_epoch: int) -> None:
@@ -157,6 +159,7 @@ class AlertTracker:
                 )
         alerts.extend(self._nonfinite(stats, at))
         alerts.extend(self._outliers(stats, at))
+        alerts.extend(self._logits.update(stats, **at))
         return Decision(alerts=tuple(alerts), stop_reason=stop_reason, revived=revived)
 
     def _dead_alert(
