@@ -25,10 +25,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+
+from common import timed  # beside this file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -40,19 +39,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=256, help="labelled stats samples.")
     parser.add_argument("--size", type=int, default=64, help="image side (the demo's: 64).")
     return parser.parse_args(argv)
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """(first call, median of `repeats` later calls), in ms."""
-    start = time.perf_counter()
-    fn()
-    first = (time.perf_counter() - start) * 1000
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return first, statistics.median(times)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

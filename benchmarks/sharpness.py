@@ -29,12 +29,10 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
-
-SIZES = (16, 64, 64, 4)
+from common import teacher_regression, timed  # beside this file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,51 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """(first call, median of `repeats` later calls), in ms."""
-    start = time.perf_counter()
-    fn()
-    first = (time.perf_counter() - start) * 1000
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return first, statistics.median(times)
-
-
-def glorot(rng: np.random.Generator) -> list[np.ndarray]:
-    weights = []
-    for fan_in, fan_out in itertools.pairwise(SIZES):
-        limit = np.sqrt(6 / (fan_in + fan_out))
-        weights += [
-            rng.uniform(-limit, limit, (fan_in, fan_out)).astype("float32"),
-            np.zeros(fan_out, "float32"),
-        ]
-    return weights
-
-
-def teacher(weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
-    h = np.tanh(x @ weights[0] + weights[1])
-    h = np.tanh(h @ weights[2] + weights[3])
-    return np.asarray(h @ weights[4] + weights[5])
-
-
 def edge_of_stability(lr: float, args: argparse.Namespace) -> list[tuple[int, float, float]]:
     """[(step, sharpness, loss)] of full-batch gradient descent at `lr`."""
-    import keras
-
     from actwatch.check.sharpness import Sharpness
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.samples, SIZES[0])).astype("float32")
-    y = (3 * teacher(glorot(rng), x)).astype("float32")
-    inputs = keras.Input((SIZES[0],))
-    h = keras.layers.Dense(SIZES[1], activation="tanh")(inputs)
-    h = keras.layers.Dense(SIZES[2], activation="tanh")(h)
-    model = keras.Model(inputs, keras.layers.Dense(SIZES[3])(h))
-    model.set_weights(glorot(rng))
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    model, x, y = teacher_regression(lr, args.samples)
     sharpness = Sharpness(model, x, y)
     xs, ys = np.tile(x, (args.every, 1)), np.tile(y, (args.every, 1))  # an epoch: `every` steps
     trace = []

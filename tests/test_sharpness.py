@@ -5,7 +5,9 @@ bit-identical, and the errors for inputs it cannot use."""
 
 from __future__ import annotations
 
-import itertools
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import keras
@@ -158,25 +160,16 @@ def test_preconditioned_equals_numpy(optimizer: Any) -> None:
 
 # -- the edge of stability -------------------------------------------------------------------
 
-SIZES = (16, 64, 64, 4)
 
-
-def glorot(rng: np.random.Generator) -> list[np.ndarray]:
-    """Glorot-uniform kernels and zero biases of a SIZES MLP (the same on every backend)."""
-    weights = []
-    for fan_in, fan_out in itertools.pairwise(SIZES):
-        limit = np.sqrt(6 / (fan_in + fan_out))
-        weights += [
-            rng.uniform(-limit, limit, (fan_in, fan_out)).astype("float32"),
-            np.zeros(fan_out, "float32"),
-        ]
-    return weights
-
-
-def teacher(weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
-    h = np.tanh(x @ weights[0] + weights[1])
-    h = np.tanh(h @ weights[2] + weights[3])
-    return h @ weights[4] + weights[5]  # type: ignore[no-any-return]
+def _benchmarks_common() -> ModuleType:
+    """benchmarks/common.py, the edge-of-stability workload the benchmark also runs, loaded
+    by its path (benchmarks/ is no package), wherever pytest runs from."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
+    spec = importlib.util.spec_from_file_location("actwatch_benchmarks_common", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_gradient_descent_reaches_the_edge_of_stability() -> None:
@@ -184,15 +177,7 @@ def test_gradient_descent_reaches_the_edge_of_stability() -> None:
     from a sharpness well below 2/lr: the sharpness rises to 2/lr and then hovers there,
     while the loss keeps falling."""
     lr, steps, every = 0.4, 800, 50
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(512, 16)).astype("float32")
-    y = (3 * teacher(glorot(rng), x)).astype("float32")
-    inputs = keras.Input((16,))
-    h = keras.layers.Dense(64, activation="tanh")(inputs)
-    h = keras.layers.Dense(64, activation="tanh")(h)
-    model = keras.Model(inputs, keras.layers.Dense(4)(h))
-    model.set_weights(glorot(rng))
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    model, x, y = _benchmarks_common().teacher_regression(lr, samples=512)
     sharpness = Sharpness(model, x, y)
     # One epoch of the tiled data is `every` full-batch steps.
     xs, ys = np.tile(x, (every, 1)), np.tile(y, (every, 1))
