@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 BACKENDS ?= jax tensorflow torch
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck clean chromium
+.PHONY: install demo test lint typecheck clean chromium docs dist
 
 install: $(STAMP)
 
@@ -47,6 +47,18 @@ test: lint typecheck chromium
 			$(BIN)/python -m pytest $(PYTEST_ARGS); \
 		read=0; \
 	done
+
+# The docs site (Sphinx, furo, MyST: docs/conf.py), warnings as errors, into build/docs.
+# tests/test_docs.py builds it the same way in `make test`.
+docs: install
+	KERAS_BACKEND=jax $(BIN)/sphinx-build -W --keep-going -b html docs build/docs
+
+# The sdist and the wheel in dist/, checked by twine. --no-isolation: built with the venv's
+# setuptools, so it works offline.
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 clean:
 	rm -rf $(VENV) logs reports build dist src/*.egg-info

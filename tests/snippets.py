@@ -67,7 +67,7 @@ CANARY = "import actwatch\nactwatch.report.write_reprot('logs', 'canary.html')\n
 # The runner, executed with `python -c` in the working directory. It reads the prelude and
 # the snippets as JSON on stdin and prints one JSON line per snippet.
 RUNNER = r"""
-import importlib, json, logging, os, sys, traceback, warnings
+import importlib, json, logging, os, sys, time, traceback, warnings
 
 if os.environ.get("ACTWATCH_BLOCK_TENSORFLOW") == "1":
     sys.modules["tensorflow"] = None  # as tests/conftest.py: prove it runs without TensorFlow
@@ -105,14 +105,16 @@ for snippet in job["snippets"]:
     namespace.update(base)
     problems.records.clear()
     os.chdir(snippet["folder"])
+    start = time.perf_counter()
     try:
         exec(compile(snippet["code"], snippet["where"], "exec"), namespace)
         error = None
     except BaseException:
         error = traceback.format_exc(limit=-3)
     os.chdir(home)
-    print(json.dumps({"where": snippet["where"], "error": error, "logged": problems.records}),
-          flush=True)
+    seconds = round(time.perf_counter() - start, 2)
+    print(json.dumps({"where": snippet["where"], "error": error, "logged": problems.records,
+                      "seconds": seconds}), flush=True)
 """
 
 
