@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,9 @@ from actwatch.render.tokens import (
     token_norm_image,
 )
 
+from .chromium import chromium_session
 from .helpers import read_events
-from .tensorboard_server import tensorboard_server
+from .tensorboard_server import Server, tensorboard_server
 
 VIT_BLOCK, VIT_MHA, LM_MHA = "vit/block_0", "vit/block_0/mha", "lm/block_0/mha"
 WORDS = ["[CLS]", "the", "cat", "sat", "on", "the", "mat", ".", "[SEP]"]
@@ -299,30 +302,64 @@ def test_pictures_read_back_by_tensorboard(logdir: Path) -> None:
     assert tags.parse_image_tag(tags.tokens_tag(VIT_BLOCK, 0)) == ("tokens", VIT_BLOCK, 0)
 
 
+@pytest.fixture(scope="module")
+def server(logdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("tb") / "tb.log"
+    with tensorboard_server(logdir, log, load_fast="false") as running:
+        yield running
+
+
 @pytest.mark.read_path
-def test_tab_serves_the_pictures(logdir: Path, tmp_path: Path) -> None:
+def test_tab_serves_the_pictures(server: Server) -> None:
     """The tab lists the layers as drawn, every picture tag and step, and serves the PNGs;
     the heatmap offers the new metrics."""
-    with tensorboard_server(logdir, tmp_path / "tb.log", load_fast="false") as server:
-        listing = server.json("/data/plugin/actwatch/runs")
-        assert listing["vit"]["drawn"] == [VIT_BLOCK, VIT_MHA]
-        assert listing["lm"]["drawn"] == [LM_MHA]
-        assert "attention_entropy" in listing["vit"]["metrics"]
-        assert listing["vit"]["probes"] == 2
-        images = server.json("/data/plugin/actwatch/images", run="vit")
-        assert images[tags.attention_tag(VIT_MHA, 0)] == [0, 10]
-        assert images[tags.tokens_tag(VIT_BLOCK, 1)] == [0, 10]
-        for run, tag in (
-            ("vit", tags.attention_tag(VIT_MHA, 0)),
-            ("lm", tags.attention_tag(LM_MHA, 0)),
-        ):
-            status, headers, body = server.get(
-                "/data/plugin/actwatch/image", run=run, tag=tag, step=10
-            )
-            assert status == 200 and headers["Content-Type"] == "image/png"
-            assert _decode(body).std() > 10
-        status, _, script = server.get("/data/plugin/actwatch/index.js")
-        assert status == 200 and b'"tokens", "attention"' in script
+    listing = server.json("/data/plugin/actwatch/runs")
+    assert listing["vit"]["drawn"] == [VIT_BLOCK, VIT_MHA]
+    assert listing["lm"]["drawn"] == [LM_MHA]
+    assert "attention_entropy" in listing["vit"]["metrics"]
+    assert listing["vit"]["probes"] == 2
+    images = server.json("/data/plugin/actwatch/images", run="vit")
+    assert images[tags.attention_tag(VIT_MHA, 0)] == [0, 10]
+    assert images[tags.tokens_tag(VIT_BLOCK, 1)] == [0, 10]
+    for run, tag in (
+        ("vit", tags.attention_tag(VIT_MHA, 0)),
+        ("lm", tags.attention_tag(LM_MHA, 0)),
+    ):
+        status, headers, body = server.get("/data/plugin/actwatch/image", run=run, tag=tag, step=10)
+        assert status == 200 and headers["Content-Type"] == "image/png"
+        assert _decode(body).std() > 10
+    status, _, script = server.get("/data/plugin/actwatch/index.js")
+    assert status == 200 and b'"tokens", "attention"' in script
+
+
+@pytest.mark.read_path
+def test_tab_page_shows_the_pictures(server: Server, tmp_path: Path) -> None:
+    """In headless Chromium the tab shows each layer's token and attention pictures, loaded,
+    with their captions; no console error."""
+    frame = "document.querySelector('iframe').contentDocument"
+    idle = f"""(() => {{ const d = {frame}; if (!d || !d.body) return false;
+      return d.body.dataset.state === 'idle' && d.querySelector('.aw-run') !== null &&
+        [...d.images].every(i => i.complete); }})()"""
+    with chromium_session(tmp_path, window="1400,1000") as chromium:
+        chromium.open(f"{server.url}/#actwatch")
+        deadline = time.monotonic() + 60
+        while not chromium.evaluate(idle):
+            assert time.monotonic() < deadline, "the actwatch page never finished loading"
+            time.sleep(0.1)
+        shown = chromium.evaluate(
+            f"""[...{frame}.querySelectorAll('.aw-run .aw-layer img')].map(i =>
+            [i.closest('.aw-run').dataset.run, i.dataset.tag, i.naturalWidth])"""
+        )
+        captions = chromium.evaluate(f"{frame}.body.innerText")
+        errors = [e for e in chromium.errors() if "favicon.ico" not in e]
+    assert sorted((run, tag) for run, tag, _ in shown) == [
+        ("lm", tags.attention_tag(LM_MHA, 0)),
+        ("vit", tags.attention_tag(VIT_MHA, 0)),
+        ("vit", tags.tokens_tag(VIT_BLOCK, 0)),
+    ]
+    assert all(width > 0 for _, _, width in shown)
+    assert "token L2 norms on the patch grid" in captions and "attention per head" in captions
+    assert not errors, errors
 
 
 @pytest.mark.read_path
