@@ -11,7 +11,8 @@ Troubleshooting quotes every error and warning actwatch can show.
   The examples are the same on every backend: they run once per `make test`, in the JAX run.
 - `test_troubleshooting_quotes_every_message`: the text of every `raise SomethingError(...)`
   and every `actwatch: ...` log message in `src/actwatch` appears in docs/troubleshooting.md
-  (the first `QUOTED` characters of its longest literal piece, whitespace aside), so a new message cannot go undocumented.
+  (the first `QUOTED` characters of its longest literal piece, whitespace aside), so a new
+  message cannot go undocumented.
 """
 
 from __future__ import annotations
