@@ -133,7 +133,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from actwatch.report import write_report
 
-    page = write_report(args.logdir, args.output)
+    page = write_report(args.logdir, args.output, runs=args.runs, all_figures=args.all_figures)
     print(f"Report written to {page.resolve()}")
     print(f"Figures: {page.resolve().with_name(page.stem + '_figures')}")
     return 0
@@ -156,7 +156,17 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _preprocess_choices(load: bool) -> dict[str, str]:
+    """`inspect --preprocess`'s choices; {} without `load` (importing them imports Keras)."""
+    if not load:
+        return {}
+    from actwatch.inspection import PREPROCESS
+
+    return PREPROCESS
+
+
+def build_parser(*, keras: bool = True) -> argparse.ArgumentParser:
+    """The command line; `keras=False` leaves `inspect`'s choices out (no Keras import)."""
     parser = argparse.ArgumentParser(
         prog="actwatch",
         description="Watch a CNN's activations while it trains.",
@@ -235,10 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the HTML file to write (default: report.html)",
     )
+    report.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="RUN",
+        help="run names or globs (quoted: 'lr_*') to put in the sweep table; their figures "
+        "are drawn when few (default: every run; figures of the highest, median and lowest "
+        "final dead fraction)",
+    )
+    report.add_argument(
+        "--all-figures",
+        action="store_true",
+        help="draw the figures of every chosen run (slow for a sweep of many runs)",
+    )
     report.set_defaults(func=_report)
 
-    from actwatch.inspection import PREPROCESS
-
+    PREPROCESS = _preprocess_choices(keras)
     inspect = commands.add_parser(
         "inspect",
         help="filter grids, heatmaps and statistics of a saved model on some images",
@@ -298,9 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_backend_quietly()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    keras = arguments[:1] != ["report"]  # the report reads event files: no Keras, no backend
+    if keras:
+        _load_backend_quietly()
+    parser = build_parser(keras=keras)
+    args = parser.parse_args(arguments)
     try:
         result: int = args.func(args)
     except (ValueError, OSError) as exc:

@@ -28,10 +28,11 @@ from typing import TextIO
 from matplotlib.figure import Figure
 
 from actwatch.events import tags
+from actwatch.events.finals import read_sweep
 from actwatch.events.runs import RunLog, event_files, find_runs, read_run
 from actwatch.render import figures as drawing
 from actwatch.render import html as _html
-from actwatch.report import figures
+from actwatch.report import figures, sweep
 from actwatch.report.pictures import NOTE as PICTURES_NOTE
 from actwatch.report.pictures import picture_rows
 from actwatch.report.progress import ProgressBar
@@ -123,8 +124,15 @@ def write_report(
     output: str | os.PathLike[str] = "report.html",
     *,
     progress: bool | None = None,
+    runs: Sequence[str] | None = None,
+    all_figures: bool = False,
 ) -> Path:
     """Write the HTML report of every actwatch run under `logdir`; return its path.
+
+    Of several runs (a sweep), the page starts with a table of every run's final figures and
+    a scatter of learning rate against final dead fraction (`actwatch.report.sweep`); per-run
+    figures follow for a few runs (`runs`, or the highest, median and lowest final dead
+    fraction), for all of them with `all_figures`.
 
     The page is self-contained (images inline); its figures are also written as PNG files in
     the folder `<output stem>_figures` next to it.
@@ -134,6 +142,9 @@ def write_report(
         output: the HTML file to write; its folder is created. Defaults to `report.html`.
         progress: draw a progress bar on stderr. Defaults to None: only when stderr is a
             terminal.
+        runs: run names or globs (`"lr_*"`): the runs in the table, and drawn when few.
+            Defaults to None: every run.
+        all_figures: draw every chosen run's figures. Defaults to False.
 
     Returns:
         The path of the HTML file.
@@ -152,29 +163,34 @@ def write_report(
         )
     run_dirs = find_runs(logdir)
     root = Path(logdir)
+    several = len(run_dirs) > 1 or bool(runs)
+    plan = sweep.plan(read_sweep(root) if several else [], list(runs or []), all_figures)
+    if len(run_dirs) > 1 and plan.drawn:  # a sweep: figures of the drawn runs only
+        run_dirs = plan.paths()
     stream = sys.stderr
     show = stream.isatty() if progress is None else progress
     total = sum(f.stat().st_size for r in run_dirs for f in event_files(r))
     bar = ProgressBar(total, "reading events", "MB", stream=stream) if show else None
-    runs: list[RunLog] = []
+    logs: list[RunLog] = []
     skipped: list[str] = []
     for run in run_dirs:
         name = run.relative_to(root).as_posix()
         log = read_run(run, name=run.resolve().name if name == "." else name, progress=bar)
         if log.layers:
-            runs.append(log)
+            logs.append(log)
         else:
             skipped.append(log.name)
     if bar is not None:
         bar.close()
-    if not runs:
+    if not logs:
         raise ValueError(
             f"No actwatch data under {os.fspath(logdir)!r}: the event files of the runs "
             f"{skipped} hold no actwatch tags (such as `zero_fraction/<layer>`). Were they "
             "written by another callback, such as keras.callbacks.TensorBoard? Pass the "
             "`log_dir` given to ActivationMonitor, or a folder above such runs."
         )
-    body = _render(runs, skipped, root, out, show, stream)
+    head = plan.html(sweep.scatter_png(plan.runs)) if len(plan.runs) > 1 else ""
+    body = head + _render(logs, skipped, root, out, show, stream)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_html.page(f"actwatch report: {os.fspath(logdir)}", body), encoding="utf-8")
     return out
