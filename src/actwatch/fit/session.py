@@ -41,6 +41,7 @@ from actwatch.fit.distribute import is_chief
 from actwatch.fit.ratios import UpdateWatch
 from actwatch.fit.record import Failures, FitRecord, Memory
 from actwatch.fit.steps import StepCounter
+from actwatch.fit.trial import run_head
 
 __all__ = ["FitSession"]
 
@@ -106,9 +107,8 @@ class FitSession:
         )
         self.revived_at_snapshot: set[str] = set()  # layers revived at the snapshot's check
         self.watch = UpdateWatch(model, settings, watched, record, self.steps, self.applied_updates)
-        self.chief = is_chief(model)
-        self.layout = tags.layout([w.path for w in watched])
-        self.sink_options = sink_options
+        self.chief, self.layout = is_chief(model), tags.layout([w.path for w in watched])
+        self.sink_options = {**sink_options, "head": run_head(model, settings.hparams)}
         self.sink: Sink | None = None  # opened where the fit's steps start (`begin`)
 
     @property
