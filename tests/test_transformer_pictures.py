@@ -495,3 +495,32 @@ def test_text_fit_from_strings_labels_the_tokens(tmp_path: Path) -> None:
         for _, image in images:
             assert image.shape == expected.shape, tag
             assert (image != 255).any(axis=-1).mean() > 0.2  # cells and labels drawn
+
+
+def test_kerashub_bert_from_strings_through_its_preprocessor(tmp_path: Path) -> None:
+    """A KerasHub BERT classifier's probes as strings through its own preprocessor: the
+    attention matrices are labelled with the WordPiece tokens, cut at the padding."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("KerasHub's tokenizers run on TensorFlow (blocked in this run)")
+    keras_hub = pytest.importorskip("keras_hub")
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "mat"]
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=8,
+    )  # fmt: skip
+    inputs = {k: keras.Input((8,), dtype="int32", name=k) for k in backbone.input}
+    model = keras.Model(inputs, keras.layers.Dense(2)(backbone(inputs)["pooled_output"]))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = {k: np.asarray(v) for k, v in preprocessor(["the cat sat"] * 4).items()}
+    monitor = actwatch.ActivationMonitor(
+        probes=["the cat sat", "the mat"], preprocess=preprocessor, log_dir=str(tmp_path)
+    )
+    model.fit(x, np.zeros(4, "int32"), epochs=1, verbose=0, callbacks=[monitor])
+    attention = _png_images(Path(monitor.run_dir), "attention")
+    short = [images for tag, images in attention.items() if tag.endswith("probe_1")]
+    assert len(short) == 1
+    expected = attention_matrices_image(np.zeros((2, 4, 4)), ["[CLS]", "the", "mat", "[SEP]"])
+    assert all(image.shape == expected.shape for _, image in short[0])

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from actwatch.check.probes import ProbeBatch, ProbeSource, read_probe_source
+from actwatch.check.probes import ModelInputs, ProbeBatch, ProbeSource, read_probe_source
 
 __all__ = [
     "Vocabulary",
@@ -31,6 +31,7 @@ __all__ = [
     "is_text",
     "padding_lengths",
     "read_text_probes",
+    "structured_feed",
     "token_id_input",
     "token_labels",
     "vocabulary_of",
@@ -181,3 +182,18 @@ def check_strings(value: Any, preprocess: Any, argument: str = "probes") -> None
         f"or token ids as an int array ({argument}=token_ids[:4]); for images, paths to "
         "existing files."
     )
+
+
+def structured_feed(model: Any, batch: ProbeBatch, inputs: ModelInputs) -> Any:
+    """`batch.feed()` in the structure the model is called with: a dict by input name for a
+    model built on a dict of inputs (KerasHub backbones and the models around them), which
+    refuses a list."""
+    feed = batch.feed()
+    try:
+        structure = model.input
+    except Exception:  # a subclassed model: no recorded input structure
+        return feed
+    if isinstance(structure, Mapping) and isinstance(feed, list):
+        by_name = dict(zip(inputs.names, feed, strict=True))
+        return {key: by_name[str(getattr(t, "name", key))] for key, t in structure.items()}
+    return feed

@@ -24,7 +24,7 @@ from actwatch.check.network import NetworkStats
 from actwatch.check.pipeline import CheckPipeline, CheckResult
 from actwatch.check.probes import ProbeBatch, model_inputs, prepare_probes
 from actwatch.check.stats import LayerStats
-from actwatch.check.text_probes import padding_lengths, token_labels
+from actwatch.check.text_probes import padding_lengths, structured_feed, token_labels
 from actwatch.check.token_images import render_token_images
 from actwatch.diagnose import alerts as wording
 from actwatch.diagnose.alerts import Alert, Decision
@@ -68,7 +68,7 @@ class FitSession:
         probes = prepare_probes(settings.probe_source, inputs, settings.preprocess)
         self.labels = token_labels(probes, inputs.names, settings.vocabulary)  # text models
         self.lengths = padding_lengths(probes, inputs.names)
-        watched = resolve_layers(model, settings.layers, probes.feed())
+        watched = resolve_layers(model, settings.layers, structured_feed(model, probes, inputs))
         self.display = self.samples = probes.display  # samples: pictures for the top-k
         self.histories = HistogramHistory()
         stats_samples, given = 0, None
