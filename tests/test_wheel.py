@@ -1,10 +1,16 @@
-"""The wheel works where TensorFlow is absent: built from this checkout, installed into a fresh
-virtualenv with only its core dependencies and `jax[cpu]`, it runs a monitored `fit` and the
-`actwatch report` command.
+"""The package as released: the wheel works where TensorFlow is absent, and `make dist`'s
+build is complete.
 
-It needs the package index (pip's own configuration; pip's cache makes repeat runs fast). On CI
-(`CI` set) an index that cannot be reached fails the test; elsewhere it is skipped, saying why.
-It runs once per `make test`, in the JAX run.
+- Built from this checkout and installed into a fresh virtualenv with only its core
+  dependencies and `jax[cpu]`, the wheel runs a monitored `fit` and the `actwatch report`
+  command. That needs the package index (pip's own configuration; pip's cache makes repeat
+  runs fast). On CI (`CI` set) an index that cannot be reached fails the test; elsewhere it
+  is skipped, saying why.
+- Offline, as `make dist` builds them (`python -m build --no-isolation`), the sdist and the
+  wheel pass `twine check --strict`, hold LICENSE and py.typed and the project's URLs, and
+  the wheel installed into a fresh virtualenv runs `actwatch demo --epochs 1`.
+
+Both run once per `make test`, in the JAX run.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -101,16 +108,7 @@ def test_wheel_without_tensorflow_fits_and_reports(tmp_path: Path) -> None:
     (TensorFlow absent), trains with `ActivationMonitor` and `actwatch report` writes a page
     naming the watched layers."""
     start = time.perf_counter()
-    # Build from a copy of the sources, so the checkout gets no build/ folder.
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
-    for licence in ROOT.glob("LICEN[CS]E*"):
-        shutil.copy2(licence, source / licence.name)
-    shutil.copytree(
-        ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-    )
+    source = _sources(tmp_path)
     wheel_dir = tmp_path / "dist"
     build = ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", wheel_dir, source]
     built = _run([sys.executable, "-m", "pip", *build])
@@ -167,3 +165,73 @@ def test_wheel_without_tensorflow_fits_and_reports(tmp_path: Path) -> None:
     for layer in ("wheel_conv1", "wheel_pool1", "wheel_conv2"):
         assert layer in text
     print(f"wheel test: {time.perf_counter() - start:.0f} s")
+
+
+def _sources(into: Path) -> Path:
+    """A copy of what the sdist is built from, so the checkout gets no build/ folder."""
+    source = into / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for licence in ROOT.glob("LICEN[CS]E*"):
+        shutil.copy2(licence, source / licence.name)
+    shutil.copytree(
+        ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    return source
+
+
+def test_dist_holds_licence_and_typing_and_the_wheel_runs_the_demo_offline(tmp_path: Path) -> None:
+    """`python -m build --no-isolation` (as `make dist`, offline) makes an sdist and a wheel
+    that `twine check --strict` passes, both holding LICENSE and py.typed, with the project's
+    URLs; the wheel, installed with `--no-deps` into a fresh virtualenv that sees this
+    environment's dependencies (not its editable actwatch), runs `actwatch demo --epochs 1`."""
+    start = time.perf_counter()
+    dist = tmp_path / "dist"
+    built = _run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, _sources(tmp_path)]
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = dist.glob("actwatch-*.whl")
+    (sdist,) = dist.glob("actwatch-*.tar.gz")
+    checked = _run([sys.executable, "-m", "twine", "check", "--strict", wheel, sdist])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    assert "actwatch/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    for url in ("Homepage", "Documentation", "Changelog", "Issues"):
+        assert f"Project-URL: {url}, https://github.com/actwatch/actwatch".encode() in metadata
+    assert b"Requires-Python: >=3.11" in metadata
+    with tarfile.open(sdist) as archive:
+        members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert {"LICENSE", "src/actwatch/py.typed", "pyproject.toml", "PKG-INFO"} <= members
+
+    # A fresh virtualenv; this environment's site-packages joins its path through a .pth
+    # line, which does not run that folder's own .pth files (so not the editable actwatch).
+    venv = tmp_path / "venv"
+    made = _run([sys.executable, "-m", "venv", venv])
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+    ours = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    assert ours, sys.path
+    (Path(site.stdout.strip()) / "project_env.pth").write_text(ours[0] + "\n", encoding="utf-8")
+    pip = [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", wheel]
+    installed = _run(pip)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
+    env.update(KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    where = _run([python, "-c", "import actwatch; print(actwatch.__file__)"], env=env)
+    assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
+    demo = [venv / "bin" / "actwatch", "demo", "--epochs", "1", "--samples", "64", "--size", "32"]
+    ran = _run(demo, env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-5000:]
+    assert list((tmp_path / "logs" / "lr_0.001").glob("events.out.tfevents.*"))
+    assert (tmp_path / "reports" / "report.html").stat().st_size > 0
+    print(f"dist test: {time.perf_counter() - start:.0f} s")
