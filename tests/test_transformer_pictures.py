@@ -218,6 +218,32 @@ def test_strings_without_a_tokenizer_are_refused() -> None:
     check_strings(["the cat sat"], WordTokenizer())  # fine with a tokenizer
 
 
+@pytest.mark.read_path
+def test_monitor_checks_text_probes_before_training(tmp_path: Path) -> None:
+    """The constructor tokenizes strings (probes and stats_data) with a tokenizer given as
+    `preprocess` and keeps its `id_to_token`; without one, strings are refused at once."""
+    monitor = actwatch.ActivationMonitor(
+        probes=["the cat sat"],
+        stats_data=["on the mat", "the cat"],
+        preprocess=WordTokenizer(),
+        log_dir=str(tmp_path),
+    )
+    settings = monitor.settings
+    assert settings.preprocess is None and settings.vocabulary is not None
+    assert settings.vocabulary(2) == WordTokenizer().vocabulary[2]
+    assert settings.stats_source is not None and settings.stats_source.names == (
+        "token_ids",
+        "padding_mask",
+    )
+    with pytest.raises(ValueError, match=r"Invalid value for argument `probes`: strings"):
+        actwatch.ActivationMonitor(probes=["the cat sat"], log_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"argument `stats_data`: `preprocess` \(_Broken\)"):
+        actwatch.ActivationMonitor(
+            probes=np.ones((1, 8), "int32"), stats_data=["x"], preprocess=_Broken(),
+            log_dir=str(tmp_path),
+        )  # fmt: skip
+
+
 class _Broken(WordTokenizer):
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         raise RuntimeError("no vocabulary file")
