@@ -6,14 +6,9 @@ the fits are in test_storage_fit.py."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no gRPC probe of GCS
-
-import contextlib
 import logging
+import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,69 +29,33 @@ from actwatch.events.reader import find_runs
 from actwatch.events.sink import Sink
 
 from .records import read_records
+from .storage_servers import FAST, S3, free_port, gcs_server, s3_server
 from .tensorboard_server import tensorboard_server
 
 pytestmark = pytest.mark.read_path
 
 LAYER = "conv1"
-#: Fail fast when a server is down: one attempt, one second to connect.
-FAST = {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1, "read_timeout": 5}}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class S3:
-    """moto's S3 server on 127.0.0.1 with the bucket `bucket`; restartable on its port."""
-
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.options = {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
-        self._make = lambda: ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
-        self.server = self._make()
-        self.server.start()
-        fsspec.filesystem("s3", **self.options).mkdir("bucket")
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        self.server = self._make()
-        self.server.start()
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    server = S3()
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    yield server
-    with contextlib.suppress(Exception):
-        server.stop()
+    with s3_server() as server:
+        yield server
 
 
 @pytest.fixture
-def s3_config(s3: S3, monkeypatch: pytest.MonkeyPatch) -> S3:
-    """fsspec's own configuration pointing `s3://` at the server (what readers use)."""
+def s3_config(s3: S3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3:
+    """fsspec's own configuration pointing `s3://` at the server (what readers use), and
+    the local copies of remote log dirs in `tmp_path`."""
     monkeypatch.setitem(fsspec.config.conf, "s3", dict(s3.options))
-    monkeypatch.setenv("ACTWATCH_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp"))))
+    monkeypatch.setenv("ACTWATCH_CACHE", str(tmp_path / "cache"))
     return s3
 
 
 @pytest.fixture(scope="module")
 def gcs() -> Iterator[dict[str, Any]]:
-    from gcp_storage_emulator.server import create_server
-
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="gbucket")
-    server.start()
-    yield {"endpoint_url": f"http://127.0.0.1:{port}", "token": "anon", "project": "test"}
-    server.stop()
+    with gcs_server() as options:
+        yield options
 
 
 def _write(
@@ -281,7 +240,7 @@ class TestWriting:
 
     def test_an_unreachable_endpoint_or_bucket_is_a_clear_error(self, s3: S3) -> None:
         """Before training, the claim fails with a ValueError saying what to check."""
-        closed = {**s3.options, **FAST, "endpoint_url": f"http://127.0.0.1:{_free_port()}"}
+        closed = {**s3.options, **FAST, "endpoint_url": f"http://127.0.0.1:{free_port()}"}
         with pytest.raises(ValueError, match=r"cannot be written .*endpoint is reachable"):
             claim_log_dir("s3://bucket/down/run1", 0, closed)
         with pytest.raises(ValueError, match=r"'s3://no-such-bucket/run1' cannot be written"):

@@ -291,6 +291,7 @@ def _claim_url(url: str, start_step: int | None, options: Mapping[str, Any] | No
 
 def _claim_remote(fs: Any, directory: str, start_step: int | None, url: str) -> str | None:
     """`_claim` on object storage: `directory` in `fs` is the URL `url`."""
+    fs.invalidate_cache(directory)
     try:
         names = sorted(fs.ls(directory, detail=False, refresh=True))
     except FileNotFoundError:
@@ -310,6 +311,8 @@ def _claim_remote(fs: Any, directory: str, start_step: int | None, url: str) -> 
     text = _claim_text()
     for _ in range(2):
         try:
+            if fs.exists(claim):  # a store that ignores exclusive create (GCS emulators)
+                raise FileExistsError(claim)
             fs.pipe_file(claim, text.encode(), mode="create")
         except FileExistsError:
             try:

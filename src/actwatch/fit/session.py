@@ -170,11 +170,11 @@ class FitSession:
             start += 1  # another model's first state, after this monitor's last check
         self.steps.begin(start, iterations)
         if self.chief:  # a monitor's first fit claims a directory no other run holds
-            memory = self.memory
+            memory, s = self.memory, self.settings
             if memory.run_dir is None:
                 written = start if first else start + 1  # the first step this fit writes
-                memory.run_dir = claim_log_dir(self.settings.log_dir, start_step=written)
-            self.sink = Sink(memory.run_dir, layout=self.layout, **self.sink_options)
+                memory.run_dir = claim_log_dir(s.log_dir, written, s.storage_options)
+            self.sink = Sink(memory.run_dir, layout=self.layout, **s.storage, **self.sink_options)
             self.record.run_dir = memory.run_dir
         return start if first else None
 

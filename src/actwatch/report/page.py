@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from actwatch.events import tags
 from actwatch.events.finals import read_sweep
+from actwatch.events.reader import local_logdir
 from actwatch.events.runs import RunLog, event_files, find_runs, read_run
 from actwatch.render import figures as drawing
 from actwatch.render import html as _html
@@ -161,8 +162,8 @@ def write_report(
             f"Invalid value for the output: {os.fspath(output)!r} is a directory. Pass a file "
             "name such as report.html."
         )
-    run_dirs = find_runs(logdir)
-    root = Path(logdir)
+    root = local_logdir(logdir)  # a URL (s3://...): its local copy, brought up to date
+    run_dirs = find_runs(root)
     several = len(run_dirs) > 1 or bool(runs)
     plan = sweep.plan(read_sweep(root) if several else [], list(runs or []), all_figures)
     if len(run_dirs) > 1 and plan.drawn:  # a sweep: figures of the drawn runs only
