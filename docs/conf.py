@@ -84,8 +84,14 @@ def _fences_to_rst(app: Any, what: str, name: str, obj: Any, options: Any, lines
         elif inside:
             out.append(f"{indent}   {line[len(indent):]}" if line.strip() else "")
         else:
-            out.append(_CODE.sub(_literal, line))
+            out.append(_escape_bars(_CODE.sub(_literal, line)))
     lines[:] = out
+
+
+def _escape_bars(line: str) -> str:
+    """`|a|` outside literals is text, not a reST substitution: escape its bars."""
+    parts = re.split(r"(``.*?``)", line)
+    return "".join(p if p.startswith("``") else p.replace("|", "\\|") for p in parts)
 
 
 def setup(app: Any) -> None:
