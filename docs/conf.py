@@ -22,7 +22,7 @@ import actwatch  # noqa: E402
 
 project = "actwatch"
 author = "actwatch developers"
-copyright = "actwatch developers"  # noqa: A001
+copyright = "actwatch developers"
 release = actwatch.__version__
 version = release
 
@@ -67,7 +67,9 @@ def _literal(match: re.Match[str]) -> str:
     return f"{before}``{match.group(1)}``{after}"
 
 
-def _fences_to_rst(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+def _fences_to_rst(
+    app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
     """Turn the docstrings' ```python blocks into reST code blocks, in place."""
     out: list[str] = []
     inside = False
@@ -82,7 +84,7 @@ def _fences_to_rst(app: Any, what: str, name: str, obj: Any, options: Any, lines
             out.append("")
             inside = False
         elif inside:
-            out.append(f"{indent}   {line[len(indent):]}" if line.strip() else "")
+            out.append(f"{indent}   {line[len(indent) :]}" if line.strip() else "")
         else:
             out.append(_escape_bars(_CODE.sub(_literal, line)))
     lines[:] = out
