@@ -325,6 +325,22 @@ class TestReading:
         assert found.version == version and found.bytes_read > read
         assert found.series("zero_fraction")[LAYER].get(1) == 0.25
 
+    def test_the_tab_index_and_report_read_gcs(
+        self, gcs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`gs://` through fsspec's configuration (gcsfs' endpoint): the index and the report."""
+        _write("gs://gbucket/tab/run1", range(3), interval=0.2, pause=0.25, **gcs)
+        for protocol in ("gs", "gcs"):
+            monkeypatch.setitem(fsspec.config.conf, protocol, dict(gcs))
+        monkeypatch.setenv("ACTWATCH_CACHE", str(tmp_path / "cache"))
+        index = LogdirIndex("gs://gbucket/tab", max_age=0)
+        index.refresh(force=True)
+        found = index.run("run1")
+        assert found is not None and found.steps == [0, 1, 2]
+        page = tmp_path / "report.html"
+        assert cli_main(["report", "gs://gbucket/tab", "-o", str(page)]) == 0
+        assert "run1" in page.read_text(encoding="utf-8")
+
     def test_a_tensorboard_process_with_an_s3_logdir(
         self, s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
