@@ -224,8 +224,8 @@ def resolve_layers(
         if not outputs:
             raise ValueError(
                 f"Model {model.name!r} has no convolution, pooling, activation or attention "
-                "layer to watch by default. Pass `layers=[...]` with the names of the layers to watch "
-                f"(available: {paths[:20]})."
+                "layer to watch by default. Pass `layers=[...]` with the names of the layers "
+                f"to watch (available: {paths[:20]})."
             )
     formats: dict[str, str | None] = {}
     last: str | None = None

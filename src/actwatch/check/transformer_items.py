@@ -103,8 +103,8 @@ class TransformerItems:
         text_ids = None
         first = ids[0] if isinstance(ids, (list, tuple)) and ids else ids
         if not self.vision and first is not None and np.ndim(first) == 2:
-            if np.issubdtype(np.asarray(first).dtype, np.integer):
-                text_ids = np.asarray(first)[self.rows :, :MAX_TEXT_TOKENS]
+            array = np.asarray(first)
+            text_ids = array[self.rows :, :MAX_TEXT_TOKENS] if array.dtype.kind in "iu" else None
         if "attention" in item:
             scalars.update(attention_scalars(item["attention"]))
         if "attention_map" in item:

@@ -47,7 +47,7 @@ def _own_layers(layer: Any) -> list[tuple[str, Any]]:
     values: dict[str, Any] = dict(vars(layer))
     if keras.backend.backend() == "torch":
         values.update(layer.named_children())
-    found = [(attr, value) for attr, value in values.items() if isinstance(value, keras.layers.Layer)]
+    found = [(a, value) for a, value in values.items() if isinstance(value, keras.layers.Layer)]
     for attr, value in values.items():  # lists after named layers; Keras' own `_layers` never
         if isinstance(value, (list, tuple)) and attr not in _TRACKERS:
             found.extend(
@@ -162,8 +162,7 @@ def roles(table: list[tuple[str, Any, str | None]]) -> dict[str, str]:
         in_block = any(_within(path, b) for b in blocks) or not blocks
         if not in_block or any(_within(path, a) for a in attention):
             continue
-        if isinstance(layer, _DENSE) and _activation_name(layer) not in ("linear", "None"):
-            found[path] = "mlp"
-        elif isinstance(layer, kinds.ACTIVATIONS):
+        nonlinear = isinstance(layer, _DENSE) and _activation_name(layer) not in ("linear", "None")
+        if nonlinear or isinstance(layer, kinds.ACTIVATIONS):
             found[path] = "mlp"
     return found

@@ -11,7 +11,7 @@
 | token L2 norms on the patch grid (transformers) | `tokens/{layer}/probe_{i}` |
 | attention per head (patch grid; text: query x key) | `attention/{layer}/probe_{i}` |
 | per-layer signal scalar | `{signal}/{layer}`, e.g. `rms/conv1` (`{signal}` in `SIGNAL_METRICS`) |
-| per-layer transformer scalar | `{metric}/{layer}`, e.g. `attention_logit_max/block_0/mha` (`TRANSFORMER_METRICS`) |
+| per-layer transformer scalar | `{metric}/{layer}` (`{metric}` in `TRANSFORMER_METRICS`) |
 | activation histogram (Histograms and Distributions tabs) | `histogram/{layer}` |
 | colorful dimension: histogram bins x checks (drawn layers) | `distribution/{layer}` |
 | top-k samples of each drawn filter (drawn layers, `topk` > 0) | `topk/{layer}` |
@@ -31,10 +31,17 @@ from __future__ import annotations
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from tensorboard.plugins.custom_scalar import layout_pb2
+
+from actwatch.events.alert_texts import (
+    ALERTS,
+    LoggedAlert,
+    MarkdownAlert,
+    alert_texts,
+    parse_alerts,
+)
+from actwatch.events.transformer_metrics import TRANSFORMER_METRICS
 
 __all__ = [
     "AFTER_CHECK_METRICS",
@@ -124,36 +131,6 @@ SIGNAL_METRICS: dict[str, str] = {
         "averaged features holding 99% of their sum; at most min(samples, channels)."
     ),
 }
-#: A transformer's per-layer metrics (see `actwatch.check.attention`, `actwatch.check.tokens`)
-#: -> description (Markdown). Written per layer only, left out of the custom-scalars layout.
-TRANSFORMER_METRICS: dict[str, str] = {
-    "attention_entropy": (
-        "Attention entropy (Zhai et al., ICML 2023): mean over samples, heads and queries of "
-        "-sum A log A / log(number of unmasked keys), in [0, 1]; near 0 is entropy collapse."
-    ),
-    "attention_entropy_min": "Attention entropy of the lowest head (mean over its queries).",
-    "attention_logit_max": (
-        "Largest |attention logit| at the softmax's input, as the layer computes it: growth "
-        "at high learning rates precedes divergence (Wortsman et al. 2023, arXiv 2309.14322)."
-    ),
-    "attention_sink": (
-        "Mean attention mass on the first key (attention sinks, Gu et al., ICLR 2025)."
-    ),
-    "token_norm_ratio": (
-        "Largest token L2 norm over the median one: high-norm tokens (Darcet et al., ICLR 2024)."
-    ),
-    "token_similarity": (
-        "Mean pairwise cosine between a sample's tokens: 1 is rank collapse (Dong et al. 2021)."
-    ),
-    "kurtosis": (
-        "Kurtosis mean(s^4) / mean(s^2)^2 of the per-channel RMS s over tokens: outlier "
-        "features (He et al., NeurIPS 2024); 1 when all channels are alike."
-    ),
-    "massive_activation": (
-        "1 when the largest |a| is > 100 and > 1000x the median |a| (massive activations, "
-        "Sun et al. 2024), else 0."
-    ),
-}
 #: Learning-rate metrics (see `actwatch.diagnose.updates`, `actwatch.check.gradients`,
 #: `actwatch.diagnose.revive`) -> description (Markdown), per layer and (`update_ratio`,
 #: `revived_filters`) for the network.
@@ -187,7 +164,6 @@ AFTER_CHECK_METRICS = frozenset({"update_ratio"})
 NETWORK = "network"
 LEARNING_RATE = f"{NETWORK}/learning_rate"
 IMAGES_SKIPPED = f"{NETWORK}/images_skipped"
-ALERTS = "alerts"
 #: The first part of image and histogram tags (`filters_tag`, `heatmap_tag`, ...).
 FILTERS, HEATMAP, TOPK = "filters", "heatmap", "topk"
 HISTOGRAM, DISTRIBUTION = "histogram", "distribution"
@@ -324,8 +300,8 @@ def describe(
 
 def is_layer_metric(metric: str, layer: str, description: str = "") -> bool:
     """True when a `{metric}/{layer}` scalar is a per-layer figure of actwatch's: a metric of
-    `METRICS`, `SIGNAL_METRICS`, `TRANSFORMER_METRICS` or `LEARNING_METRICS`, or one described as `describe`
-    describes a layer's (metrics are added over time: a reader lists what it finds)."""
+    `METRICS`, `SIGNAL_METRICS`, `TRANSFORMER_METRICS` or `LEARNING_METRICS`, or one described
+    as `describe` describes a layer's (metrics are added over time: a reader lists them all)."""
     known = any(
         metric in m for m in (METRICS, SIGNAL_METRICS, TRANSFORMER_METRICS, LEARNING_METRICS)
     )
@@ -381,73 +357,6 @@ def logs_figures(
         for metric, value in values.items():
             figures[f"{LOGS_PREFIX}{layer_tag(metric, path)}"] = value
     return figures
-
-
-class MarkdownAlert(Protocol):
-    """What the format needs of an alert (`actwatch.Alert` is one): its kind and its text."""
-
-    @property
-    def kind(self) -> str: ...
-
-    def markdown(self) -> str: ...
-
-
-def alert_texts(alerts: Sequence[MarkdownAlert]) -> dict[str, tuple[str, str]]:
-    """One check's alerts as the Markdown text summary `{ALERTS: (body, description)}`.
-
-    Each alert is one Markdown item `- **{kind}**: {message}`, items apart by a blank line,
-    layers quoted in backticks in the message (`parse_alerts` reads them back). Empty when
-    there are no alerts: a check without alerts writes no text.
-    """
-    if not alerts:
-        return {}
-    body = "\n\n".join(f"- **{a.kind}**: {a.markdown()}" for a in alerts)
-    return {ALERTS: (body, "actwatch alerts: dead filters and non-finite activations.")}
-
-
-@dataclass(frozen=True)
-class LoggedAlert:
-    """One alert read back from an `ALERTS` text: the check's step, the layer, the kind, the
-    message in plain form (the layer in single quotes, as logged), and the item's Markdown as
-    written (without its bullet)."""
-
-    step: int
-    layer: str
-    kind: str
-    message: str
-    markdown: str
-
-
-_ALERT_ITEM = re.compile(r"^- \*\*(?P<kind>[^*\n]+)\*\*: (?P<message>.*)$", re.DOTALL)
-_QUOTED = re.compile(r"`([^`]+)`")
-
-
-def parse_alerts(step: int, text: str, layers: Sequence[str]) -> list[LoggedAlert]:
-    """The alerts of one check's `ALERTS` text (see `alert_texts`), in order.
-
-    The layer is the longest of `layers` quoted in the message (else the first quoted name);
-    an item of another form is kept whole as the message, with no layer or kind.
-    """
-    out = []
-    for item in text.split("\n\n"):
-        line = item.strip()
-        markdown = line[2:] if line.startswith("- ") else line
-        match = _ALERT_ITEM.match(line)
-        if match is None:
-            if line:
-                out.append(LoggedAlert(step, "", "", line, markdown))
-            continue
-        message = match.group("message")
-        quoted = [layer for layer in layers if f"`{layer}`" in message]
-        if quoted:
-            layer = max(quoted, key=len)
-        else:
-            first = _QUOTED.search(message)
-            layer = first.group(1) if first else ""
-        if layer:
-            message = message.replace(f"`{layer}`", f"'{layer}'")
-        out.append(LoggedAlert(step, layer, match.group("kind"), message, markdown))
-    return out
 
 
 def _exact(tag: str) -> str:

@@ -1,0 +1,328 @@
+"""Transformers (issue 20): default layers, attention figures at the softmax, token figures,
+the logit-growth alert, on Keras' MultiHeadAttention and KerasHub backbones (tiny configs,
+random weights), trained with `fit` and read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+import actwatch
+from actwatch.check.layers import resolve_layers
+from actwatch.check.pipeline import CheckPipeline
+from actwatch.check.stats import LayerStats
+from actwatch.diagnose.attention import LogitWatch
+from actwatch.events import tags
+
+from .helpers import read_events
+
+L = keras.layers
+RNG = np.random.default_rng(20)
+VOCAB, T, D = 24, 12, 32
+
+
+def causal_lm(blocks: int = 2) -> keras.Model:
+    """Embedding, pre-LN blocks of causal MultiHeadAttention and a GELU MLP, a linear head."""
+    tokens = keras.Input((T,), dtype="int32")
+    x = L.Embedding(VOCAB, D, name="embed")(tokens)
+    for i in range(blocks):
+        h = L.LayerNormalization(name=f"ln_a{i}")(x)
+        h = L.MultiHeadAttention(2, D // 2, name=f"mha{i}")(h, h, use_causal_mask=True)
+        x = L.Add(name=f"res_a{i}")([x, h])
+        h = L.LayerNormalization(name=f"ln_m{i}")(x)
+        h = L.Dense(2 * D, activation="gelu", name=f"mlp{i}")(h)
+        x = L.Add(name=f"block{i}")([x, L.Dense(D, name=f"proj{i}")(h)])
+    return keras.Model(tokens, L.Dense(VOCAB, name="head")(x))
+
+
+def functional_vit() -> keras.Model:
+    """16 px images, 4 px patches (16 tokens, no class token), one MHA + GELU block."""
+    images = keras.Input((16, 16, 3))
+    x = L.Conv2D(D, 4, strides=4, name="patchify")(images)
+    x = L.Reshape((16, D))(x)
+    h = L.LayerNormalization()(x)
+    x = L.Add(name="res_a")([x, L.MultiHeadAttention(2, D // 2, name="mha")(h, h)])
+    h = L.Dense(2 * D, activation="gelu", name="mlp")(L.LayerNormalization()(x))
+    x = L.Add(name="block")([x, L.Dense(D)(h)])
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(images, L.Dense(3)(x))
+
+
+def fit_monitored(model: keras.Model, x: Any, y: Any, log_dir: Path, **kw: Any) -> Any:
+    model.compile("adamw", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    probes = [a[:2] for a in x] if isinstance(x, list) else x[:2]
+    monitor = actwatch.ActivationMonitor(probes, str(log_dir), **kw)
+    model.fit(x, y, batch_size=4, epochs=1, callbacks=[monitor], verbose=0)
+    return monitor
+
+
+def scalars_of(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    return read_events(log_dir).scalars
+
+
+def as_scalars(stats: dict[str, LayerStats]) -> dict[str, list[tuple[int, float]]]:
+    """One check's per-layer scalars, keyed by tag as read back from event files."""
+    return {
+        tags.layer_tag(metric, path): [(0, value)]
+        for path, s in stats.items()
+        for metric, value in s.scalars().items()
+    }
+
+
+def assert_transformer_scalars(
+    scalars: dict[str, list[tuple[int, float]]], attention: list[str], blocks: list[str]
+) -> None:
+    for path in attention:
+        for metric in ("attention_entropy", "attention_entropy_min", "attention_sink"):
+            values = [v for _, v in scalars[tags.layer_tag(metric, path)]]
+            assert values and all(0.0 <= v <= 1.0 + 1e-6 for v in values), (metric, values)
+        logits = [v for _, v in scalars[tags.layer_tag("attention_logit_max", path)]]
+        assert logits and all(0.0 < v < 1e3 for v in logits)
+    for path in blocks:
+        for metric in ("token_norm_ratio", "kurtosis"):
+            assert all(v >= 1.0 - 1e-6 for _, v in scalars[tags.layer_tag(metric, path)])
+        assert all(-1.0 <= v <= 1.0 for _, v in scalars[tags.layer_tag("token_similarity", path)])
+        assert all(v == 0.0 for _, v in scalars[tags.layer_tag("massive_activation", path)])
+
+
+def test_causal_lm_defaults_fit_and_no_alert(tmp_path: Path) -> None:
+    """A Dense/MHA-only model has defaults now; a healthy fit raises no attention alert, and
+    GELU MLPs no dead-filter alert."""
+    model = causal_lm()
+    x = RNG.integers(0, VOCAB, (16, T)).astype("int32")
+    watched = resolve_layers(model, None, x[:2])
+    assert {w.path: w.role for w in watched} == {
+        "mha0": "attention",
+        "mlp0": "mlp",
+        "block0": "block",
+        "mha1": "attention",
+        "mlp1": "mlp",
+        "block1": "block",
+    }
+    monitor = fit_monitored(model, x, np.roll(x, -1, axis=1), tmp_path, stats_data=x[:8])
+    scalars = scalars_of(tmp_path)
+    assert_transformer_scalars(scalars, ["mha0", "mha1"], ["block0", "block1"])
+    assert "dormant_fraction/mlp0" in scalars and "dead_fraction/mlp0" not in scalars
+    assert not [a for a in monitor.alerts if a.kind in ("logit_growth", "dead")]
+    for mha in (model.get_layer("mha0"), model.get_layer("mha1")):  # left as it was
+        assert "_compute_attention" not in vars(mha) and "call" not in vars(mha._softmax)
+
+
+def _reference(model: keras.Model, name: str, x: np.ndarray) -> dict[str, float]:
+    """Entropy, sink and logit max of `name` from the layer's own attention scores."""
+    mha = model.get_layer(name)
+    h = keras.Model(model.inputs, model.get_layer(f"ln_a{name[-1]}").output)(x)
+    _, scores = mha(h, h, use_causal_mask=True, return_attention_scores=True)
+    a = np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float64)  # (B, H, T, T)
+    q = keras.ops.convert_to_numpy(mha._query_dense(h)).astype(np.float64)
+    k = keras.ops.convert_to_numpy(mha._key_dense(h)).astype(np.float64)
+    z = np.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+    valid = np.tril(np.ones((T, T), dtype=bool))
+    rows = np.arange(T) >= 1  # queries with two keys or more
+    plogp = np.where(valid & (a > 0), a * np.log(np.where(a > 0, a, 1.0)), 0.0).sum(-1)
+    entropy = -plogp / np.log(np.maximum(valid.sum(-1), 2))
+    return {
+        "attention_entropy": float(entropy[..., rows].mean()),
+        "attention_entropy_min": float(entropy[..., rows].mean(axis=(0, 2)).min()),
+        "attention_logit_max": float(np.abs(np.where(valid, z, 0.0)).max()),
+        "attention_sink": float(a[..., rows, 0].mean()),
+    }
+
+
+def test_causal_attention_equals_numpy_on_the_layers_own_scores() -> None:
+    """Masked keys left out: each figure equals numpy on `return_attention_scores=True`."""
+    keras.utils.set_random_seed(3)
+    model = causal_lm(blocks=1)
+    mha = model.get_layer("mha0")
+    mha._query_dense.kernel.assign(mha._query_dense.kernel * 8.0)  # peaked attention
+    x = RNG.integers(0, VOCAB, (6, T)).astype("int32")
+    watched = resolve_layers(model, None, x[:2])
+    result = CheckPipeline(model, watched, stats_samples=4).run(x)
+    got = dict(result.stats["mha0"].transformer or {})
+    want = _reference(model, "mha0", x[:4])
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=2e-3, abs=2e-4), key
+    assert want["attention_entropy"] < 0.9  # the check is not of uniform attention
+    picture = result.tokens["attention/mha0"]
+    assert picture.values.shape == (2, 2, T, T) and picture.query == "all"
+    assert np.all(picture.values[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)
+    np.testing.assert_array_equal(picture.token_ids, x[4:])
+    norms = result.tokens["tokens/block0"].values
+    assert norms.shape == (2, T) and np.all(norms > 0)
+
+
+def test_functional_vit_pipeline() -> None:
+    model = functional_vit()
+    x = RNG.normal(size=(6, 16, 16, 3)).astype("float32")
+    watched = resolve_layers(model, None, x[:2])
+    assert [(w.path, w.role) for w in watched if w.role] == [
+        ("mha", "attention"),
+        ("mlp", "mlp"),
+        ("block", "block"),
+    ]
+    result = CheckPipeline(model, watched, stats_samples=4).run(x)
+    assert_transformer_scalars(as_scalars(result.stats), ["mha"], ["block"])
+    picture = result.tokens["attention/mha"]
+    assert picture.query == "mean" and picture.prefix == 0 and picture.grid == (4, 4)
+    assert picture.values.shape == (2, 2, 16)
+    np.testing.assert_allclose(picture.values.sum(-1), 1.0, rtol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="host logic: runs once, on JAX")
+def test_logit_growth_alert_fires_once_when_large_and_growing() -> None:
+    """Above the limit and 1.5x the previous check: one alert, then none until it falls."""
+    watch = LogitWatch()
+    raised = []
+    for step, value in enumerate([10.0, 40.0, 120.0, 400.0, 30.0, 90.0, 100.0]):
+        stats = LayerStats(
+            zero_fraction=0.5,
+            mean=0.0,
+            hoyer=0.1,
+            nonfinite=0,
+            values=T * D,
+            nonnegative=False,
+            dead=np.zeros(D, bool),
+            dormant=np.zeros(D, bool),
+            transformer={"attention_logit_max": value, "attention_entropy": 0.5},
+        )
+        raised += watch.update({"mha0": stats}, step=step, epoch=0, learning_rate=0.3)
+    assert [(a.step, a.kind, a.layer) for a in raised] == [
+        (2, "logit_growth", "mha0"),
+        (5, "logit_growth", "mha0"),
+    ]
+    assert "QK-layernorm" in raised[0].message and "0.3" in raised[0].message
+    assert "`mha0`" in raised[0].markdown()
+    assert stats.scalars()["attention_logit_max"] == 100.0
+
+
+# KerasHub backbones: tiny configs, random weights, never from_preset -------------------------
+
+
+def _hub() -> Any:
+    return pytest.importorskip("keras_hub")
+
+
+def _text(backbone: keras.Model, names: list[str]) -> keras.Model:
+    """A token classifier over `backbone` with list inputs (actwatch feeds lists)."""
+    inputs = [keras.Input((T,), dtype="int32", name=n) for n in names]
+    out = backbone(dict(zip(names, inputs, strict=True)))
+    seq = out["sequence_output"] if isinstance(out, dict) else out
+    return keras.Model(inputs, L.Dense(VOCAB, name="head")(seq))
+
+
+def _text_data(names: list[str]) -> list[np.ndarray]:
+    given = {
+        "token_ids": RNG.integers(1, VOCAB, (8, T)).astype("int32"),
+        "segment_ids": np.zeros((8, T), "int32"),
+        "padding_mask": np.ones((8, T), "int32"),
+    }
+    given["padding_mask"][:, T - 3 :] = 0
+    return [given[n] for n in names]
+
+
+def _watched(model: keras.Model, x: Any, n_layers: int = 2) -> list[Any]:
+    probes = [a[:2] for a in x] if isinstance(x, list) else x[:2]
+    watched = resolve_layers(model, None, probes)
+    roles = [w.role for w in watched]
+    assert roles.count("attention") == n_layers and roles.count("block") == n_layers, watched
+    return watched
+
+
+def _paths(watched: list[Any], role: str) -> list[str]:
+    return [w.path for w in watched if w.role == role]
+
+
+def _fit_hub(model: keras.Model, x: Any, y: Any, log_dir: Path) -> None:
+    """`fit` with the monitor; every attention layer's and block's scalars read back."""
+    watched = _watched(model, x)
+    fit_monitored(model, x, y, log_dir, images=False, histograms=False)
+    scalars = scalars_of(log_dir)
+    assert_transformer_scalars(scalars, _paths(watched, "attention"), _paths(watched, "block"))
+
+
+def _check_hub(model: keras.Model, x: Any) -> Any:
+    """One check of the pipeline (no fit) on 4 statistics samples and 2 probes."""
+    watched = _watched(model, x)
+    feed = [a[:6] for a in x] if isinstance(x, list) else x[:6]
+    result = CheckPipeline(model, watched, stats_samples=4).run(feed)
+    blocks = _paths(watched, "block")
+    assert_transformer_scalars(as_scalars(result.stats), _paths(watched, "attention"), blocks)
+    return watched, result
+
+
+def test_keras_hub_vit(tmp_path: Path) -> None:
+    hub = _hub()
+    backbone = hub.models.ViTBackbone(
+        image_shape=(16, 16, 3),
+        patch_size=4,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=D,
+        mlp_dim=2 * D,
+    )
+    model = keras.Model(backbone.inputs, L.Dense(3)(backbone.output[:, 0]))
+    x = RNG.normal(size=(8, 16, 16, 3)).astype("float32")
+    _fit_hub(model, x, RNG.integers(0, 3, 8), tmp_path)
+    assert _paths(_watched(model, x), "attention")[0].endswith("encoder_layers/0/mha")
+
+
+def test_keras_hub_dinov2_with_registers() -> None:
+    hub = _hub()
+    backbone = hub.models.DINOV2Backbone(
+        patch_size=4,
+        num_layers=2,
+        hidden_dim=D,
+        num_heads=2,
+        intermediate_dim=2 * D,
+        num_register_tokens=2,
+        use_swiglu_ffn=False,
+        image_shape=(16, 16, 3),
+        position_embedding_shape=(16, 16),
+    )
+    model = keras.Model(backbone.inputs, L.Dense(3)(backbone.output[:, 0]))
+    x = RNG.normal(size=(8, 16, 16, 3)).astype("float32")
+    _, result = _check_hub(model, x)
+    picture = next(p for k, p in result.tokens.items() if k.startswith("tokens/"))
+    assert (picture.prefix, picture.grid, picture.values.shape) == (3, (4, 4), (2, 19))
+    picture = next(p for k, p in result.tokens.items() if k.startswith("attention/"))
+    assert (picture.query, picture.prefix, picture.values.shape) == ("class", 3, (2, 2, 19))
+
+
+def test_keras_hub_bert_padding_masked() -> None:
+    hub = _hub()
+    names = ["token_ids", "segment_ids", "padding_mask"]
+    backbone = hub.models.BertBackbone(
+        vocabulary_size=VOCAB,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=D,
+        intermediate_dim=2 * D,
+        max_sequence_length=T,
+    )
+    model = _text(backbone, names)
+    x = _text_data(names)
+    watched, result = _check_hub(model, x)
+    assert any(w.path.endswith("transformer_layer_0/self_attention_layer") for w in watched)
+    picture = next(p for k, p in result.tokens.items() if k.startswith("attention/"))
+    assert np.all(picture.values[..., T - 3 :] < 1e-6)  # padded keys get no attention
+
+
+def test_keras_hub_gemma(tmp_path: Path) -> None:
+    hub = _hub()
+    names = ["token_ids", "padding_mask"]
+    backbone = hub.models.GemmaBackbone(
+        vocabulary_size=VOCAB,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=D,
+        intermediate_dim=2 * D,
+        head_dim=16,
+    )
+    x = _text_data(names)
+    _fit_hub(_text(backbone, names), x, x[0], tmp_path)
