@@ -12,6 +12,11 @@ resident memory (ru_maxrss) and the page's size; `--all-figures` times that too.
     .venv/bin/python benchmarks/sweep.py                     # 50 runs, the default report
     .venv/bin/python benchmarks/sweep.py --runs 50 --all-figures
     .venv/bin/python benchmarks/sweep.py --keep /tmp/sweep   # keep the logs (for the tab)
+    .venv/bin/python benchmarks/sweep.py --tab shot.png      # also the tab's run table
+
+`--tab` starts a real TensorBoard and headless Chromium (`tests/`), and times the run table's
+first paint (navigation to every row drawn; the server's first read of the runs included) and
+a sort by a clicked column, and saves a screenshot.
 
 No Keras and no backend are imported.
 """
@@ -131,6 +136,43 @@ def _report(logdir: Path, output: Path, extra: list[str]) -> tuple[float, float]
     return seconds, max(peak, before) / 1024
 
 
+def tab(logdir: Path, screenshot: Path) -> None:
+    """First paint of the run table and the time of one sort, in a real TensorBoard."""
+    import base64
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.chromium import chromium_session
+    from tests.tensorboard_server import tensorboard_server
+
+    doc = "document.querySelector('iframe').contentDocument"
+    rows = (
+        f"(() => {{ try {{ return {doc}.querySelectorAll('.aw-sweep-table tbody tr').length; }}"
+        " catch (e) { return 0; } })()"
+    )
+    work = Path(tempfile.mkdtemp(prefix="actwatch-tab-"))
+    with (
+        tensorboard_server(logdir, work / "tb.log", load_fast="false") as server,
+        chromium_session(work, window="1400,1100") as chromium,
+    ):
+        start = time.perf_counter()
+        chromium.call("Page.navigate", url=f"{server.url}/#actwatch")
+        while (chromium.evaluate(rows) or 0) < 2:
+            time.sleep(0.05)
+        paint = time.perf_counter() - start
+        sort = chromium.evaluate(
+            f"""(() => {{ const t0 = performance.now();
+            {doc}.querySelector('.aw-sweep-sort[data-column="learning_rate"]').click();
+            return performance.now() - t0; }})()"""
+        )
+        count = chromium.evaluate(rows)
+        time.sleep(1.0)
+        shot = chromium.call("Page.captureScreenshot", format="png")
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"tab: {count} rows, first paint {paint:.2f} s, sort by a column {sort:.0f} ms; "
+          f"screenshot {screenshot}")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -138,11 +180,15 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--all-figures", action="store_true")
     parser.add_argument("--keep", type=Path, help="write the runs here and keep them")
+    parser.add_argument("--tab", type=Path, metavar="PNG", help="also time the tab's run table")
+    parser.add_argument("--no-report", action="store_true", help="skip actwatch report")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="actwatch-sweep-"))
     logdir = root / "logs"
     start = time.perf_counter()
     for index in range(args.runs):
+        if (logdir / f"lr_{index:02d}").exists():
+            continue  # kept from an earlier --keep
         write_run(logdir / f"lr_{index:02d}", index, args.runs, args.checks, args.layers)
     size = sum(f.stat().st_size for f in logdir.rglob("events.out.tfevents.*"))
     print(f"wrote {args.runs} runs, {args.checks} checks x {args.layers} layers each: "
@@ -150,11 +196,13 @@ def main() -> int:
     cases = [("default (summary + 3 runs' figures)", [])]
     if args.all_figures:
         cases.append(("--all-figures", ["--all-figures"]))
-    for label, extra in cases:
+    for label, extra in [] if args.no_report else cases:
         page = root / f"report{len(extra)}.html"
         seconds, peak = _report(logdir, page, extra)
         print(f"actwatch report {label}: {seconds:.1f} s, peak RSS {peak:.0f} MB, "
               f"page {page.stat().st_size / 2**20:.1f} MB")  # fmt: skip
+    if args.tab is not None:
+        tab(logdir, args.tab)
     if args.keep is None:
         shutil.rmtree(root)
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ from actwatch.cli import main
 from actwatch.events import finals, tags
 from actwatch.report import sweep
 
+from .chromium import DevTools, chromium_session
 from .sweep_logs import write_sweep
+from .tensorboard_server import Server, tensorboard_server
 
 # Reading and drawing event files: no Keras backend involved, so once per make test.
 pytestmark = pytest.mark.read_path
@@ -120,3 +124,89 @@ def test_plan_picks_and_scatter_without_rates() -> None:
     assert sweep.scatter_figure(runs) is None
     assert "No learning rate logged" in plan.html(None)
     assert tags.network_tag("dead_fraction") == "network/dead_fraction"
+
+
+# The run table of the actwatch tab -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with tensorboard_server(logs, tmp_path_factory.mktemp("tb") / "tb.log", load_fast="false") as s:
+        yield s
+
+
+def test_sweep_route_lists_every_run_with_final_figures(server: Server, logs: Path) -> None:
+    """`/data/plugin/actwatch/sweep`: one row per run, its final figures as `finals` reads
+    them, learning rate, optimizer, alerts and a sparkline's values per metric."""
+    answer = server.json("/data/plugin/actwatch/sweep")
+    assert answer["metrics"] == list(finals.FINAL_METRICS)
+    rows = {row["name"]: row for row in answer["runs"]}
+    assert sorted(rows) == [f"lr_{i:02d}" for i in range(6)]
+    for run in finals.read_sweep(logs):
+        row = rows[run.name]
+        assert row["final"]["dead_fraction"] == pytest.approx(run.final("dead_fraction"))
+        assert row["learning_rate"] == pytest.approx(run.learning_rate)
+        assert row["optimizer"] == run.optimizer and row["alerts"] == run.alerts
+        assert len(row["series"]["dead_fraction"]) == row["checks"] == 4
+
+
+def _rows_shown(chromium: DevTools, doc: str) -> list[str]:
+    names: list[str] = chromium.evaluate(
+        f"[...{doc}.querySelectorAll('.aw-sweep-table tbody tr')].map(r => r.dataset.run)"
+    )
+    return names
+
+
+def _until(chromium: DevTools, expression: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not chromium.evaluate(expression):
+        assert time.monotonic() < deadline, f"never true: {expression}"
+        time.sleep(0.1)
+
+
+def test_run_table_in_headless_chromium(
+    server: Server, logs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The tab's run table lists every run by final dead fraction (highest first), sorts by
+    a clicked column, filters by name, draws a sparkline per metric, and opens two ticked
+    runs side by side; no console error."""
+    doc = "document.querySelector('iframe').contentDocument"
+    runs = finals.read_sweep(logs)
+    with chromium_session(tmp_path_factory.mktemp("chromium"), window="1400,1000") as chromium:
+        chromium.open(f"{server.url}/#actwatch")
+        _until(chromium, f"!!({doc} && {doc}.querySelector('.aw-sweep-table tbody tr'))")
+        by_dead = sorted(runs, key=lambda r: (-(r.final("dead_fraction") or 0.0), r.name))
+        assert _rows_shown(chromium, doc) == [r.name for r in by_dead]
+        assert chromium.evaluate(f"{doc}.querySelectorAll('.aw-sweep svg polyline').length") == 24
+        click = f"{doc}.querySelector('.aw-sweep-sort[data-column=\"learning_rate\"]').click()"
+        chromium.evaluate(click)
+        chromium.evaluate(click)  # the second click: ascending
+        assert chromium.evaluate(f"{doc}.querySelector('.aw-sweep-table').dataset.sort") == (
+            "learning_rate:asc"
+        )
+        assert _rows_shown(chromium, doc) == [f"lr_{i:02d}" for i in range(6)]
+        chromium.evaluate(
+            f"""(() => {{ const f = {doc}.querySelector('.aw-sweep-filter');
+            f.value = 'LR_0[1'; f.dispatchEvent(new Event('input')); }})()"""
+        )
+        assert _rows_shown(chromium, doc) == []  # a substring, not a pattern
+        chromium.evaluate(
+            f"""(() => {{ const f = {doc}.querySelector('.aw-sweep-filter');
+            f.value = 'r_04'; f.dispatchEvent(new Event('input')); }})()"""
+        )
+        assert _rows_shown(chromium, doc) == ["lr_04"]
+        chromium.evaluate(
+            f"""(() => {{ const f = {doc}.querySelector('.aw-sweep-filter');
+            f.value = ''; f.dispatchEvent(new Event('input')); }})()"""
+        )
+        for name in ("lr_01", "lr_04"):
+            chromium.evaluate(
+                f"{doc}.querySelector('.aw-sweep-table tr[data-run=\"{name}\"] input').click()"
+            )
+        chromium.evaluate(f"{doc}.querySelector('.aw-sweep-open').click()")
+        shown = f"[...{doc}.querySelectorAll('.aw-run')].map(r => r.dataset.run).join()"
+        _until(chromium, f"{shown} === 'lr_01,lr_04'")
+        _until(chromium, f"{doc}.body.dataset.state === 'idle'")
+        assert chromium.evaluate(f"{doc}.querySelectorAll('tr.aw-shown').length") == 2
+        errors = [e for e in chromium.errors() if "favicon.ico" not in e]
+        assert errors == []

@@ -16,7 +16,9 @@ module) runs in TensorBoard's plugin iframe and reads only the routes below, all
 - `image?run=R&tag=T&step=S`: the PNG of image tag T (`filters/...`, `heatmap/...`) at step S
   (kept an hour by browsers: the page adds `&v={version}`, which the route ignores);
 - `images?run=R`: `{tag: [steps]}` of every image tag of the run;
-- `alerts?run=R`: `[{"step", "layer", "kind", "message"}]` in step order.
+- `alerts?run=R`: `[{"step", "layer", "kind", "message"}]` in step order;
+- `sweep`: every run's final network figures, learning rate, optimizer, alert count and
+  sparkline values, for the run table (`runs_table`).
 
 A missing or malformed parameter is answered 400, an unknown run, metric, tag or step 404,
 an unexpected failure 500 (logged), always as JSON `{"error": "..."}`. Runs are looked up by
@@ -44,11 +46,13 @@ from werkzeug import wrappers
 
 from actwatch._logging import logger
 from actwatch.dashboard.events_index import LogdirIndex, RunIndex
+from actwatch.dashboard.runs_table import RunsTable
 
 __all__ = ["PLUGIN_NAME", "ActwatchPlugin"]
 
 PLUGIN_NAME = "actwatch"
 _STATIC = {"/index.js": "text/javascript; charset=utf-8", "/style.css": "text/css; charset=utf-8"}
+_STATIC["/runs.js"] = _STATIC["/index.js"]  # the run table (runs_table.py)
 #: is_active() looks at most at this many directory entries (it must answer fast), at most
 #: once in this many seconds while no actwatch data is found.
 _ACTIVE_SCAN_LIMIT = 20_000
@@ -72,6 +76,7 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
         self._index = LogdirIndex(self._logdir) if self._logdir else None
         self._active = False
         self._active_scanned = -math.inf
+        self._table = RunsTable()
         if self._index is not None:
             # Index while TensorBoard starts, so the tab's first opening finds it ready.
             threading.Thread(target=self._first_index, name="actwatch-index", daemon=True).start()
@@ -95,6 +100,7 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
             "/image": self._image,
             "/images": self._image_steps,
             "/alerts": self._alerts,
+            "/sweep": self._sweep,
         }.items():
             apps[path] = _wsgi(functools.partial(self._answer, handler))
         return apps
@@ -174,6 +180,11 @@ class ActwatchPlugin(base_plugin.TBPlugin):  # type: ignore[misc]
             }
             for name, run in self._index.runs().items()
         }, "application/json"
+
+    def _sweep(self, args: Mapping[str, str]) -> tuple[Any, str]:
+        assert self._index is not None
+        runs = {name: run.path for name, run in self._index.runs().items()}
+        return self._table.rows(runs), "application/json"
 
     def _scalars(self, args: Mapping[str, str]) -> tuple[Any, str]:
         run = self._run(args)

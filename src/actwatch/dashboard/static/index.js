@@ -6,6 +6,8 @@
 // markup. The page's state is mirrored in data attributes of <body> (data-state: "loading",
 // "idle"; data-pending: images still loading; data-step) for tests and benchmarks.
 
+import { runTable } from "./runs.js";
+
 const COLORS = [ // viridis at 0, 0.25, 0.5, 0.75, 1
   [68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37],
 ];
@@ -33,6 +35,7 @@ const state = {
   closedAlerts: new Set(), // runs whose alert list the user folded (kept across renders)
 };
 let root = null;
+let sweep = null; // the run table (runs.js): every run's final figures
 let pending = 0;
 let reading = 0; // per-filter histories being read (the refresh waits for them)
 
@@ -152,7 +155,9 @@ let sliderRow = null;
 function renderAll() {
   sliderRow ??= slider();
   updateSlider();
-  root.replaceChildren(header(), sliderRow, el("div", { className: "aw-columns" },
+  sweep?.draw();
+  const table = sweep ? [sweep.element] : [];
+  root.replaceChildren(header(), ...table, sliderRow, el("div", { className: "aw-columns" },
     ...state.selected.map((run) => runColumn(run))));
   document.body.dataset.step = String(state.steps[state.index] ?? "");
 }
@@ -521,6 +526,12 @@ export async function render() {
   setBusy(1);
   try {
     await loadRuns();
+    sweep = runTable({
+      load: () => api("sweep"),
+      open: async (names) => { state.selected = names; await reload(); },
+      selected: () => state.selected,
+    });
+    await sweep.refresh().catch(() => { sweep = null; }); // the columns work without it
     if (!Object.keys(state.runs).length) {
       root.replaceChildren(el("p", { className: "aw-note" },
         "No actwatch data under this log directory yet: train with ActivationMonitor(log_dir=...) under it."));
@@ -537,6 +548,7 @@ export async function render() {
     if (document.hidden || reading > 0 || pending > 0) return;
     try {
       await loadRuns();
+      await sweep?.refresh();
     } catch (error) {
       return; // TensorBoard restarting, say: try again at the next tick
     }
