@@ -8,7 +8,8 @@ Troubleshooting quotes every error and warning actwatch can show.
   API pages render (beyond the top-level modules' that tests/test_readme.py runs), run through
   the runner shared with the README's test (`tests/snippets.py`, which describes the
   prelude). Each page's snippets run in page order in a working directory of their own.
-  The examples are the same on every backend: they run once per `make test`, in the JAX run.
+  The examples are the same on every backend: they run once per `make test`, in the JAX run
+  (those that tokenize with KerasHub, which runs on TensorFlow, in the TensorFlow run).
 - `test_troubleshooting_quotes_every_message`: the text of every `raise SomethingError(...)`
   and every `actwatch: ...` log message in `src/actwatch` appears in docs/troubleshooting.md
   (the first `QUOTED` characters of its longest literal piece, whitespace aside), so a new
@@ -195,6 +196,24 @@ def test_troubleshooting_quotes_every_message() -> None:
     )
 
 
+def needs_tensorflow(snippet: Snippet) -> bool:
+    """KerasHub's tokenizers run on TensorFlow, which the JAX run blocks."""
+    return "import keras_hub" in snippet.code
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="examples with KerasHub's tokenizers run in the TensorFlow run",
+)
+def test_docs_examples_with_tokenizers_run_as_written(tmp_path: Path) -> None:
+    """The examples that tokenize with KerasHub (TensorFlow underneath) run as written."""
+    snippets = [s for s in page_snippets() if needs_tensorflow(s) and s.where not in ILLUSTRATIVE]
+    if not snippets:
+        pytest.skip("no docs example uses KerasHub's tokenizers")
+    assert_all_ran(run_snippets(snippets, tmp_path))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "jax",
@@ -207,7 +226,7 @@ def test_docs_examples_run_as_written(tmp_path: Path) -> None:
     deeper = [path for path in autodoc_files() if path not in top_level]
     assert SRC / "fit" / "callback.py" in deeper
     snippets = [*page_snippets(), *docstring_snippets(deeper, "api")]
-    snippets = [s for s in snippets if s.where not in ILLUSTRATIVE]
+    snippets = [s for s in snippets if s.where not in ILLUSTRATIVE and not needs_tensorflow(s)]
     assert len(snippets) > 15
     results = run_snippets([*snippets, Snippet("canary", CANARY)], tmp_path)
     *real, canary = results
