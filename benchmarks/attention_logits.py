@@ -54,8 +54,8 @@ class QKNormAttention(layers.MultiHeadAttention):
     """MultiHeadAttention with layer-normalised queries and keys (QK-layernorm, Dehghani et
     al. 2023; Wortsman et al. 2023)."""
 
-    def build(self, *args: Any, **kwargs: Any) -> None:
-        super().build(*args, **kwargs)
+    def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
+        super().build(query_shape, value_shape, key_shape)
         self.q_norm = layers.LayerNormalization(epsilon=1e-6)
         self.k_norm = layers.LayerNormalization(epsilon=1e-6)
         self.q_norm.build((None, None, self._num_heads, self._key_dim))

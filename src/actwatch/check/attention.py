@@ -10,7 +10,9 @@ layer and is seen:
   the device at once (`reduce_attention`): only a few numbers per layer, and for drawn
   layers the probes' attention, leave the call;
 - the fused (flash) path, which has no softmax to see, is turned off for that call:
-  `MultiHeadAttention._compute_attention` is called with `return_attention_scores=True` and
+  `MultiHeadAttention._compute_attention` is called with `return_attention_scores=True` (or,
+  for a subclass whose own `_compute_attention` does not name it, with a dropout rate of
+  1e-30, whose Dropout is called with `training=False`: the identity) and
   `_flash_attention=False` (the explicit path Keras takes for dropout), a layer's own
   `_use_fused_attention_op` (KerasHub's Gemma) answers False, and a module-level
   `fused_attention_op_available` of the layer's module (KerasHub's Llama) too.
@@ -57,6 +59,10 @@ __all__ = [
 MAX_TEXT_TOKENS = 64
 
 _MISSING = object()
+#: What `reduce_attention` returns, in the order of their keys in a store.
+_FIGURES = ("entropy", "entropy_min", "head_entropy", "logit_max", "sink", "probs")
+#: A dropout rate that makes `MultiHeadAttention._compute_attention` take its explicit path.
+_NO_DROPOUT = 1e-30
 
 
 def _softmax_of(layer: Any) -> Any:
@@ -148,8 +154,9 @@ class AttentionHooks:
     """The attention layers' softmaxes seen during actwatch's own calls (module docstring).
 
     `installed(store)` sets the wrappers; the first call of each layer's softmax puts
-    `reduce_attention`'s dict in `store` under `key(path)` (a negative int, apart from the
-    layer ids `capture.Capture` keys its outputs by).
+    `reduce_attention`'s tensors in `store`, each under a negative int key (apart from the
+    layer ids `capture.Capture` keys its outputs by, and one tensor per key, as the
+    gradients' pass hands the store around); `unpack(store)` gives them back by path.
 
     Args:
         layers: `(path, attention layer)` pairs.
@@ -159,10 +166,15 @@ class AttentionHooks:
     def __init__(self, layers: Sequence[tuple[str, Any]], rows: int = 0) -> None:
         self.layers = [(path, layer, _softmax_of(layer)) for path, layer in layers]
         self.rows = rows
-        self.keys = {path: -(i + 1) for i, (path, _, _) in enumerate(self.layers)}
+        self.keys = {path: -(i + 1) * len(_FIGURES) for i, (path, _, _) in enumerate(self.layers)}
 
-    def key(self, path: str) -> int:
-        return self.keys[path]
+    def unpack(self, store: Mapping[int, Any]) -> dict[str, dict[str, Any]]:
+        """`{path: reduce_attention's dict}` for the layers whose softmax ran."""
+        return {
+            path: {name: store[key - j] for j, name in enumerate(_FIGURES)}
+            for path, key in self.keys.items()
+            if key in store
+        }
 
     @contextlib.contextmanager
     def installed(self, store: dict[int, Any]) -> Iterator[None]:
@@ -173,7 +185,14 @@ class AttentionHooks:
                     continue
                 _set(undo, softmax, "call", self._wrapper(self.keys[path], softmax.call, store))
                 if isinstance(layer, keras.layers.MultiHeadAttention):
-                    _set(undo, layer, "_compute_attention", _explicit(layer._compute_attention))
+                    explicit = _explicit(layer._compute_attention)
+                    if explicit is not None:
+                        _set(undo, layer, "_compute_attention", explicit)
+                    elif not getattr(layer, "_dropout", 0.0) > 0.0:
+                        # A subclass's own `_compute_attention(*args)`: Keras' takes the
+                        # explicit path with dropout, whose Dropout layer (its own rate)
+                        # is called with training=False here: the identity.
+                        _set(undo, layer, "_dropout", _NO_DROPOUT)
                     if hasattr(layer, "_flash_attention"):
                         _set(undo, layer, "_flash_attention", False)
                 if callable(getattr(layer, "_use_fused_attention_op", None)):
@@ -195,7 +214,8 @@ class AttentionHooks:
         def call(inputs: Any, mask: Any = None, *args: Any, **kwargs: Any) -> Any:
             out = original(inputs, mask, *args, **kwargs)
             if key not in store and len(inputs.shape) >= 3:
-                store[key] = reduce_attention(inputs, mask, out, rows)
+                figures = reduce_attention(inputs, mask, out, rows)
+                store.update({key - j: figures[name] for j, name in enumerate(_FIGURES)})
             return out
 
         return call
@@ -215,15 +235,16 @@ def _set(undo: list[Callable[[], None]], owner: Any, name: str, value: Any) -> N
     undo.append(restore)
 
 
-def _explicit(original: Callable[..., Any]) -> Callable[..., Any]:
+def _explicit(original: Callable[..., Any]) -> Callable[..., Any] | None:
     """`MultiHeadAttention._compute_attention` on its explicit (non-fused) path: called with
-    `return_attention_scores=True`, what `call` returns is unchanged."""
+    `return_attention_scores=True`, what `call` returns is unchanged. None when its
+    signature does not name that argument (a subclass's `(query, key, *args, **kwargs)`)."""
     try:
         signature = inspect.signature(original)
     except (TypeError, ValueError):
-        return original
+        return None
     if "return_attention_scores" not in signature.parameters:
-        return original
+        return None
 
     @functools.wraps(original)
     def compute(*args: Any, **kwargs: Any) -> Any:

@@ -182,7 +182,7 @@ class Extractor:
         hooks = self.hooks
 
         def extras(captured: dict[int, Any]) -> None:
-            self.extras = {p: captured[k] for p, k in hooks.keys.items() if k in captured}
+            self.extras = hooks.unpack(captured)
 
         def forward(
             call: Callable[[Any], Any],
