@@ -169,10 +169,11 @@ def padding_lengths(batch: ProbeBatch, names: Sequence[str]) -> list[int] | None
 
 
 def check_strings(value: Any, preprocess: Any, argument: str = "probes") -> None:
-    """Refuse strings that are neither image files nor text a tokenizer was given for."""
-    if not is_text(value) or vocabulary_of(preprocess) is not None:
+    """Refuse a list of strings that are neither image files nor text a tokenizer was given
+    for (a numpy array of strings is refused by `read_probe_source` as not numeric)."""
+    if isinstance(value, np.ndarray) or not is_text(value) or vocabulary_of(preprocess):
         return
-    texts = [str(v) for v in np.asarray(value).reshape(-1)]
+    texts = [str(v) for v in value]
     if any(os.path.exists(t) for t in texts):
         return  # image paths (a missing one is said by the image reader)
     raise ValueError(
