@@ -132,3 +132,44 @@ def test_torch_process_group_rank_zero_writes(tmp_path: Path) -> None:
     assert _events(tmp_path / "logs1") == []
     for rank in range(2):
         _assert_equal_to_single_device(tmp_path / f"result{rank}.json", 2)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed runs on the JAX backend")
+def test_jax_two_processes_data_parallel(tmp_path: Path) -> None:
+    """2 JAX processes (`jax.distributed` on 127.0.0.1, CPU collectives over gloo), each
+    feeding half of every batch to keras.distribution.DataParallel over both: process 0 alone
+    writes events and raises alerts, both agree on `stop_training`, and the statistics are
+    those of the whole `stats_data` on one device."""
+    coordinator = f"127.0.0.1:{_free_ports(1)[0]}"
+    processes = [
+        _launch(
+            "jax_multihost",
+            tmp_path / f"logs{index}",
+            tmp_path / f"result{index}.json",
+            {"ACTWATCH_COORDINATOR": coordinator, "ACTWATCH_PROCESS_ID": str(index)},
+        )
+        for index in range(2)
+    ]
+    for process in processes:
+        _finish(process, timeout=120)
+    assert len(_events(tmp_path / "logs0")) == 1
+    assert _events(tmp_path / "logs1") == []  # the other process writes nothing
+    results = [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(2)]
+    assert results[0]["stop_training"] == results[1]["stop_training"]
+    assert results[1]["alerts"] == 0
+    for index in range(2):
+        _assert_equal_to_single_device(tmp_path / f"result{index}.json", 2)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on the JAX backend")
+def test_jax_model_parallel_layout_map(tmp_path: Path) -> None:
+    """keras.distribution.ModelParallel over 4 host devices, conv kernels and the Dense
+    kernel sharded over the "model" axis by a LayoutMap: the monitor's statistics equal the
+    unsharded model's."""
+    result = tmp_path / "result.json"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    _finish(_launch("model_parallel", tmp_path / "logs", result, env), timeout=120)
+    assert len(_events(tmp_path / "logs")) == 1
+    _assert_equal_to_single_device(result, 4)
+    sharding = json.loads(result.read_text())["sharding"]
+    assert any("'model'" in s for s in sharding), sharding  # the kernels were sharded
