@@ -46,7 +46,8 @@ def fit_hparams(model: keras.Model, given: Mapping[str, HParamValue]) -> dict[st
             out["lr_schedule"] = getattr(rate, "__name__", type(rate).__name__)
             rate = rate()
         with contextlib.suppress(Exception):  # unreadable: the column stays empty for this run
-            out["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+            # float32 digits: 0.1, not 0.10000000149011612
+            out["learning_rate"] = float(f"{float(keras.ops.convert_to_numpy(rate)):.7g}")
     out.update(_fit_arguments(model))
     out.update(given)
     return out
