@@ -31,6 +31,7 @@ from actwatch.events.sink import Sink
 from actwatch.render.tiles import INFERNO_LUT
 from actwatch.render.tokens import (
     ATTENTION_PALETTE,
+    TEXT_PALETTE,
     attention_codes,
     attention_grid_indices,
     attention_matrices_image,
@@ -132,18 +133,19 @@ def test_attention_matrices_with_token_labels(tokens: int) -> None:
     weights = np.tril(rng.random((2, tokens, tokens)))
     weights /= weights.sum(axis=-1, keepdims=True)
     labels = [f"w{i}" for i in range(tokens)]
-    image = attention_matrices_image(weights, labels)
-    assert image.dtype == np.uint8 and image.shape[2] == 3
-    cell = 14 if tokens <= 32 else 11 if tokens <= 64 else max(2, 704 // tokens)
+    drawn = attention_matrices_image(weights, labels)
+    assert drawn.indices.dtype == np.uint8 and drawn.palette is TEXT_PALETTE
+    image = TEXT_PALETTE[drawn.indices]
+    cell = 14 if tokens <= 32 else 11 if tokens <= 64 else max(2, 512 // tokens)
     side = cell * tokens
     assert image.shape[1] > 2 * side and image.shape[0] > side
     # Find head 0's matrix: its top-left cell is weight 1 (the first query attends to itself).
-    bright = tuple(INFERNO_LUT[255])
+    bright = tuple(TEXT_PALETTE[199])
     ys, xs = np.nonzero(np.all(image == bright, axis=-1))
     y0, x0 = ys.min(), xs.min()
     if tokens > 1:  # a cell of the lower triangle, then one of the upper (0: black)
-        code = int(np.round(np.sqrt(weights[0, 1, 0]) * 255))
-        assert tuple(image[y0 + cell + cell // 2, x0 + cell // 2]) == tuple(INFERNO_LUT[code])
+        code = int(np.round(np.sqrt(weights[0, 1, 0]) * 199))
+        assert tuple(image[y0 + cell + cell // 2, x0 + cell // 2]) == tuple(TEXT_PALETTE[code])
         assert tuple(image[y0 + cell // 2, x0 + cell + cell // 2]) == tuple(INFERNO_LUT[0])
     # Labels: dark text left of the matrix and above it.
     assert (image[y0 : y0 + side, : x0 - 1] < 100).any()
@@ -519,7 +521,7 @@ def test_text_fit_from_strings_labels_the_tokens(tmp_path: Path) -> None:
         # The picture of exactly these labels and this many tokens (2 heads): its size.
         expected = attention_matrices_image(np.zeros((2, len(words), len(words))), words)
         for _, image in images:
-            assert image.shape == expected.shape, tag
+            assert image.shape[:2] == expected.indices.shape, tag
             assert (image != 255).any(axis=-1).mean() > 0.2  # cells and labels drawn
 
 
@@ -549,4 +551,4 @@ def test_kerashub_bert_from_strings_through_its_preprocessor(tmp_path: Path) -> 
     short = [images for tag, images in attention.items() if tag.endswith("probe_1")]
     assert len(short) == 1
     expected = attention_matrices_image(np.zeros((2, 4, 4)), ["[CLS]", "the", "mat", "[SEP]"])
-    assert all(image.shape == expected.shape for _, image in short[0])
+    assert all(image.shape[:2] == expected.indices.shape for _, image in short[0])

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from actwatch.render.png import PaletteImage
 from actwatch.render.tiles import (
     GREYS,
     INFERNO_LUT,
@@ -33,6 +34,7 @@ from actwatch.render.tiles import (
 __all__ = [
     "ATTENTION_PALETTE",
     "MAX_PREFIX",
+    "TEXT_PALETTE",
     "attention_codes",
     "attention_grid_indices",
     "attention_matrices_image",
@@ -138,8 +140,13 @@ def attention_grid_indices(scores: np.ndarray, grid: tuple[int, int, int]) -> np
 
 # Text: attention matrices with the tokens as labels ----------------------------------------
 
-_BACKGROUND = (255, 255, 255)
-_INK = (20, 20, 20)
+#: The matrices' palette: indices 0..199 inferno (sqrt of the weight), 200..251 greys from
+#: black to white (the labels, antialiased, on white), 255 magenta (non-finite).
+LEVELS, GREY0, WHITE = 200, 200, 251
+TEXT_PALETTE = np.zeros((256, 3), dtype=np.uint8)
+TEXT_PALETTE[:LEVELS] = INFERNO_LUT[np.arange(LEVELS) * 255 // (LEVELS - 1)]
+TEXT_PALETTE[GREY0 : WHITE + 1] = (np.arange(WHITE + 1 - GREY0) * 255 // (WHITE - GREY0))[:, None]
+TEXT_PALETTE[NONFINITE] = (255, 0, 255)
 _LABEL_CHARS = 12  # longer tokens are cut, with an ellipsis
 
 
@@ -149,13 +156,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _cell(tokens: int) -> int:
-    """Pixels per matrix cell: labels stay readable up to 64 tokens, then cells shrink."""
-    if tokens <= 32:
-        return 14
-    if tokens <= 64:
-        return 11
-    return max(2, 704 // tokens)
+def _cell(tokens: int, heads: int) -> int:
+    """Pixels per matrix cell: labels readable up to 64 tokens (smaller cells for many heads,
+    so 12 heads of 64 tokens stay near 3 megapixels), then cells shrink."""
+    if tokens > 64:
+        return max(2, 512 // tokens)
+    return (14 if tokens <= 32 else 11) if heads <= 4 else (10 if tokens <= 32 else 8)
 
 
 #: Word-start marks of byte-level BPE and SentencePiece vocabularies, and BPE's newline.
@@ -167,6 +173,12 @@ def _short(label: str) -> str:
     return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + "\u2026"
 
 
+def _greys(image: Image.Image) -> np.ndarray:
+    """A white-background "L" image of text as palette indices (greys)."""
+    luminance = np.asarray(image, dtype=np.uint16)
+    return (GREY0 + luminance * (WHITE - GREY0) // 255).astype(np.uint8)
+
+
 def _label_strip(
     labels: Sequence[str],
     cell: int,
@@ -175,28 +187,29 @@ def _label_strip(
     *,
     right: bool,
 ) -> Image.Image:
-    """A column `width` wide of the non-empty `labels`, label i centred at row i of `cell`
-    pixels, right-aligned (the query axis) or left-aligned (turned into the key axis)."""
-    strip = Image.new("RGB", (width, cell * len(labels)), _BACKGROUND)
+    """A white "L" column `width` wide of the non-empty `labels`, label i centred at row i of
+    `cell` pixels, right-aligned (the query axis) or left-aligned (turned into the key axis)."""
+    strip = Image.new("L", (width, cell * len(labels)), 255)
     draw = ImageDraw.Draw(strip)
     for i, label in enumerate(labels):
         if not label:
             continue
         x = width - 2 - draw.textlength(label, font=font) if right else 2
-        draw.text((x, i * cell + cell / 2), label, fill=_INK, font=font, anchor="lm")
+        draw.text((x, i * cell + cell / 2), label, fill=20, font=font, anchor="lm")
     return strip
 
 
 def attention_matrices_image(
     attention: np.ndarray, labels: Sequence[str], *, title: str = "head"
-) -> np.ndarray:
-    """Each head's attention matrix `(heads, queries, keys)` as one RGB uint8 image.
+) -> PaletteImage:
+    """Each head's attention matrix `(heads, queries, keys)` as one image (`TEXT_PALETTE`).
 
-    Per head a panel titled `"{title} {h}"`: rows are queries, columns keys, the tokens
-    `labels` (one per position; cut to 12 characters) on the left and on top (read upwards);
-    brightness is sqrt(attention) on inferno, so 0 is black and 1 bright on every head, and
-    small weights still show. Every label is drawn up to 64 tokens; past that, every k-th.
-    Non-finite weights are magenta.
+    Heads in a near-square grid of panels titled `"{title} {h}"`: rows are queries, columns
+    keys; the tokens `labels` (one per position; cut to 12 characters) label the queries left
+    of each row of panels and the keys above the first row (read upwards). Brightness is
+    sqrt(attention) on inferno, so 0 is black and 1 bright on every head, and small weights
+    still show. Every label is drawn up to 64 tokens; past that, every k-th. Non-finite
+    weights are magenta.
     """
     scores = np.asarray(attention, dtype=np.float64)
     if scores.ndim != 3 or scores.shape[1] != scores.shape[2] or 0 in scores.shape:
@@ -206,30 +219,36 @@ def attention_matrices_image(
     heads, tokens = scores.shape[0], scores.shape[2]
     names = [_short(x) for x in labels][:tokens]
     names += [str(i) for i in range(len(names), tokens)]
-    cell = _cell(tokens)
+    cell = _cell(tokens, heads)
     every = 1 if cell >= 8 else math.ceil(8 / cell)
     shown = [name if i % every == 0 else "" for i, name in enumerate(names)]
-    font = _font(max(8, min(cell - 3, 11)))
+    font = _font(max(8, min(cell - 2, 11)))
     margin = 4 + math.ceil(max(font.getlength(x) for x in shown))
-    left = _label_strip(shown, cell, font, margin, right=True)
-    top = _label_strip(shown, cell, font, margin, right=False).transpose(Image.Transpose.ROTATE_90)
-    title_h, gap, side = 16, 12, cell * tokens
-    panel_w, panel_h = margin + side, title_h + margin + side
+    left = _greys(_label_strip(shown, cell, font, margin, right=True))
+    top = _label_strip(shown, cell, font, margin, right=False)
+    top_indices = _greys(top.transpose(Image.Transpose.ROTATE_90))
+    title_h, gap, side = 14, 8, cell * tokens
     rows, cols = grid_layout(heads)
-    size = (cols * (panel_w + gap) + gap, rows * (panel_h + gap) + gap)
-    out = Image.new("RGB", size, _BACKGROUND)
-    draw = ImageDraw.Draw(out)
-    finite = np.isfinite(scores)
-    weights = np.clip(np.where(finite, scores, 0.0), 0.0, 1.0)
-    coloured = INFERNO_LUT[np.round(np.sqrt(weights) * 255).astype(np.uint8)]
-    coloured[~finite] = (255, 0, 255)
-    title_font = _font(11)
+    width = margin + cols * (side + gap)
+    height = margin + rows * (title_h + side + gap)
+    titles = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(titles)
+    title_font = _font(10)
     for h in range(heads):
         r, c = divmod(h, cols)
-        x, y = gap + c * (panel_w + gap), gap + r * (panel_h + gap)
-        draw.text((x + margin, y + 2), f"{title} {h}", fill=_INK, font=title_font)
-        matrix = coloured[h].repeat(cell, axis=0).repeat(cell, axis=1)
-        out.paste(Image.fromarray(matrix), (x + margin, y + title_h + margin))
-        out.paste(left, (x, y + title_h + margin))
-        out.paste(top, (x + margin, y + title_h))
-    return np.asarray(out)
+        x, y = margin + c * (side + gap), margin + r * (title_h + side + gap)
+        draw.text((x, y + 1), f"{title} {h}", fill=20, font=title_font)
+    out = _greys(titles)
+    finite = np.isfinite(scores)
+    weights = np.clip(np.where(finite, scores, 0.0), 0.0, 1.0)
+    codes = np.round(np.sqrt(weights) * (LEVELS - 1)).astype(np.uint8)
+    codes[~finite] = NONFINITE
+    for h in range(heads):
+        r, c = divmod(h, cols)
+        x, y = margin + c * (side + gap), margin + r * (title_h + side + gap) + title_h
+        out[y : y + side, x : x + side] = codes[h].repeat(cell, axis=0).repeat(cell, axis=1)
+        if c == 0:
+            out[y : y + side, :margin] = left
+        if r == 0:
+            out[:margin, x : x + side] = top_indices
+    return PaletteImage(out, TEXT_PALETTE)
