@@ -92,6 +92,8 @@ def test_token_norms_heatmap_over_the_probe() -> None:
     assert (y // 16, x // 16) == (2, 3)
     alone = token_norm_image(norms, (1, 4, 4), None)
     assert alone.shape == (64, 64, 3) and alone.std() > 0
+    large = np.zeros((224, 224, 3), dtype=np.uint8)  # ViT-B/16: shrunk to 128 px
+    assert token_norm_image(np.arange(197.0), (1, 14, 14), large).shape == (128, 128, 3)
 
 
 @pytest.mark.read_path

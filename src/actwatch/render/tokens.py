@@ -35,6 +35,7 @@ __all__ = [
     "ATTENTION_PALETTE",
     "MAX_PREFIX",
     "TEXT_PALETTE",
+    "TOKENS_MAX_SIDE",
     "attention_codes",
     "attention_grid_indices",
     "attention_matrices_image",
@@ -90,11 +91,21 @@ def token_heat(values: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
     return np.round(np.clip(scaled, 0, 255)).astype(np.uint8).reshape(rows, cols)
 
 
+#: The token-norm pictures' longer side at most (a 14x14 patch grid needs no 224 px).
+TOKENS_MAX_SIDE = 128
+
+
 def token_norm_image(
     norms: np.ndarray, grid: tuple[int, int, int], background: np.ndarray | None
 ) -> np.ndarray:
     """Each patch token's L2 norm `(tokens,)` as a heatmap blended over the probe's picture
-    `(H, W, 3)` (or alone without one): RGB uint8, like the activation heatmaps."""
+    `(H, W, 3)` (or alone without one): RGB uint8, like the activation heatmaps, at most
+    `TOKENS_MAX_SIDE` pixels on its longer side (a larger probe is shrunk under it)."""
+    if background is not None and max(background.shape[:2]) > TOKENS_MAX_SIDE:
+        h, w = background.shape[:2]
+        scale = TOKENS_MAX_SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        background = np.asarray(Image.fromarray(background).resize(size, Image.Resampling.BILINEAR))
     return heatmap_overlay(token_heat(norms, grid), background)
 
 
