@@ -12,6 +12,7 @@ information).
 
     .venv/bin/python benchmarks/scale.py                          # all four, 224 px, TF
     .venv/bin/python benchmarks/scale.py --backbones resnet50     # the targets alone
+    .venv/bin/python benchmarks/scale.py --trust --epochs 2       # issue 19: no false dead
     KERAS_BACKEND=jax .venv/bin/python benchmarks/scale.py --quick
     KERAS_BACKEND=torch .venv/bin/python benchmarks/scale.py --quick
 
@@ -89,6 +90,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ],  # actwatch.events.sink.PRIORITIES (keras not imported yet)
         default="idle",
         help="the background writer thread's CPU priority (idle: actwatch's default).",
+    )
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="issue 19's acceptance instead (benchmarks/trust.py): inputs through each "
+        "family's preprocess_input, then dead filters against a training-mode pass.",
     )
     parser.add_argument("--log-dir", default=None, help="where events go (default: a temp dir).")
     parser.add_argument("--seed", type=int, default=0)
@@ -527,6 +534,14 @@ def main(args: argparse.Namespace) -> int:
         f"report over {args.checks} checks"
     )
     root = args.log_dir or tempfile.mkdtemp(prefix="actwatch-scale-")
+    if args.trust:
+        import trust  # beside this file: issue 19's acceptance
+
+        try:
+            return trust.main(args, root, transfer_model)
+        finally:
+            if args.log_dir is None:
+                shutil.rmtree(root, ignore_errors=True)
     rows = []
     try:
         for backbone in args.backbones:
