@@ -103,8 +103,9 @@ class RunIndex:
         layers: every layer the logs name (per-layer scalars, grids and heatmaps) in network
             order (`reader.LayerOrder`).
         scalars: `{metric: {layer: Series}}` of every per-layer scalar metric.
-        images: `{tag: Series}` of every `filters/...` and `heatmap/...` tag, the values
-            image numbers (`read_image` reads one).
+        images: `{tag: Series}` of every `filters/...`, `heatmap/...`, `tokens/...` and
+            `attention/...` tag (`tags.PROBE_IMAGES`), the values image numbers
+            (`read_image` reads one).
         alerts: `(step, Markdown text)` of every check that raised alerts, in step order.
         bytes_read: bytes of whole records indexed so far.
         tail_bytes: bytes after the last whole record of each file: a record being written
@@ -165,7 +166,8 @@ class RunIndex:
 
     @property
     def drawn(self) -> list[str]:
-        """The layers that have a filter grid or a heatmap, in network order."""
+        """The layers that have a picture (filter grid, heatmap, token norms or attention), in
+        network order."""
         layers = {parsed[1] for t in self.images if (parsed := tags.parse_image_tag(t))}
         return [layer for layer in self.layers if layer in layers]
 

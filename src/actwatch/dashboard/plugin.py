@@ -7,14 +7,16 @@ module) runs in TensorBoard's plugin iframe and reads only the routes below, all
 
 - `runs`: `{run: {"layers": [...], "steps": [...], "probes": n, ...}}`, the runs with actwatch
   data; each also has `"metrics"` (every per-layer scalar metric found), `"drawn"` (the layers
-  with filter grids), `"tail_bytes"` (bytes after the last whole record of its files: a record
-  being written), `"damaged_bytes"` (bytes of damaged records skipped: lost) and `"version"`
-  (changes when an image already served may have changed);
+  with pictures: filter grids, heatmaps, token norms, attention), `"tail_bytes"` (bytes
+  after the last whole record of its files: a record being written), `"damaged_bytes"`
+  (bytes of damaged records skipped: lost) and `"version"` (changes when an image already
+  served may have changed);
 - `scalars?run=R&metric=M`: `{"layers": [...], "steps": [...], "values": [[v per step] per
   layer]}` over the steps the metric was written at, `v` a float or null (no value at that
   step, or not finite);
-- `image?run=R&tag=T&step=S`: the PNG of image tag T (`filters/...`, `heatmap/...`) at step S
-  (kept an hour by browsers: the page adds `&v={version}`, which the route ignores);
+- `image?run=R&tag=T&step=S`: the PNG of image tag T (`filters/...`, `heatmap/...`,
+  `tokens/...`, `attention/...`) at step S (kept an hour by browsers: the page adds
+  `&v={version}`, which the route ignores);
 - `images?run=R`: `{tag: [steps]}` of every image tag of the run;
 - `alerts?run=R`: `[{"step", "layer", "kind", "message"}]` in step order;
 - `sweep`: every run's final network figures, learning rate, optimizer, alert count and
