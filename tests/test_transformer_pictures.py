@@ -35,7 +35,6 @@ from actwatch.render.tokens import (
     attention_codes,
     attention_grid_indices,
     attention_matrices_image,
-    patch_grid,
     query_attention,
     token_norm_image,
 )
@@ -65,18 +64,6 @@ def _decode(png: bytes) -> np.ndarray:
 
 
 # Rendering (no backend) ---------------------------------------------------------------------
-
-
-@pytest.mark.read_path
-def test_patch_grid_sets_class_and_register_tokens_aside() -> None:
-    """The fewest leading tokens that leave a grid of the image's aspect are set aside."""
-    assert patch_grid(17) == (1, 4, 4)  # ViT: a class token
-    assert patch_grid(21) == (5, 4, 4)  # DINOv2: class + 4 registers
-    assert patch_grid(16) == (0, 4, 4)  # no class token
-    assert patch_grid(9, image_shape=(16, 32)) == (1, 2, 4)
-    assert patch_grid(197, image_shape=(224, 224)) == (1, 14, 14)
-    assert patch_grid(13, prefix=0) is None  # 13 tokens of text lie on no grid
-    assert patch_grid(21, prefix=1) is None
 
 
 @pytest.mark.read_path

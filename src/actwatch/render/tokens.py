@@ -1,8 +1,9 @@
 """Pictures of transformers, with numpy and Pillow: token norms and attention.
 
-Vision transformers: the patch tokens are laid on their grid (`patch_grid`), the class and
-register tokens before them set aside. `token_norm_image` draws each patch token's L2 norm as
-a heatmap over the probe image (high-norm tokens, Darcet et al. 2024, are hot spots);
+Vision transformers: the patch tokens are laid on their grid `(prefix, rows, cols)`, the
+`prefix` class and register tokens before them set aside. `token_norm_image` draws each
+patch token's L2 norm as a heatmap over the probe image (high-norm tokens, Darcet et al.
+2024, are hot spots);
 `attention_grid_indices` tiles, per head, the class token's attention over the patches (or
 the mean over queries without a class token), like the filter grids.
 
@@ -33,48 +34,20 @@ from actwatch.render.tiles import (
 
 __all__ = [
     "ATTENTION_PALETTE",
-    "MAX_PREFIX",
     "TEXT_PALETTE",
     "TOKENS_MAX_SIDE",
     "attention_codes",
     "attention_grid_indices",
     "attention_matrices_image",
-    "patch_grid",
     "query_attention",
     "token_heat",
     "token_norm_image",
 ]
 
-#: At most this many tokens before the patches (a class token and registers: DINOv2 has 4).
-MAX_PREFIX = 8
 #: `tiles.PALETTE` with the grey levels turned into inferno: the attention grids' colours
 #: (bright is more attention), the gutter and non-finite colours kept.
 ATTENTION_PALETTE = PALETTE.copy()
 ATTENTION_PALETTE[:GREYS] = INFERNO_LUT[np.arange(GREYS) * 255 // (GREYS - 1)]
-
-
-def patch_grid(
-    tokens: int, *, image_shape: tuple[int, int] | None = None, prefix: int | None = None
-) -> tuple[int, int, int] | None:
-    """`(prefix, rows, cols)`: how `tokens` tokens lie on a patch grid, or None.
-
-    The patches are the last `tokens - prefix` tokens, row-major on a `rows x cols` grid of
-    the image's aspect (`image_shape` `(height, width)`; square without one). With `prefix`
-    None the fewest leading tokens (at most `MAX_PREFIX`: class and register tokens) that
-    leave such a grid are set aside. None when no grid fits.
-    """
-    height, width = image_shape or (1, 1)
-    candidates = [prefix] if prefix is not None else range(min(MAX_PREFIX, tokens - 1) + 1)
-    for p in candidates:
-        n = tokens - p
-        if n < 1:
-            continue
-        # rows / cols = height / width, rows * cols = n.
-        rows = round(math.sqrt(n * height / width))
-        for r in (rows, rows - 1, rows + 1):
-            if r >= 1 and n % r == 0 and r * width == (n // r) * height:
-                return p, r, n // r
-    return None
 
 
 def token_heat(values: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
