@@ -23,6 +23,7 @@ import importlib
 import inspect
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -228,7 +229,11 @@ def test_docs_examples_run_as_written(tmp_path: Path) -> None:
     snippets = [*page_snippets(), *docstring_snippets(deeper, "api")]
     snippets = [s for s in snippets if s.where not in ILLUSTRATIVE and not needs_tensorflow(s)]
     assert len(snippets) > 15
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     results = run_snippets([*snippets, Snippet("canary", CANARY)], tmp_path)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(f"docs examples: {len(snippets)} snippets, {cpu:.0f} CPU-seconds")
     *real, canary = results
     slowest = sorted(real, key=lambda r: -float(r["seconds"]))[:5]  # type: ignore[arg-type]
     print("slowest docs examples:", [(r["where"], r["seconds"]) for r in slowest])
