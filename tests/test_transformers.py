@@ -16,6 +16,7 @@ import actwatch
 from actwatch.check.layers import resolve_layers
 from actwatch.check.pipeline import CheckPipeline
 from actwatch.check.stats import LayerStats
+from actwatch.check.tokens import reduce_tokens, token_figures
 from actwatch.diagnose.attention import LogitWatch
 from actwatch.events import tags
 
@@ -104,7 +105,10 @@ def test_causal_lm_defaults_fit_and_no_alert(tmp_path: Path) -> None:
         "mlp1": "mlp",
         "block1": "block",
     }
-    monitor = fit_monitored(model, x, np.roll(x, -1, axis=1), tmp_path, stats_data=x[:8])
+    y = np.roll(x, -1, axis=1)
+    monitor = fit_monitored(
+        model, x, y, tmp_path, stats_data=x[:8], histograms=False, feature_rank=False
+    )
     scalars = scalars_of(tmp_path)
     assert_transformer_scalars(scalars, ["mha0", "mha1"], ["block0", "block1"])
     assert "dormant_fraction/mlp0" in scalars and "dead_fraction/mlp0" not in scalars
@@ -142,7 +146,7 @@ def test_causal_attention_equals_numpy_on_the_layers_own_scores() -> None:
     mha._query_dense.kernel.assign(mha._query_dense.kernel * 8.0)  # peaked attention
     x = RNG.integers(0, VOCAB, (6, T)).astype("int32")
     watched = resolve_layers(model, None, x[:2])
-    result = CheckPipeline(model, watched, stats_samples=4).run(x)
+    result = CheckPipeline(model, watched, stats_samples=4, signals=False).run(x)
     got = dict(result.stats["mha0"].transformer or {})
     want = _reference(model, "mha0", x[:4])
     for key, value in want.items():
@@ -165,7 +169,7 @@ def test_functional_vit_pipeline() -> None:
         ("mlp", "mlp"),
         ("block", "block"),
     ]
-    result = CheckPipeline(model, watched, stats_samples=4).run(x)
+    result = CheckPipeline(model, watched, stats_samples=4, signals=False).run(x)
     assert_transformer_scalars(as_scalars(result.stats), ["mha"], ["block"])
     picture = result.tokens["attention/mha"]
     assert picture.query == "mean" and picture.prefix == 0 and picture.grid == (4, 4)
@@ -198,6 +202,33 @@ def test_logit_growth_alert_fires_once_when_large_and_growing() -> None:
     assert "QK-layernorm" in raised[0].message and "0.3" in raised[0].message
     assert "`mha0`" in raised[0].markdown()
     assert stats.scalars()["attention_logit_max"] == 100.0
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="same ops everywhere: runs on JAX")
+def test_token_figures_equal_numpy_and_find_the_massive_activation() -> None:
+    x = RNG.normal(size=(3, 10, 16)).astype("float32")
+    x[1, 7, 5] = 5000.0  # Sun et al.: > 100 and > 1000x the median |x|
+    got = token_figures(
+        keras.tree.map_structure(
+            keras.ops.convert_to_numpy, reduce_tokens(keras.ops.convert_to_tensor(x))
+        ),
+        x.shape,
+    )
+    x64 = x.astype(np.float64)
+    norms = np.linalg.norm(x64, axis=-1)
+    units = x64 / norms[..., None]
+    cosine = np.einsum("ntd,nsd->nts", units, units)
+    off = ~np.eye(10, dtype=bool)
+    rms = np.sqrt((x64**2).mean(axis=(0, 1)))
+    assert got.token_norm_ratio == pytest.approx(norms.max() / np.median(norms), rel=1e-4)
+    assert got.token_similarity == pytest.approx(cosine[:, off].mean(), abs=1e-5)
+    assert got.kurtosis == pytest.approx((rms**4).mean() / (rms**2).mean() ** 2, rel=1e-4)
+    assert got.massive and got.where == (1, 7, 5) and got.peak == 5000.0
+    x[1, 7, 5] = 50.0  # under 100: not massive
+    again = reduce_tokens(keras.ops.convert_to_tensor(x))
+    assert not token_figures(
+        keras.tree.map_structure(keras.ops.convert_to_numpy, again), x.shape
+    ).massive
 
 
 # KerasHub backbones: tiny configs, random weights, never from_preset -------------------------
@@ -240,7 +271,7 @@ def _paths(watched: list[Any], role: str) -> list[str]:
 def _fit_hub(model: keras.Model, x: Any, y: Any, log_dir: Path) -> None:
     """`fit` with the monitor; every attention layer's and block's scalars read back."""
     watched = _watched(model, x)
-    fit_monitored(model, x, y, log_dir, images=False, histograms=False)
+    fit_monitored(model, x, y, log_dir, images=False, histograms=False, feature_rank=False)
     scalars = scalars_of(log_dir)
     assert_transformer_scalars(scalars, _paths(watched, "attention"), _paths(watched, "block"))
 
@@ -249,7 +280,7 @@ def _check_hub(model: keras.Model, x: Any) -> Any:
     """One check of the pipeline (no fit) on 4 statistics samples and 2 probes."""
     watched = _watched(model, x)
     feed = [a[:6] for a in x] if isinstance(x, list) else x[:6]
-    result = CheckPipeline(model, watched, stats_samples=4).run(feed)
+    result = CheckPipeline(model, watched, stats_samples=4, signals=False).run(feed)
     blocks = _paths(watched, "block")
     assert_transformer_scalars(as_scalars(result.stats), _paths(watched, "attention"), blocks)
     return watched, result
