@@ -182,18 +182,11 @@ def resolve_layers(
     by_path = {p: layer for p, layer, _ in table}
     anchors = {p: anchor for p, _, anchor in table}
     parts = roles(table)  # a transformer's attention layers, blocks and MLPs
-    if layers is None:
+    if layers is None:  # private sublayers (not in `walk`) only as a transformer's parts
         skipped = _linear_before_activation([(p, by_path[p]) for p in paths if anchors[p] is None])
-        candidates = [
-            p
-            for p in paths
-            if (
-                isinstance(by_path[p], _DEFAULT_TYPES)
-                and not isinstance(by_path[p], keras.Model)
-                and p not in skipped
-            )
-            or p in parts
-        ]
+        kept = [p for p, layer, _ in walk(model) if isinstance(layer, _DEFAULT_TYPES)]
+        plain = {p for p in kept if not isinstance(by_path[p], keras.Model) and p not in skipped}
+        candidates = [p for p in paths if p in plain or p in parts]
     else:
         pairs = [(p, by_path[p]) for p in paths]
         candidates = []
