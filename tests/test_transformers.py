@@ -177,6 +177,55 @@ def test_functional_vit_pipeline() -> None:
     np.testing.assert_allclose(picture.values.sum(-1), 1.0, rtol=1e-4)
 
 
+class Block(L.Layer):
+    """A subclassed pre-LN transformer block."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.norm_a, self.norm_m = L.LayerNormalization(), L.LayerNormalization()
+        self.mha = L.MultiHeadAttention(2, D // 2)
+        self.up, self.down = L.Dense(2 * D, activation="gelu"), L.Dense(D)
+
+    def call(self, x: Any) -> Any:
+        h = self.norm_a(x)
+        x = x + self.mha(h, h, use_causal_mask=True)
+        return x + self.down(self.up(self.norm_m(x)))
+
+
+class SubclassedLM(keras.Model):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = L.Embedding(VOCAB, D)
+        self.blocks = [Block(), Block()]
+        self.head = L.Dense(VOCAB)
+
+    def call(self, tokens: Any) -> Any:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def test_subclassed_transformer() -> None:
+    """Blocks and their attention found by attribute path, captured in the check's call."""
+    model = SubclassedLM()
+    x = RNG.integers(0, VOCAB, (6, T)).astype("int32")
+    model(x[:1])
+    watched = resolve_layers(model, None, x[:2])
+    assert [(w.path, w.role) for w in watched if w.role] == [
+        ("blocks/0/mha", "attention"),
+        ("blocks/0/up", "mlp"),
+        ("blocks/0", "block"),
+        ("blocks/1/mha", "attention"),
+        ("blocks/1/up", "mlp"),
+        ("blocks/1", "block"),
+    ]
+    result = CheckPipeline(model, watched, stats_samples=4, signals=False).run(x)
+    paths = ["blocks/0/mha", "blocks/1/mha"]
+    assert_transformer_scalars(as_scalars(result.stats), paths, ["blocks/0", "blocks/1"])
+    assert result.tokens["attention/blocks/1/mha"].values.shape == (2, 2, T, T)
+
+
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="host logic: runs once, on JAX")
 def test_logit_growth_alert_fires_once_when_large_and_growing() -> None:
     """Above the limit and 1.5x the previous check: one alert, then none until it falls."""
