@@ -35,6 +35,11 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def drawn_runs(figures: Path) -> list[str]:
+    """The runs with figures in the report's figures folder (`NN-run-what.png`)."""
+    return sorted({p.name.split("-")[1] for p in figures.glob("[0-9]*.png")})
+
+
 def _rows(page: str) -> int:
     section = page.split('<section id="sweep">', 1)[1].split("</section>", 1)[0]
     return section.count("<tr>") - 1  # the header row
@@ -65,8 +70,8 @@ def test_report_of_a_sweep_starts_with_the_table_and_draws_three_runs(
     assert _rows(html) == 6
     assert 'alt="learning rate against final dead fraction"' in html
     assert "<td>0.0001</td>" in html and "<td>SGD</td>" in html
-    drawn = sorted({p.name.split("-")[1] for p in (tmp_path / "r_figures").glob("*.png")})
-    assert drawn == ["lr_00", "lr_03", "lr_05"]
+    assert drawn_runs(tmp_path / "r_figures") == ["lr_00", "lr_03", "lr_05"]
+    assert (tmp_path / "r_figures" / "sweep-scatter.png").is_file()
 
 
 def test_runs_choose_by_name_and_glob(logs: Path, tmp_path: Path) -> None:
@@ -76,8 +81,7 @@ def test_runs_choose_by_name_and_glob(logs: Path, tmp_path: Path) -> None:
     html = page.read_text()
     assert _rows(html) == 2
     assert "lr_00" not in html
-    drawn = {p.name.split("-")[1] for p in (tmp_path / "r_figures").glob("*.png")}
-    assert drawn == {"lr_01", "lr_05"}
+    assert drawn_runs(tmp_path / "r_figures") == ["lr_01", "lr_05"]
     with pytest.raises(ValueError, match=r"'nope\*' matches no run. Runs: lr_00, lr_01"):
         report.write_report(logs, tmp_path / "x.html", runs=["nope*"])
 

@@ -37,6 +37,7 @@ class RunFinals:
         hparams: its HParams (optimizer, learning rate, ... and the user's), {} without.
         alerts: how many alerts it raised.
         first_learning_rate: the first `network/learning_rate` logged, or None.
+        has_layers: whether it holds actwatch's per-layer figures or pictures.
     """
 
     name: str
@@ -45,6 +46,7 @@ class RunFinals:
     hparams: dict[str, HParamValue] = field(default_factory=dict)
     alerts: int = 0
     first_learning_rate: float | None = None
+    has_layers: bool = False
 
     def final(self, metric: str) -> float | None:
         """The last value of `network/{metric}`; None when never logged."""
@@ -67,7 +69,7 @@ class RunFinals:
     @property
     def is_actwatch(self) -> bool:
         """Whether actwatch wrote this run (it has network figures)."""
-        return any(metric in self.series for metric in tags.HEADLINE_METRICS)
+        return self.has_layers or any(m in self.series for m in tags.HEADLINE_METRICS)
 
 
 def read_finals(name: str, path: str | os.PathLike[str]) -> RunFinals:
@@ -82,6 +84,7 @@ def read_finals(name: str, path: str | os.PathLike[str]) -> RunFinals:
                 if value.tag == hparams_metadata.SESSION_START_INFO_TAG:
                     run.hparams = _session_hparams(value.metadata.plugin_data.content)
             for item in values.items(event):
+                run.has_layers = run.has_layers or bool(item.layer)
                 if item.kind == reader.SCALAR and item.tag.startswith(prefix):
                     points.setdefault(item.tag[len(prefix) :], {})[item.step] = item.value
                 elif item.kind == reader.TEXT and item.tag == tags.ALERTS:

@@ -130,7 +130,8 @@ def write_report(
 ) -> Path:
     """Write the HTML report of every actwatch run under `logdir`; return its path.
 
-    Of several runs (a sweep), the page starts with a table of every run's final figures and
+    Of a sweep (more than `sweep.FIGURE_RUNS + 1` runs, or runs chosen with `runs`), the page
+    starts with a table of every run's final figures and
     a scatter of learning rate against final dead fraction (`actwatch.report.sweep`); per-run
     figures follow for a few runs (`runs`, or the highest, median and lowest final dead
     fraction), for all of them with `all_figures`.
@@ -164,10 +165,10 @@ def write_report(
         )
     root = local_logdir(logdir)  # a URL (s3://...): its local copy, brought up to date
     run_dirs = find_runs(root)
-    several = len(run_dirs) > 1 or bool(runs)
-    plan = sweep.plan(read_sweep(root) if several else [], list(runs or []), all_figures)
-    if len(run_dirs) > 1 and plan.drawn:  # a sweep: figures of the drawn runs only
-        run_dirs = plan.paths()
+    found = read_sweep(root) if len(run_dirs) > 1 or runs else []
+    plan = sweep.plan(found, list(runs or []), all_figures)
+    left_out = {r.path for r in found} - set(plan.paths())  # runs with no figures drawn
+    run_dirs = [r for r in run_dirs if r not in left_out]
     stream = sys.stderr
     show = stream.isatty() if progress is None else progress
     total = sum(f.stat().st_size for r in run_dirs for f in event_files(r))
@@ -190,7 +191,12 @@ def write_report(
             "written by another callback, such as keras.callbacks.TensorBoard? Pass the "
             "`log_dir` given to ActivationMonitor, or a folder above such runs."
         )
-    head = plan.html(sweep.scatter_png(plan.runs)) if len(plan.runs) > 1 else ""
+    head = ""
+    if plan.summary:
+        scatter = sweep.scatter_png(plan.runs)
+        if scatter is not None:
+            _html.write_png(out.with_name(f"{out.stem}_figures") / "sweep-scatter.png", scatter)
+        head = plan.html(scatter)
     body = head + _render(logs, skipped, root, out, show, stream)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_html.page(f"actwatch report: {os.fspath(logdir)}", body), encoding="utf-8")

@@ -2,11 +2,12 @@
 and the runs whose figures are drawn.
 
 A log directory of many runs (a learning-rate sweep, say) is read lightly first
-(`actwatch.events.finals`: network scalars, HParams, alert counts; no images), so the page
-starts with one row per run and a scatter of the initial learning rate against the final dead
-fraction. Per-run figures follow for a few runs only (`FIGURE_RUNS`): the chosen ones
-(`runs=` names or globs), or the one with the highest final dead fraction, the lowest and the
-median; `all_figures=True` draws every run, as a single-run report does.
+(`actwatch.events.finals`: network scalars, HParams, alert counts; no images). From
+`FIGURE_RUNS + 2` runs on, or when runs are chosen, the page starts with one row per run and a
+scatter of the initial learning rate against the final dead fraction. Per-run figures follow
+for a few runs only (`FIGURE_RUNS`): the chosen ones (`runs=` names or globs), or the one with
+the highest final dead fraction, the lowest and the median; `all_figures=True` draws every
+run, as the report of a few runs does.
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ FIGURE_RUNS = 3
 
 @dataclass
 class Sweep:
-    """What the report draws of a log directory: `runs` in the table, figures for `drawn`."""
+    """What the report draws of a log directory: `runs` in the table (shown with `summary`),
+    figures for `drawn`."""
 
     runs: list[RunFinals]
     drawn: list[RunFinals]
+    summary: bool = False
 
     def paths(self) -> list[Path]:
         return [run.path for run in self.drawn]
 
     def html(self, scatter_png: bytes | None) -> str:
-        """The summary section (empty for a single run)."""
-        if len(self.runs) < 2:
-            return ""
+        """The summary section."""
         scatter = (
             _html.img(scatter_png, "learning rate against final dead fraction")
             if scatter_png is not None
@@ -68,12 +69,14 @@ def plan(
     fraction, the lowest and the median."""
     chosen_names = set(finals.choose([r.name for r in runs], patterns))
     chosen = [r for r in runs if r.name in chosen_names]
+    # A few runs side by side (the page's own table lists them) need no sweep summary.
+    summary = bool(patterns) or len(chosen) > FIGURE_RUNS + 1
     if all_figures or len(chosen) <= FIGURE_RUNS + 1:
-        return Sweep(runs=chosen, drawn=chosen)
+        return Sweep(runs=chosen, drawn=chosen, summary=summary)
     ranked = sorted(chosen, key=_dead)  # ties in name order
     picks = [ranked[0], ranked[len(ranked) // 2], ranked[-1]][:FIGURE_RUNS]
     drawn = [r for r in chosen if any(r is p for p in picks)]
-    return Sweep(runs=chosen, drawn=drawn)
+    return Sweep(runs=chosen, drawn=drawn, summary=True)
 
 
 def _dead(run: RunFinals) -> float:
