@@ -7,6 +7,7 @@ warnings as errors (`sphinx-build -W --keep-going`), in `make docs` and in tests
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -15,8 +16,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-# The docs do not depend on the backend; JAX imports fastest and never imports TensorFlow.
-os.environ.setdefault("KERAS_BACKEND", "jax")
+# The docs do not depend on the backend: JAX imports fastest and never imports TensorFlow;
+# else whichever is installed.
+if "KERAS_BACKEND" not in os.environ:
+    found = [b for b in ("jax", "torch", "tensorflow") if importlib.util.find_spec(b)]
+    os.environ["KERAS_BACKEND"] = found[0] if found else "jax"
 
 import actwatch  # noqa: E402
 
