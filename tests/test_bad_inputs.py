@@ -322,6 +322,31 @@ CASES = [
     Case("sharpness not a flag", lambda f: {"sharpness": "yes"}, "init", TypeError,
          "Invalid value for argument `sharpness`. Expected True or False. "
          "Received: sharpness='yes'"),
+    Case("storage_options not a dict", lambda f: {"storage_options": "x"}, "init", TypeError,
+         "Invalid value for argument `storage_options`. Expected None or a dict of fsspec "
+         "arguments, e.g. {'endpoint_url': 'http://127.0.0.1:9000'}. "
+         "Received: storage_options='x'"),
+    Case("upload_interval zero", lambda f: {"upload_interval": 0}, "init", ValueError,
+         "Invalid value for argument `upload_interval`. Expected a number of seconds > 0. "
+         "Received: upload_interval=0"),
+    Case("upload_interval text", lambda f: {"upload_interval": "a"}, "init", TypeError,
+         "Invalid value for argument `upload_interval`. Expected a number of seconds > 0. "
+         "Received: upload_interval='a'"),
+    Case("log_dir unknown protocol", lambda f: {"log_dir": "s3x://b/r"}, "init", ValueError,
+         "Invalid value for argument `log_dir`: 's3x://b/r' has the protocol 's3x', which "
+         "fsspec does not know. Pass a local directory or a URL such as 's3://bucket/run1' "
+         "(pip install 'actwatch[s3]'), 'gs://...' (actwatch[gcs]), 'az://...' "
+         "(actwatch[azure]) or 'memory://...'."),
+    Case("hparams not a dict", lambda f: {"hparams": "x"}, "init", TypeError,
+         "Invalid value for argument `hparams`. Expected a dict of name -> bool, int, float or "
+         "str, e.g. {'dropout': 0.1}. Received: hparams='x'"),
+    Case("hparams list value", lambda f: {"hparams": {"a": [1]}}, "init", TypeError,
+         "Invalid value for argument `hparams`: hparams['a'] must be a bool, int, finite float "
+         "or str (what TensorBoard's HParams tab shows). Received: [1] of type list. "
+         "Pass str(value) to show it as text."),
+    Case("hparams name not str", lambda f: {"hparams": {1: 2}}, "init", TypeError,
+         "Invalid value for argument `hparams`: every name must be a non-empty str. "
+         "Received the name 1 in hparams={1: 2}"),
     Case("revive bogus", lambda f: {"revive": "bogus"}, "init", ValueError,
          "Invalid value for argument `revive`. Expected None (no revival) or 'redo' (ReDo: "
          "re-initialise filters that stay dead). Received: revive='bogus'"),
