@@ -99,7 +99,16 @@ def main(mode: str, log_dir: str, result_path: str) -> None:
     stats_data = x[:32]
     with scope:
         model = tiny_cnn(filters=(4, 8))
-    monitor = actwatch.ActivationMonitor(x[:2], log_dir, stats_data=stats_data)
+    options: dict[str, Any] = {}
+    if mode == "jax_multihost":
+        # Half of conv1's filters never fire (bias -100): a stop that both processes must agree
+        # on, and alerts that process 0 alone raises.
+        conv = model.get_layer("conv1")
+        kernel, bias = (np.asarray(w) for w in conv.get_weights())
+        bias[:2] = -100.0
+        conv.set_weights([kernel, bias])
+        options = {"stop_on_dead_fraction": 0.25}
+    monitor = actwatch.ActivationMonitor(x[:2], log_dir, stats_data=stats_data, **options)
     if mode == "multiworker":
         # Keras 3's fit() does not run under MultiWorkerMirroredStrategy
         # (keras-team/keras#20585), so drive the callback from a custom loop, as users do.
