@@ -144,7 +144,8 @@ class TestInspect:
     def test_inspect_writes_grids_heatmaps_and_statistics(
         self, saved_model: Path, images: list[Path], tmp_path: Path
     ) -> None:
-        """PNG figures per image, and a table equal to `activation_stats` on the same images."""
+        """PNG figures per image, and a table equal to `activation_stats` on the same images
+        (`--inference`: the inference view)."""
         out = tmp_path / "inspect"
         done = actwatch_cli(
             "inspect",
@@ -155,6 +156,7 @@ class TestInspect:
             "pool2",
             "--preprocess",
             "scale255",
+            "--inference",
             "-o",
             out,
         )
@@ -176,7 +178,11 @@ class TestInspect:
         assert header[:5] == ["layer", "output shape", "filters", "zero fraction", "dead"]
         model = keras.saving.load_model(saved_model, safe_mode=True)
         stats = actwatch.activation_stats(
-            model, [str(i) for i in images], ["conv1", "pool2"], preprocess=lambda x: x / 255.0
+            model,
+            [str(i) for i in images],
+            ["conv1", "pool2"],
+            preprocess=lambda x: x / 255.0,
+            inference=True,
         )
         assert [row[0] for row in rows] == ["conv1", "pool2"]
         for row in rows:

@@ -150,6 +150,7 @@ def _inspect(args: argparse.Namespace) -> int:
         layers=args.layers,
         preprocess=args.preprocess,
         max_filters=args.max_filters,
+        inference=args.inference,
     )
     print(f"Filter grids, heatmaps and statistics written to {page.parent.resolve()}")
     print(f"Open {page.resolve()}")
@@ -308,6 +309,12 @@ def build_parser(*, keras: bool = True) -> argparse.ArgumentParser:
         "before loading MODEL, so that the custom layers it registers with "
         "@keras.saving.register_keras_serializable() load; repeat it for several modules. "
         "Its code runs: import only your own modules",
+    )
+    inspect.add_argument(
+        "--inference",
+        action="store_true",
+        help="look at the model as predict runs it (BatchNormalization on its moving "
+        "statistics, what an exported model computes); default: as training sees it",
     )
     inspect.add_argument(
         "--max-filters",
