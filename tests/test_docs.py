@@ -52,6 +52,8 @@ TROUBLESHOOTING = DOCS / "troubleshooting.md"
 #: the same page shows a runnable equivalent.
 ILLUSTRATIVE: dict[str, str] = {
     "docs/storage.md:8": "trains into a real S3 bucket (the memory:// example below runs)",
+    "docs/distributed.md:30": "two processes: test_distributed.py runs it as two processes",
+    "docs/distributed.md:66": "needs 4 host devices set before JAX starts: test_distributed.py",
 }
 
 #: Messages users cannot meet (internal invariants, callers inside actwatch), by file:first
