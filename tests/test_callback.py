@@ -71,9 +71,12 @@ def test_exact_tags_images_and_steps(tmp_path: Path) -> None:
         for layer in LAYERS
         for i in range(2)
     } | {f"distribution/{layer}" for layer in LAYERS}
-    assert events.other == {"custom_scalars__config__": "custom_scalars"} | {
-        f"histogram/{layer}": "histograms" for layer in LAYERS
-    }
+    assert events.other == {
+        "custom_scalars__config__": "custom_scalars",
+        # TensorBoard's HParams tab: the experiment (the metrics it sorts by) and this run.
+        "_hparams_/experiment": "hparams",
+        "_hparams_/session_start_info": "hparams",
+    } | {f"histogram/{layer}": "histograms" for layer in LAYERS}
     # No filter of this model is dead at any check, so no alert and no `alerts` text.
     assert {v for layer in LAYERS for _, v in events.scalars[f"dead_filters/{layer}"]} == {0.0}
     assert monitor.alerts == [] and events.texts == {}
