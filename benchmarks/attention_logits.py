@@ -18,6 +18,8 @@ A few minutes on 2 CPU cores with JAX. Never imports TensorFlow unless the backe
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import tempfile
 import time
@@ -30,9 +32,14 @@ from keras import layers, ops
 import actwatch
 
 VOCAB, TOKENS, WIDTH, HEADS = 64, 32, 128, 4
+#: The loss diverged at the first batch whose loss is non-finite or above this many times the
+#: lowest batch loss so far.
+DIVERGENCE = 1.5
+ATTENTION_ALERTS = ("logit_growth", "attention_collapse", "massive_activation")
+METRICS = ("attention_logit_max", "attention_entropy", "attention_entropy_min")
 
 
-def markov(samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def markov(samples: int, seed: int = 0, tokens: int = TOKENS) -> tuple[np.ndarray, np.ndarray]:
     """Token sequences from a random Markov chain (each token has 4 likely successors);
     targets are the next tokens."""
     rng = np.random.default_rng(seed)
@@ -41,10 +48,10 @@ def markov(samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         row[rng.choice(VOCAB, 4, replace=False)] += 4.0
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    seq = np.zeros((samples, TOKENS + 1), dtype=np.int32)
+    seq = np.zeros((samples, tokens + 1), dtype=np.int32)
     seq[:, 0] = rng.integers(0, VOCAB, samples)
     cumulative = p.cumsum(1)
-    for t in range(1, TOKENS + 1):
+    for t in range(1, tokens + 1):
         u = rng.random(samples)[:, None]
         seq[:, t] = np.minimum((u > cumulative[seq[:, t - 1]]).sum(1), VOCAB - 1)
     return seq[:, :-1], seq[:, 1:]
@@ -65,29 +72,68 @@ class QKNormAttention(layers.MultiHeadAttention):
         return super()._compute_attention(self.q_norm(query), self.k_norm(key), *args, **kwargs)
 
 
-def language_model(qk_norm: bool = False, seed: int = 0) -> keras.Model:
+def language_model(
+    qk_norm: bool = False,
+    seed: int = 0,
+    *,
+    width: int = WIDTH,
+    tokens: int = TOKENS,
+    blocks: int = 2,
+) -> keras.Model:
+    """The pre-LN causal LM (`blocks` blocks of `HEADS` heads), QK-layernorm or not."""
     keras.utils.set_random_seed(seed)
     attention = QKNormAttention if qk_norm else layers.MultiHeadAttention
-    tokens = keras.Input((TOKENS,), dtype="int32")
-    x = layers.Embedding(VOCAB, WIDTH)(tokens)
-    x = x + layers.Embedding(TOKENS, WIDTH)(ops.arange(TOKENS))[None]
-    for i in range(2):
+    ids = keras.Input((tokens,), dtype="int32")
+    x = layers.Embedding(VOCAB, width)(ids)
+    x = x + layers.Embedding(tokens, width)(ops.arange(tokens))[None]
+    for i in range(blocks):
         h = layers.LayerNormalization(name=f"ln_attn_{i}")(x)
-        h = attention(HEADS, WIDTH // HEADS, name=f"attention_{i}")(h, h, use_causal_mask=True)
+        h = attention(HEADS, width // HEADS, name=f"attention_{i}")(h, h, use_causal_mask=True)
         x = layers.Add(name=f"residual_attn_{i}")([x, h])
         h = layers.LayerNormalization(name=f"ln_mlp_{i}")(x)
-        h = layers.Dense(4 * WIDTH, activation="gelu", name=f"mlp_{i}")(h)
-        h = layers.Dense(WIDTH, name=f"mlp_out_{i}")(h)
+        h = layers.Dense(4 * width, activation="gelu", name=f"mlp_{i}")(h)
+        h = layers.Dense(width, name=f"mlp_out_{i}")(h)
         x = layers.Add(name=f"block_{i}")([x, h])
     x = layers.LayerNormalization(name="ln_final")(x)
-    return keras.Model(tokens, layers.Dense(VOCAB, name="logits")(x))
+    return keras.Model(ids, layers.Dense(VOCAB, name="logits")(x))
 
 
-def run(lr: float, args: argparse.Namespace, log_dir: str) -> dict[str, Any]:
+class Divergence(keras.callbacks.Callback):
+    """Each training batch's own loss (from Keras' running mean over the epoch), and the
+    first step at which the loss diverged: non-finite, or above `factor` times the lowest
+    batch loss so far. Steps count batches, as the monitor's do: the loss of step `s` is the
+    loss of the s-th batch, taken with the weights after `s - 1` updates."""
+
+    def __init__(self, factor: float = DIVERGENCE) -> None:
+        super().__init__()
+        self.factor = factor
+        self.losses: list[float] = []
+        self.diverged: int | None = None
+        self._mean = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._mean = 0.0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        mean = float((logs or {}).get("loss", float("nan")))
+        loss = (batch + 1) * mean - batch * self._mean  # equal batches: the batch's own loss
+        self._mean = mean
+        self.losses.append(loss)
+        lowest = min((v for v in self.losses[:-1] if math.isfinite(v)), default=math.inf)
+        if self.diverged is None and (not math.isfinite(loss) or loss > self.factor * lowest):
+            self.diverged = len(self.losses)
+
+
+def run(lr: float, args: argparse.Namespace, log_dir: str, qk_norm: bool) -> dict[str, Any]:
     x, y = markov(args.samples)
-    model = language_model(args.qk_norm)
+    model = language_model(qk_norm)
+    rate: Any = lr
+    if args.warmup:  # linear from 0 to lr over the first `warmup` steps, then constant
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0, args.steps, alpha=1.0, warmup_target=lr, warmup_steps=args.warmup
+        )
     model.compile(
-        keras.optimizers.AdamW(lr, weight_decay=0.1),
+        keras.optimizers.AdamW(rate, weight_decay=0.1),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     alerts: list[actwatch.Alert] = []
@@ -101,40 +147,79 @@ def run(lr: float, args: argparse.Namespace, log_dir: str) -> dict[str, Any]:
         on_alert=alerts.append,
         update_ratio_bounds=None,
     )
+    divergence = Divergence()
     epochs = max(1, args.steps * args.batch // args.samples)
     start = time.perf_counter()
-    history = model.fit(x, y, batch_size=args.batch, epochs=epochs, callbacks=[monitor], verbose=0)
+    model.fit(
+        x, y, batch_size=args.batch, epochs=epochs, callbacks=[monitor, divergence], verbose=0
+    )
     seconds = time.perf_counter() - start
-    return {"history": history.history, "alerts": alerts, "seconds": seconds}
+    attention = [(a.step, a.kind, a.layer) for a in alerts if a.kind in ATTENTION_ALERTS]
+    return {
+        "lr": lr,
+        "qk_norm": qk_norm,
+        "seconds": seconds,
+        "losses": divergence.losses,
+        "diverged": divergence.diverged,
+        "alerts": attention,
+        "first_alert": min((s for s, _, _ in attention), default=None),
+        "series": read_series(log_dir),
+        "log_dir": log_dir,
+    }
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """Whether the run shows what the acceptance asks: an attention alert at a check before
+    the loss diverged (without QK-norm), none with QK-norm."""
+    first, diverged = result["first_alert"], result["diverged"]
+    if result["qk_norm"]:
+        return "ok: no attention alert" if first is None else f"ALERT at step {first}"
+    if diverged is None:
+        return "no divergence" + ("" if first is None else f"; alert at step {first}")
+    if first is None:
+        return f"MISSED: diverged at step {diverged}, no alert"
+    early = "ok: alert before" if first < diverged else "LATE: alert not before"
+    return f"{early} divergence (alert step {first}, diverged step {diverged})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", type=float, nargs="+", default=[1e-3, 3e-2, 0.3])
-    parser.add_argument("--steps", type=int, default=320)
-    parser.add_argument("--every", type=int, default=32)
+    parser.add_argument("--rates", type=float, nargs="+", default=[1e-3, 3e-2, 0.3, 1.0, 3.0])
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=64, help="linear warmup steps (0: none)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--qk-norm", action="store_true")
+    parser.add_argument("--qk-norm", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--log-dir", default=None, help="one run per folder under it")
+    parser.add_argument("--figure", default=None, help="PNG: logit max and entropy by step")
+    parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     print(
         f"attention_logits: backend {keras.backend.backend()}, keras {keras.__version__}, "
-        f"{os.cpu_count()} CPUs, qk_norm={args.qk_norm}, {args.steps} steps, check every "
+        f"{os.cpu_count()} CPUs, {args.steps} steps, warmup {args.warmup}, check every "
         f"{args.every} batches"
     )
-    for lr in args.rates:
-        log_dir = tempfile.mkdtemp(prefix=f"attention_logits_{lr:g}_")
-        result = run(lr, args, log_dir)
-        losses = ", ".join(f"{v:.3g}" for v in result["history"]["loss"])
-        print(f"\nlr {lr:g}: {result['seconds']:.0f} s; loss per epoch: {losses}")
-        print_table(log_dir)
-        for alert in result["alerts"]:
-            if alert.kind == "logit_growth":
-                print(f"  alert at step {alert.step}: {alert.layer} logit {alert.count}")
+    root = args.log_dir or tempfile.mkdtemp(prefix="attention_logits_")
+    variants = {"off": [False], "on": [True], "both": [False, True]}[args.qk_norm]
+    results = []
+    for qk_norm in variants:
+        for lr in args.rates:
+            name = f"lr_{lr:g}" + ("_qknorm" if qk_norm else "")
+            result = run(lr, args, os.path.join(root, name), qk_norm)
+            results.append(result)
+            print(f"\n{name}: {result['seconds']:.0f} s; {verdict(result)}")
+            print_table(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.figure:
+        figure(results, args.figure)
+    print(f"\nlogs: {root} (actwatch report {root})")
 
 
-def print_table(log_dir: str) -> None:
-    """Steps x (logit max, entropy) per attention layer, from the event files."""
+def read_series(log_dir: str) -> dict[str, dict[int, float]]:
+    """`{tag: {step: value}}` of the attention figures, from the event files."""
     from tensorboard.backend.event_processing import event_accumulator as ea
     from tensorboard.util import tensor_util
 
@@ -142,17 +227,60 @@ def print_table(log_dir: str) -> None:
     acc.Reload()
     series: dict[str, dict[int, float]] = {}
     for tag in acc.Tags()["tensors"]:
-        metric = tag.partition("/")[0]
-        if metric in ("attention_logit_max", "attention_entropy"):
+        if tag.partition("/")[0] in METRICS:
             series[tag] = {
                 e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)
             }
+    return series
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Steps x attention figures per layer, the batch loss at each step, the alerts."""
+    series = result["series"]
     steps = sorted({s for values in series.values() for s in values})
     names = sorted(series)
-    print("  step " + " ".join(f"{n.replace('attention_', ''):>28}" for n in names))
+    losses = result["losses"]
+    short = [n.replace("attention_", "").replace("entropy", "ent") for n in names]
+    print("  step   loss " + " ".join(f"{n:>22}" for n in short))
     for step in steps:
-        row = " ".join(f"{series[n].get(step, float('nan')):>28.4g}" for n in names)
-        print(f"  {step:>4} {row}")
+        loss = losses[step - 1] if 0 < step <= len(losses) else float("nan")
+        row = " ".join(f"{series[n].get(step, float('nan')):>22.4g}" for n in names)
+        print(f"  {step:>4} {loss:>6.3g} {row}")
+    for step, kind, layer in result["alerts"]:
+        print(f"  alert at step {step}: {kind} {layer}")
+
+
+def figure(results: list[dict[str, Any]], path: str) -> None:
+    """Largest logit (log scale) and mean entropy of the first attention layer by step, one
+    curve per rate; without QK-norm on the left, with it on the right; a dot where the loss
+    diverged, a triangle at the first attention alert."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = sorted({r["qk_norm"] for r in results})
+    fig, axes = plt.subplots(2, len(variants), figsize=(6 * len(variants), 7), squeeze=False)
+    for col, qk_norm in enumerate(variants):
+        for r in (r for r in results if r["qk_norm"] == qk_norm):
+            for row, metric in enumerate(("attention_logit_max", "attention_entropy")):
+                values = r["series"].get(f"{metric}/attention_0", {})
+                steps = sorted(values)
+                ax = axes[row][col]
+                (line,) = ax.plot(steps, [values[s] for s in steps], label=f"lr {r['lr']:g}")
+                marks = [(r["diverged"], "o"), (r["first_alert"], "^")]
+                for step, marker in marks:
+                    if step is not None and steps:
+                        near = min(steps, key=lambda s: abs(s - step))
+                        ax.plot([near], [values[near]], marker, color=line.get_color())
+        title = "with QK-layernorm" if qk_norm else "without QK-norm"
+        axes[0][col].set(yscale="log", title=title, ylabel="largest attention logit")
+        axes[1][col].set(xlabel="step", ylabel="attention entropy (block 0)", ylim=(0, 1.05))
+        axes[0][col].legend(fontsize=8)
+    fig.suptitle("attention_0: o = loss diverged, ^ = first attention alert")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ random weights), trained with `fit` and read back with TensorBoard's own reader.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ def test_causal_lm_defaults_fit_and_no_alert(tmp_path: Path) -> None:
     scalars = scalars_of(tmp_path)
     assert_transformer_scalars(scalars, ["mha0", "mha1"], ["block0", "block1"])
     assert "dormant_fraction/mlp0" in scalars and "dead_fraction/mlp0" not in scalars
-    assert not [a for a in monitor.alerts if a.kind in ("logit_growth", "dead")]
+    kinds = ("logit_growth", "attention_collapse", "massive_activation", "dead")
+    assert not [a for a in monitor.alerts if a.kind in kinds]
     for mha in (model.get_layer("mha0"), model.get_layer("mha1")):  # left as it was
         assert "_compute_attention" not in vars(mha) and "call" not in vars(mha._softmax)
 
@@ -226,23 +228,28 @@ def test_subclassed_transformer() -> None:
     assert result.tokens["attention/blocks/1/mha"].values.shape == (2, 2, T, T)
 
 
+def _stats(figures: dict[str, float], **kw: Any) -> LayerStats:
+    return LayerStats(
+        zero_fraction=0.5,
+        mean=0.0,
+        hoyer=0.1,
+        nonfinite=0,
+        values=T * D,
+        nonnegative=False,
+        dead=np.zeros(D, bool),
+        dormant=np.zeros(D, bool),
+        transformer=figures,
+        **kw,
+    )
+
+
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="host logic: runs once, on JAX")
 def test_logit_growth_alert_fires_once_when_large_and_growing() -> None:
     """Above the limit and 1.5x the previous check: one alert, then none until it falls."""
     watch = LogitWatch()
     raised = []
     for step, value in enumerate([10.0, 40.0, 120.0, 400.0, 30.0, 90.0, 100.0]):
-        stats = LayerStats(
-            zero_fraction=0.5,
-            mean=0.0,
-            hoyer=0.1,
-            nonfinite=0,
-            values=T * D,
-            nonnegative=False,
-            dead=np.zeros(D, bool),
-            dormant=np.zeros(D, bool),
-            transformer={"attention_logit_max": value, "attention_entropy": 0.5},
-        )
+        stats = _stats({"attention_logit_max": value, "attention_entropy": 0.5})
         raised += watch.update({"mha0": stats}, step=step, epoch=0, learning_rate=0.3)
     assert [(a.step, a.kind, a.layer) for a in raised] == [
         (2, "logit_growth", "mha0"),
@@ -251,6 +258,85 @@ def test_logit_growth_alert_fires_once_when_large_and_growing() -> None:
     assert "QK-layernorm" in raised[0].message and "0.3" in raised[0].message
     assert "`mha0`" in raised[0].markdown()
     assert stats.scalars()["attention_logit_max"] == 100.0
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="host logic: runs once, on JAX")
+def test_attention_collapse_and_massive_activation_alerts() -> None:
+    """Collapse: a head below COLLAPSE_ENTROPY (not when already there at the first check,
+    as a pretrained model's sink heads), or the mean halved to below COLLAPSE_BELOW; once
+    until it clears. Massive: Sun et al.'s rule, with the token and channel."""
+    watch = LogitWatch()
+    entropies = [(0.9, 0.9), (0.3, 0.2), (0.2, 0.01), (0.2, 0.01), (0.5, 0.4), (0.08, 0.05)]
+    raised = []
+    for step, (mean, lowest) in enumerate(entropies):
+        figures = {"attention_entropy": mean, "attention_entropy_min": lowest}
+        sink = {"attention_entropy": 0.6, "attention_entropy_min": 0.001}  # sharp from start
+        stats = {"mha0": _stats(figures), "sink": _stats(sink)}
+        raised += watch.update(stats, step=step, epoch=0, learning_rate=1e-3)
+    assert [(a.step, a.kind, a.layer) for a in raised] == [
+        (2, "attention_collapse", "mha0"),  # a head at 0.01
+        (5, "attention_collapse", "mha0"),  # 0.5 -> 0.08: fell below half, under 0.1
+    ]
+    assert "down from 0.5" in raised[1].message and "warmup" in raised[0].message
+    block = _stats(
+        {"massive_activation": 1.0}, max_abs=5000.0, outlier_ratio=2500.0, peak_at=(1, 7, 5)
+    )
+    first = watch.update({"block0": block}, step=7, epoch=0, learning_rate=None)
+    again = watch.update({"block0": block}, step=8, epoch=0, learning_rate=None)
+    assert [a.kind for a in first] == ["massive_activation"] and not again
+    assert "token 7, channel 5" in first[0].message and "2500x" in first[0].message
+    assert (
+        LogitWatch().update(
+            {"b": _stats({"massive_activation": 0.0})}, step=0, epoch=None, learning_rate=None
+        )
+        == ()
+    )
+
+
+def _benchmark() -> Any:
+    """benchmarks/attention_logits.py as a module (the reproduction's model and data)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "attention_logits.py"
+    spec = importlib.util.spec_from_file_location("actwatch_benchmarks_attention", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduction_alerts_before_divergence_and_not_with_qk_norm(tmp_path: Path) -> None:
+    """benchmarks/attention_logits.py, small: a 1-block pre-LN LM (width 32, 12 tokens) at
+    peak lr 1.0 after a 16-step warmup, checked every 2 batches: without QK-norm an attention
+    alert comes at a check before the loss diverges (a batch loss non-finite or above 1.5x
+    the lowest so far); with QK-layernorm at the same rate, no attention alert."""
+    bench = _benchmark()
+    x, y = bench.markov(256, tokens=12)
+    found = {}
+    for qk_norm in (False, True):
+        model = bench.language_model(qk_norm, width=32, tokens=12, blocks=1)
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0, 16, alpha=1.0, warmup_target=1.0, warmup_steps=16
+        )
+        model.compile(
+            keras.optimizers.AdamW(rate, weight_decay=0.1),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        monitor = actwatch.ActivationMonitor(
+            x[:2],
+            str(tmp_path / str(qk_norm)),
+            stats_data=x[:8],
+            every_n_batches=2,
+            images=False,
+            histograms=False,
+            feature_rank=False,
+            update_ratio_bounds=None,
+        )
+        divergence = bench.Divergence()
+        model.fit(x, y, batch_size=16, epochs=1, callbacks=[monitor, divergence], verbose=0)
+        steps = [a.step for a in monitor.alerts if a.kind in bench.ATTENTION_ALERTS]
+        found[qk_norm] = (steps, divergence.diverged)
+    (steps, diverged), (qk_steps, _) = found[False], found[True]
+    assert diverged is not None and steps and min(steps) < diverged, found
+    assert qk_steps == [], found
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="same ops everywhere: runs on JAX")

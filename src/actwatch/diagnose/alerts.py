@@ -31,7 +31,8 @@ __all__ = [
     "revived",
 ]
 
-AlertKind = Literal["dead", "nonfinite", "learning_rate", "revived", "outlier", "logit_growth"]
+_Transformer = Literal["logit_growth", "attention_collapse", "massive_activation"]
+AlertKind = Literal["dead", "nonfinite", "learning_rate", "revived", "outlier", _Transformer]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Alert:
         kind: `"dead"` (filters newly confirmed dead), `"nonfinite"` (NaN/Inf outputs),
             `"learning_rate"` (update-to-weight ratios out of bounds: `count` layers of
             `total`, `layer` the worst one) or `"revived"` (`filters` of `layer` re-initialised
-            by `revive="redo"`); `"logit_growth"`: see `actwatch.diagnose.attention`.
+            by `revive="redo"`); transformers' kinds: `actwatch.diagnose.attention`.
         layer: the layer's path.
         step: the TensorBoard step of the check.
         epoch: the epoch (0-based, as Keras counts) of the check, or None before training.
