@@ -56,8 +56,9 @@ def functional_vit() -> keras.Model:
 
 
 def fit_monitored(model: keras.Model, x: Any, y: Any, log_dir: Path, **kw: Any) -> Any:
-    model.compile("adamw", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    probes = [a[:2] for a in x] if isinstance(x, list) else x[:2]
+    if not model.compiled:
+        model.compile("adamw", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    probes = {k: v[:2] for k, v in x.items()} if isinstance(x, dict) else x[:2]
     monitor = actwatch.ActivationMonitor(probes, str(log_dir), **kw)
     model.fit(x, y, batch_size=4, epochs=1, callbacks=[monitor], verbose=0)
     return monitor
@@ -373,27 +374,23 @@ def _hub() -> Any:
     return pytest.importorskip("keras_hub")
 
 
-def _text(backbone: keras.Model, names: list[str]) -> keras.Model:
-    """A token classifier over `backbone` with list inputs (actwatch feeds lists)."""
-    inputs = [keras.Input((T,), dtype="int32", name=n) for n in names]
-    out = backbone(dict(zip(names, inputs, strict=True)))
-    seq = out["sequence_output"] if isinstance(out, dict) else out
-    return keras.Model(inputs, L.Dense(VOCAB, name="head")(seq))
-
-
-def _text_data(names: list[str]) -> list[np.ndarray]:
+def _text_data(names: list[str]) -> dict[str, np.ndarray]:
+    """A KerasHub text backbone's inputs, as a dict (as the backbone takes them)."""
     given = {
         "token_ids": RNG.integers(1, VOCAB, (8, T)).astype("int32"),
         "segment_ids": np.zeros((8, T), "int32"),
         "padding_mask": np.ones((8, T), "int32"),
     }
     given["padding_mask"][:, T - 3 :] = 0
-    return [given[n] for n in names]
+    return {n: given[n] for n in names}
+
+
+def _rows(x: Any, n: int) -> Any:
+    return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
 
 
 def _watched(model: keras.Model, x: Any, n_layers: int = 2) -> list[Any]:
-    probes = [a[:2] for a in x] if isinstance(x, list) else x[:2]
-    watched = resolve_layers(model, None, probes)
+    watched = resolve_layers(model, None, _rows(x, 2))
     roles = [w.role for w in watched]
     assert roles.count("attention") == n_layers and roles.count("block") == n_layers, watched
     return watched
@@ -414,7 +411,8 @@ def _fit_hub(model: keras.Model, x: Any, y: Any, log_dir: Path) -> None:
 def _check_hub(model: keras.Model, x: Any) -> Any:
     """One check of the pipeline (no fit) on 4 statistics samples and 2 probes."""
     watched = _watched(model, x)
-    feed = [a[:6] for a in x] if isinstance(x, list) else x[:6]
+    given = _rows(x, 6)  # the pipeline takes a list in the order of model.inputs
+    feed = [given[t.name] for t in model.inputs] if isinstance(given, dict) else given
     result = CheckPipeline(model, watched, stats_samples=4, signals=False).run(feed)
     blocks = _paths(watched, "block")
     assert_transformer_scalars(as_scalars(result.stats), _paths(watched, "attention"), blocks)
@@ -470,8 +468,8 @@ def test_keras_hub_bert_padding_masked() -> None:
         intermediate_dim=2 * D,
         max_sequence_length=T,
     )
-    model = _text(backbone, names)
-    x = _text_data(names)
+    x = _text_data(names)  # the backbone as built: a dict of inputs, fed a dict
+    model = keras.Model(backbone.input, L.Dense(VOCAB)(backbone.output["sequence_output"]))
     watched, result = _check_hub(model, x)
     assert any(w.path.endswith("transformer_layer_0/self_attention_layer") for w in watched)
     picture = next(p for k, p in result.tokens.items() if k.startswith("attention/"))
@@ -490,5 +488,6 @@ def test_keras_hub_gemma(tmp_path: Path) -> None:
         intermediate_dim=2 * D,
         head_dim=16,
     )
-    x = _text_data(names)
-    _fit_hub(_text(backbone, names), x, x[0], tmp_path)
+    x = _text_data(names)  # probes as a dict of arrays feed the bare backbone as it is
+    backbone.compile("adam", "mse")
+    _fit_hub(backbone, x, np.zeros((8, T, D), "float32"), tmp_path)
