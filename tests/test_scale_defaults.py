@@ -65,6 +65,18 @@ class TestDrawnLayers:
         shapes += [("b10", (16, 16, 8)), ("dense", (10,))]
         assert default_drawn(shapes) == ["a0", "a9", "b10", "dense"]
 
+    def test_rule_transformer_draws_first_and_last_attention_and_block(self) -> None:
+        """A ViT-B's 37 layers (patch embedding, then attention, MLP and block of 12 blocks,
+        all of one shape): the patch embedding, blocks 0 and 11 and their attention."""
+        shapes: list[tuple[str, tuple[int | None, ...]]] = [("patch", (14, 14, 768))]
+        roles = {}
+        for b in range(12):
+            for role, name in (("attention", "mha"), ("mlp", "mlp"), ("block", "out")):
+                shapes.append((f"l{b}/{name}", (197, 768)))
+                roles[f"l{b}/{name}"] = role
+        assert default_drawn(shapes, roles) == ["patch", "l0/mha", "l0/out", "l11/mha", "l11/out"]
+        assert default_drawn(shapes) == ["patch", "l11/out"]  # without roles: the stages rule
+
     def test_big_model_draws_the_stage_outputs_and_keeps_every_statistic(
         self, tmp_path: Path
     ) -> None:

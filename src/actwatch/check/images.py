@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from actwatch.events import tags
-from actwatch.render.png import PaletteImage
+from actwatch.render.png import PaletteImage, quantized
 from actwatch.render.tiles import (
     INFERNO_LUT,
     PALETTE,
@@ -26,9 +26,13 @@ __all__ = ["DRAW_ALL_UP_TO", "default_drawn", "render_images"]
 DRAW_ALL_UP_TO = 16
 
 
-def default_drawn(shapes: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[str]:
+def default_drawn(
+    shapes: Sequence[tuple[str, tuple[int | None, ...]]],
+    roles: Mapping[str, str] | None = None,
+) -> list[str]:
     """The watched layers drawn by default, from `(path, channels-last output shape)` in
-    network order (shapes without the batch axis).
+    network order (shapes without the batch axis), and each path's transformer `roles`
+    (`"attention"`, `"block"`, `"mlp"`; absent or `""` for other layers).
 
     Every layer when there are at most `DRAW_ALL_UP_TO` (the demo's 10 layers, as the seed
     article shows conv1 to conv5). Beyond, the first watched layer and the last one of each
@@ -36,16 +40,29 @@ def default_drawn(shapes: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[
     Maps of 1x1 (squeeze-and-excitation gates) are not a stage; Dense outputs count as one.
     ResNet50 at 224 px (50 watched layers) draws 5: `conv1_relu` (112 px), then the output
     of each of its four stages (56, 28, 14 and 7 px).
+
+    A transformer's layers all have one shape (tokens, width), so they are not stages: of
+    them the first and the last attention layer and the first and the last block output are
+    drawn (MLP units are not: a block's output shows them), the stages rule taking the other
+    layers. ViT-B/16 (37 watched layers) draws 5: the patch embedding, then blocks 0 and 11
+    and their attention layers.
     """
     if len(shapes) <= DRAW_ALL_UP_TO:
         return [path for path, _ in shapes]
+    roles = roles or {}
+    chosen: set[str] = set()
+    for role in ("attention", "block"):
+        found = [path for path, _ in shapes if roles.get(path) == role]
+        chosen.update(found[:1] + found[-1:])
+    others = [(path, shape) for path, shape in shapes if not roles.get(path)]
     last: dict[tuple[int | None, ...], str] = {}
-    for path, shape in shapes:
+    for path, shape in others:
         spatial = tuple(shape[:-1])
         if spatial and all(d == 1 for d in spatial):
             continue
         last[spatial] = path
-    chosen = {shapes[0][0], *last.values()}
+    if others:
+        chosen.update({others[0][0], *last.values()})
     return [path for path, _ in shapes if path in chosen]
 
 
@@ -75,7 +92,8 @@ def render_images(
             `samples` (the statistics samples as uint8 RGB) by
             `actwatch.render.tiles.topk_image`; none without `samples`.
 
-    Filter grids are `PaletteImage`s (one byte a pixel); heatmaps are RGB arrays.
+    Filter grids are `PaletteImage`s (one byte a pixel); heatmaps are RGB arrays, or from
+    96x96 pixels `PaletteImage`s of their 256 colours (`actwatch.render.png.quantized`).
     """
     images: dict[str, tuple[np.ndarray | PaletteImage, str]] = {}
     for path, layer_maps in maps.items():
@@ -94,7 +112,7 @@ def render_images(
         for i in range(layer_heat.shape[0]):
             background = None if display is None else display[i]
             images[tags.heatmap_tag(path, i)] = (
-                heatmap_overlay(layer_heat[i], background),
+                quantized(heatmap_overlay(layer_heat[i], background)),
                 f"Mean activation over the channels of `{path}` over probe {i}.",
             )
     for path, history in (distributions or {}).items():

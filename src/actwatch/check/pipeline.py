@@ -22,6 +22,7 @@ from keras import ops
 
 from actwatch.check.extract import Extractor
 from actwatch.check.gradients import GradientStats, gradient_stats, reduce_gradients
+from actwatch.check.images import default_drawn
 from actwatch.check.layers import WatchedLayer
 from actwatch.check.maps import heat_maps, normalize_maps
 from actwatch.check.signals import (
@@ -73,9 +74,12 @@ DrawRule = Callable[[Sequence[tuple[str, tuple[int | None, ...]]]], Collection[s
 def _chosen(
     drawn: Collection[str] | DrawRule | None,
     shapes: Sequence[tuple[str, tuple[int | None, ...]]],
+    roles: dict[str, str],
 ) -> set[str]:
     if drawn is None:
         return {path for path, _ in shapes}
+    if drawn is default_drawn:  # the default rule also reads the transformer roles
+        return set(default_drawn(shapes, roles))
     if callable(drawn):
         return set(drawn(shapes))
     return set(drawn)
@@ -170,7 +174,9 @@ class CheckPipeline:
                 _channels_last(raw, layer) for layer, raw in zip(layers, outputs, strict=True)
             ]
             chosen = _chosen(
-                drawn, [(w.path, tuple(a.shape[1:])) for w, a in zip(layers, outputs, strict=True)]
+                drawn,
+                [(w.path, tuple(a.shape[1:])) for w, a in zip(layers, outputs, strict=True)],
+                {w.path: w.role for w in layers},
             )
             flats: list[Any] = []
             for layer, a in zip(layers, outputs, strict=True):

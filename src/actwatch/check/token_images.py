@@ -20,7 +20,7 @@ import numpy as np
 
 from actwatch.check.tokens import split_key
 from actwatch.events import tags
-from actwatch.render.png import PaletteImage
+from actwatch.render.png import PaletteImage, quantized
 from actwatch.render.tokens import (
     ATTENTION_PALETTE,
     attention_grid_indices,
@@ -91,7 +91,7 @@ def render_token_images(
                 if kind == tags.TOKENS:
                     background = None if display is None else display[i]
                     images[tags.tokens_tag(path, i)] = (
-                        token_norm_image(values[i], grid, background),
+                        quantized(token_norm_image(values[i], grid, background)),
                         f"L2 norm of each patch token of `{path}` on the {rows}x{cols} patch "
                         f"grid over probe {i}, scaled to its own range: high-norm tokens "
                         f"(Darcet et al. 2024) are hot spots.{aside}",
