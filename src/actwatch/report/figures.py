@@ -295,6 +295,8 @@ SIGNAL_CURVES = {
     "channel_var": ("average channel variance", "log"),
     "outlier_ratio": ("max |a| / median |a|", "log"),
     "erank": ("effective rank of the features", "linear"),
+    "attention_logit_max": ("largest attention logit", "log"),
+    "attention_entropy": ("attention entropy", "linear"),
 }
 
 
