@@ -1,18 +1,22 @@
-"""Attention-logit growth at high learning rates, as the monitor logs it (issue 20).
+"""Attention-logit growth at high learning rates, as the monitor logs and alerts it (issue 20).
 
 After Wortsman et al. 2023 ("Small-scale proxies for large-scale Transformer training
 instabilities", arXiv 2309.14322): a 2-block pre-LN causal language model (width 128, 4 heads,
 GELU MLP of width 512, 32 tokens) learns a random Markov chain over 64 tokens with AdamW
-(weight decay 0.1, no warmup) at several learning rates. `ActivationMonitor` checks it every
-`--every` batches; the script reads `attention_logit_max/{layer}` and `attention_entropy/...`
-back from the run's event files with TensorBoard's reader, and prints them by step, with the
-loss and the steps where a `logit_growth` alert fired.
+(weight decay 0.1, linear warmup to the peak rate) at several peak rates, with and without
+QK-layernorm. `ActivationMonitor` checks it every `--every` batches; a `Divergence` callback
+finds the first batch whose loss is non-finite or above 1.5x the lowest so far. The script
+prints, per run, the attention figures by step (read back from the event files with
+TensorBoard's reader), the batch loss, the attention alerts (`logit_growth`,
+`attention_collapse`, `massive_activation`) and whether one came at a check before the loss
+diverged (without QK-norm) or none came (with it).
 
-    KERAS_BACKEND=jax python benchmarks/attention_logits.py
-    python benchmarks/attention_logits.py --steps 320 --every 32 --rates 1e-3 3e-2 0.3
-    python benchmarks/attention_logits.py --qk-norm   # queries and keys layer-normalised
+    KERAS_BACKEND=jax python benchmarks/attention_logits.py --log-dir /tmp/sweep \
+        --json sweep.json --figure benchmarks/attention_logits.png
+    python benchmarks/attention_logits.py --rates 3e-2 0.3 --qk-norm on --warmup 0
+    actwatch report /tmp/sweep          # the logits and entropy against step, per run
 
-A few minutes on 2 CPU cores with JAX. Never imports TensorFlow unless the backend is it.
+About 8 minutes on 2 CPU cores with JAX. Never imports TensorFlow unless the backend is it.
 """
 
 from __future__ import annotations
