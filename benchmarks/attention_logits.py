@@ -76,6 +76,22 @@ class QKNormAttention(layers.MultiHeadAttention):
         return super()._compute_attention(self.q_norm(query), self.k_norm(key), *args, **kwargs)
 
 
+class Positions(layers.Layer):
+    """Adds a learned embedding of each position (a layer of its own: an `Embedding` called
+    on a constant while the graph is built is a constant to torch's autograd)."""
+
+    def __init__(self, tokens: int, width: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tokens = tokens
+        self.embedding = layers.Embedding(tokens, width)
+
+    def build(self, input_shape: Any) -> None:
+        self.embedding.build((self.tokens,))
+
+    def call(self, x: Any) -> Any:
+        return x + self.embedding(ops.arange(self.tokens))[None]
+
+
 def language_model(
     qk_norm: bool = False,
     seed: int = 0,
@@ -89,7 +105,7 @@ def language_model(
     attention = QKNormAttention if qk_norm else layers.MultiHeadAttention
     ids = keras.Input((tokens,), dtype="int32")
     x = layers.Embedding(VOCAB, width)(ids)
-    x = x + layers.Embedding(tokens, width)(ops.arange(tokens))[None]
+    x = Positions(tokens, width)(x)
     for i in range(blocks):
         h = layers.LayerNormalization(name=f"ln_attn_{i}")(x)
         h = attention(HEADS, width // HEADS, name=f"attention_{i}")(h, h, use_causal_mask=True)

@@ -310,7 +310,7 @@ def test_reproduction_alerts_before_divergence_and_not_with_qk_norm(tmp_path: Pa
     alert comes at a check before the loss diverges (a batch loss non-finite or above 1.5x
     the lowest so far); with QK-layernorm at the same rate, no attention alert."""
     bench = _benchmark()
-    x, y = bench.markov(256, tokens=12)
+    x, y = bench.markov(384, tokens=12)  # 24 steps
     found = {}
     for qk_norm in (False, True):
         model = bench.language_model(qk_norm, width=32, tokens=12, blocks=1)

@@ -32,7 +32,7 @@ def alert_texts(alerts: Sequence[MarkdownAlert]) -> dict[str, tuple[str, str]]:
     if not alerts:
         return {}
     body = "\n\n".join(f"- **{a.kind}**: {a.markdown()}" for a in alerts)
-    return {ALERTS: (body, "actwatch alerts: dead filters and non-finite activations.")}
+    return {ALERTS: (body, "actwatch alerts: what was seen at this check and what to do.")}
 
 
 @dataclass(frozen=True)
