@@ -18,7 +18,7 @@ from keras import ops
 
 from actwatch.render.tiles import NONFINITE
 
-__all__ = ["heat_maps", "normalize_maps"]
+__all__ = ["channel_mean", "heat_maps", "normalize_maps"]
 
 
 def normalize_maps(x: Any, finite: bool = False) -> Any:
@@ -62,3 +62,11 @@ def heat_maps(x: Any, finite: bool = False) -> Any:
     spread = hi - lo
     scaled = (m - lo) / ops.where(spread > 0.0, spread, ops.ones_like(spread)) * 255.0
     return ops.cast(ops.clip(ops.round(scaled), 0.0, 255.0), "uint8")
+
+
+def channel_mean(x: Any, finite: bool = False) -> Any:
+    """Mean over the last (channel) axis, kept as a channel of 1: `heat_maps`' mean taken
+    before a resize (non-finite values count as 0; with `finite` the caller vouches there
+    are none)."""
+    x = x if finite else ops.where(ops.isfinite(x), x, ops.zeros_like(x))
+    return ops.mean(x, axis=-1, keepdims=True)

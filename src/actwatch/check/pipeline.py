@@ -24,7 +24,7 @@ from actwatch.check.extract import Extractor
 from actwatch.check.gradients import GradientStats, gradient_stats, reduce_gradients
 from actwatch.check.images import default_drawn
 from actwatch.check.layers import WatchedLayer
-from actwatch.check.maps import heat_maps, normalize_maps
+from actwatch.check.maps import channel_mean, heat_maps, normalize_maps
 from actwatch.check.signals import (
     HISTOGRAM_SAMPLE,
     reduce_signals,
@@ -205,14 +205,21 @@ class CheckPipeline:
                     item["topk"] = reduce_topk(flat, topk, max_filters)
                 if draw and layer.path in chosen:
                     probes = a[stats_samples:] if stats_samples else a
-                    maps = _as_maps(probes, layer.rank, max_side)
+                    # Resized after taking the drawn filters, and the heatmap's mean over
+                    # channels before resizing (both commute with the linear resize): the
+                    # resize touches 64 channels and 1, not all (MobileNetV2: 144 at 112 px).
+                    maps = _as_maps(probes[..., :max_filters], layer.rank, max_side)
                     # The fast path's figures stand only where every value of `sample` is
                     # finite (`ok`); when the probes are that sample, the maps need not
                     # set NaN and Inf apart (a check that is not `ok` is redone carefully).
                     finite = not careful and not stats_samples
-                    item["maps"] = normalize_maps(maps[..., :max_filters], finite)
-                    if layer.rank > 2:
-                        item["heat"] = heat_maps(maps, finite)
+                    item["maps"] = normalize_maps(maps, finite)
+                    if layer.rank == 5:  # the maximum over depth first: not a linear map
+                        item["heat"] = heat_maps(_as_maps(probes, 5, max_side), finite)
+                    elif layer.rank > 2:
+                        item["heat"] = heat_maps(
+                            _as_maps(channel_mean(probes, finite), layer.rank, max_side), True
+                        )
                 out.append(item)
             if signals and histograms:  # every layer's histogram in one call
                 counts = histogram_counts(flats)

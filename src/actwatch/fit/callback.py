@@ -78,8 +78,8 @@ class ActivationMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         draw_layers: which watched layers get pictures (statistics cover every watched
             layer): `"auto"` (every layer when there are at most 16, as in a small CNN; else
             the first one and the last one of each spatial resolution, the output of each
-            stage: 5 of ResNet50's 50), `"all"`, or layer names, paths, regular expressions
-            or Layers, as `layers`. Defaults to `"auto"`.
+            stage: 5 of ResNet50's 50; of a transformer's, the first and last attention and
+            block), `"all"`, or names, paths, regexes or Layers. Defaults to `"auto"`.
         log_per_layer: also put every layer's figures in `logs` (keys
             `actwatch_<metric>/<layer>`). Defaults to False: the progress bar prints them all.
         histograms: write every layer's activation histogram (`histogram/<layer>`, fixed

@@ -41,7 +41,15 @@ def quantized(image: np.ndarray, min_pixels: int = 96 * 96) -> np.ndarray | Pale
     colours = np.asarray(paletted.getpalette() or [], dtype=np.uint8)[: 256 * 3].reshape(-1, 3)
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[: len(colours)] = colours
-    return PaletteImage(np.asarray(paletted, dtype=np.uint8), palette)
+    # Colours in order of luminance: neighbouring pixels get near indices, so the rows' "Up"
+    # differences are small and deflate better (48 -> 43 kB on that overlay).
+    order = np.argsort(palette.astype(np.float32) @ _LUMA, kind="stable")
+    rank = np.empty(256, dtype=np.uint8)
+    rank[order] = np.arange(256, dtype=np.uint8)
+    return PaletteImage(rank[np.asarray(paletted, dtype=np.uint8)], palette[order])
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
