@@ -283,7 +283,10 @@ def main(args: argparse.Namespace) -> int:
     for row in rows:
         fwd, blk = statistics.median(row.forward), statistics.median(row.blocking)
         ratio = statistics.median(row.ratios)
-        bg = {k: statistics.median(b.get(k, 0.0) for b in row.background) for k in ("render", "encode")}
+        bg = {
+            k: statistics.median(b.get(k, 0.0) for b in row.background)
+            for k in ("render", "encode")
+        }
         mbc = row.run_bytes / RUN_CHECKS / 1e6
         print(
             f"{row.name:<15}{row.watched:>8}{row.drawn:>6}{ms(fwd):>9}{ms(blk):>10}{ratio:>6.2f}x"
