@@ -476,6 +476,11 @@ def test_vit_fit_writes_token_and_attention_pictures(tmp_path: Path) -> None:
     tokens, attention = _png_images(run, "tokens"), _png_images(run, "attention")
     assert {tags.parse_image_tag(t)[2] for t in tokens} == {0, 1}
     assert any("mha" in tags.parse_image_tag(t)[1] for t in attention)
+    # A token layer's channel mean (a strip of 17 tokens) is no heatmap of the probe: its
+    # `tokens/` picture takes the heatmap's place.
+    token_layers = {tags.parse_image_tag(t)[1] for t in tokens}
+    heatmaps = {tags.parse_image_tag(t)[1] for t in _png_images(run, "heatmap")}
+    assert heatmaps and not heatmaps & token_layers, heatmaps  # the patchify conv keeps its own
     for tag, images in tokens.items():
         assert [s for s, _ in images] == [0, 2], tag  # before training and after the epoch
         for _, image in images:

@@ -303,7 +303,9 @@ class CheckPipeline:
                 tokens.update(pictures)
             if "maps" in item:
                 maps[layer.path] = item["maps"]
-            if "heat" in item:
+            if "heat" in item and not layer.role:
+                # A token layer's channel mean is a strip of tokens, no picture of the probe:
+                # its `tokens/` picture (on the patch grid) takes the heatmap's place.
                 heat[layer.path] = item["heat"]
         return CheckResult(
             stats=stats, maps=maps, heat=heat, topk=topk, gradients=gradients, tokens=tokens
