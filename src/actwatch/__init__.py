@@ -56,7 +56,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_HOMES, "report"})
 
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ActivationMonitor",
