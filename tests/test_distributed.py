@@ -35,7 +35,13 @@ def _launch(mode: str, log_dir: Path, result: Path, env: dict[str, str]) -> subp
     return subprocess.Popen(
         [sys.executable, "-m", "tests.distributed_worker", mode, str(log_dir), str(result)],
         cwd=ROOT,
-        env={**os.environ, "KERAS_BACKEND": BACKEND, "CUDA_VISIBLE_DEVICES": "", **env},
+        # Without conftest's JAX compilation cache: collectives compile fresh in each worker.
+        env={
+            **{k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"},
+            "KERAS_BACKEND": BACKEND,
+            "CUDA_VISIBLE_DEVICES": "",
+            **env,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -228,6 +228,13 @@ class TestWriting:
                 deadline = time.monotonic() + 15
                 while sink.uploader.failures == 0 and time.monotonic() < deadline:
                     time.sleep(0.05)
+            # The failed chunk's bytes are fixed at its first attempt: a check written while
+            # the store is down goes to the next chunk, so a retry never rewrites an object
+            # (the failed attempt may have landed) with other bytes.
+            [(spool_file, end)] = sink.uploader._retry.items()
+            done, chunk = sink.uploader._done[spool_file]
+            sink.submit(4, scalars={scalar: (0.1, "test")})
+            sink.flush()
         finally:
             s3.start()
         assert sink.uploader.failures >= 1
@@ -235,8 +242,34 @@ class TestWriting:
         sink.close()
         fs = fsspec.filesystem("s3", **s3.options)
         names = _objects(fs, "bucket/retry/run1")
-        assert _steps_of_objects(fs, names, tmp_path) == [0, 1, 2, 3]
+        assert _steps_of_objects(fs, names, tmp_path) == [0, 1, 2, 3, 4]
         assert sink.uploader.pending() == 0
+        [retried] = [n for n in names if f".{chunk:06d}." in os.path.basename(n)]
+        assert len(fs.cat_file(retried)) == end - done
+
+    def test_a_lost_spool_file_is_said_and_the_others_go_up(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A spool file removed under the uploader (a temp-folder cleaner) is logged and
+        dropped; the uploader thread lives on and the other files still go up."""
+        fs = fsspec.filesystem("memory")
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        uploader = storage.Uploader("memory://bucket/lost/run1", str(spool), interval=0.2)
+        gone, kept = spool / "events.out.tfevents.1.gone", spool / "events.out.tfevents.2.kept"
+        gone.write_bytes(b"x" * 10)
+        kept.write_bytes(b"y" * 20)
+        gone.unlink()
+        with caplog.at_level(logging.WARNING, logger="actwatch"):
+            uploader.written(str(gone), 10)
+            uploader.written(str(kept), 20)
+            deadline = time.monotonic() + 10
+            while uploader.uploads == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert "cannot be read" in caplog.text and "the other files go on" in caplog.text
+        assert uploader.close(timeout=5)
+        [name] = _objects(fs, "/bucket/lost/run1")
+        assert fs.cat_file(name) == b"y" * 20
 
     def test_an_unreachable_endpoint_or_bucket_is_a_clear_error(self, s3: S3) -> None:
         """Before training, the claim fails with a ValueError saying what to check."""

@@ -496,3 +496,35 @@ def test_keras_hub_gemma(tmp_path: Path) -> None:
     x = _text_data(names)  # probes as a dict of arrays feed the bare backbone as it is
     backbone.compile("adam", "mse")
     _fit_hub(backbone, x, np.zeros((8, T, D), "float32"), tmp_path)
+
+
+class _SoftmaxHead(keras.layers.Layer):
+    """A classifier head holding a Dense and a Softmax: no attention layer."""
+
+    def __init__(self, classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(classes)
+        self.softmax = keras.layers.Softmax()
+
+    def call(self, x: Any) -> Any:
+        return self.softmax(self.dense(x))
+
+
+def test_a_cnn_with_a_custom_softmax_head_keeps_its_cnn_defaults() -> None:
+    """A custom layer holding a Softmax beside one Dense is a head, not attention: the CNN's
+    default layers are the same as with a plain Dense head, none given a transformer role."""
+
+    def cnn(head: keras.layers.Layer) -> keras.Model:
+        inputs = keras.Input((16, 16, 3))
+        x = keras.layers.Conv2D(4, 3, name="conv1")(inputs)
+        x = keras.layers.ReLU(name="relu1")(x)
+        x = keras.layers.MaxPooling2D(name="pool1")(x)
+        x = keras.layers.Conv2D(8, 3, name="conv2")(x)
+        x = keras.layers.Activation("relu", name="relu2")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.Model(inputs, head(x))
+
+    custom = resolve_layers(cnn(_SoftmaxHead(3, name="head")), None)
+    plain = resolve_layers(cnn(keras.layers.Dense(3, activation="softmax", name="head")), None)
+    assert [w.path for w in custom] == [w.path for w in plain]
+    assert all(not w.role for w in custom)

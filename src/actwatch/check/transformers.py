@@ -63,12 +63,18 @@ _TRACKERS = frozenset({"_layers", "_tracker"})
 
 
 def is_attention(layer: Any) -> bool:
-    """A MultiHeadAttention (or subclass), or a custom layer holding a Softmax layer itself."""
+    """A MultiHeadAttention (or subclass), or a custom layer holding a Softmax layer itself
+    beside at least two projections (Dense or EinsumDense: queries and keys). A classifier or
+    segmentation head that holds a Softmax and one Dense is no attention layer."""
     if isinstance(layer, keras.layers.MultiHeadAttention):
         return True
     if _native(layer) or is_graph_model(layer):
         return False
-    return any(isinstance(child, keras.layers.Softmax) for _, child in _own_layers(layer))
+    children = [child for _, child in _own_layers(layer)]
+    projections = sum(
+        isinstance(child, (keras.layers.Dense, keras.layers.EinsumDense)) for child in children
+    )
+    return projections >= 2 and any(isinstance(c, keras.layers.Softmax) for c in children)
 
 
 def full_walk(model: Any) -> list[tuple[str, Any, str | None]]:

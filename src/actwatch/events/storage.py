@@ -156,6 +156,7 @@ class Uploader:
         self.seconds = 0.0
         self._sizes: dict[str, int] = {}  # spool file -> bytes of whole records written
         self._done: dict[str, tuple[int, int]] = {}  # spool file -> (bytes uploaded, chunks)
+        self._retry: dict[str, int] = {}  # spool file -> end of its chunk that failed
         self._wake = threading.Condition()
         self._closing = False
         self._failed = WarnOnce("actwatch: another upload failed")
@@ -176,16 +177,41 @@ class Uploader:
 
     def upload(self) -> bool:
         """Upload every file's new records now; True when nothing is left to upload."""
+        ok, short = self._round()
+        if ok and short:  # a retried chunk kept its bytes: what came after goes up now
+            ok, _ = self._round()
+        return ok
+
+    def _round(self) -> tuple[bool, bool]:
+        """One chunk per file: its new records, or the chunk that failed, again. Returns
+        (every upload succeeded, a retried chunk left newer records behind)."""
         with self._wake:
             sizes = dict(self._sizes)
-        ok = True
+        ok, short = True, False
         for path, size in sizes.items():
             done, chunks = self._done.get(path, (0, 0))
-            if size <= done:
+            # A chunk whose upload failed is retried with exactly its bytes under its name:
+            # if the failed attempt landed after all, the retry writes the same object again.
+            end = self._retry.get(path, size)
+            if end <= done:
                 continue
-            with open(path, "rb") as file:
-                file.seek(done)
-                data = file.read(size - done)
+            try:
+                with open(path, "rb") as file:
+                    file.seek(done)
+                    data = file.read(end - done)
+            except OSError as exc:
+                # The spool file is gone (a temp-folder cleaner): nothing of it can go up.
+                logger.warning(
+                    "actwatch: the spool file %s cannot be read (%s: %s); its events not yet "
+                    "uploaded to %s are lost, the other files go on.",
+                    path,
+                    type(exc).__name__,
+                    exc,
+                    self.url,
+                )
+                with self._wake:
+                    self._sizes.pop(path, None)
+                continue
             name = os.path.basename(path).removesuffix(_SUFFIX)
             target = f"{self.path}/{name}.{chunks:06d}{_SUFFIX}"
             start = time.perf_counter()
@@ -201,13 +227,16 @@ class Uploader:
                     type(exc).__name__,
                     exc,
                 )
+                self._retry[path] = end
                 ok = False
                 continue
             self.seconds += time.perf_counter() - start
             self.uploads += 1
             self.bytes_uploaded += len(data)
-            self._done[path] = (size, chunks + 1)
-        return ok
+            self._done[path] = (end, chunks + 1)
+            self._retry.pop(path, None)
+            short = short or end < size
+        return ok, short
 
     def close(self, timeout: float = 60.0) -> bool:
         """Upload the rest and stop; True when everything was uploaded (the spool is then
@@ -241,7 +270,11 @@ class Uploader:
                     self._wake.wait(delay or self.interval)
                 if self._closing:
                     return
-            ok = self.upload()
+            try:
+                ok = self.upload()
+            except Exception as exc:  # never let the thread die: close() uploads the rest
+                logger.debug("actwatch: upload round failed (%s: %s)", type(exc).__name__, exc)
+                ok = False
             delay = 0.0 if ok else min(max(1.0, 2 * delay), self.interval)
 
 
