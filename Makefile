@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
-# The first run (JAX, TensorFlow blocked) also runs the backend-independent read_path tests.
-BACKENDS ?= jax tensorflow torch
+# The first run (PyTorch, TensorFlow blocked; its eager tiny fits are the cheapest) also runs
+# the backend-independent read_path tests.
+BACKENDS ?= torch jax tensorflow
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint typecheck clean chromium docs dist

@@ -36,8 +36,8 @@ if os.environ.get(BLOCK_ENV) == "1":
     sys.modules["tensorflow"] = None  # type: ignore[assignment]
 
 # Tests of what no Keras backend touches (reading event files, rendering, the tab, the report,
-# storage) are marked `read_path`. `make test` runs the suite once per backend (JAX first, with
-# TensorFlow blocked, proving the read path needs none) and sets
+# storage) are marked `read_path`. `make test` runs the suite once per backend (PyTorch first,
+# with TensorFlow blocked, proving the read path needs none) and sets
 # ACTWATCH_READ_PATH=0 on every run but the first, so those tests run once; a plain `pytest`
 # runs them all.
 READ_PATH_ENV = "ACTWATCH_READ_PATH"

@@ -414,6 +414,9 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.skipif(
+    BACKEND != "torch", reason="the demo's code is the same everywhere: once, in the PyTorch run"
+)
 def test_demo_with_and_without_data_ends_with_a_report(tmp_path: Path) -> None:
     """Two demo runs (generated data, an image folder) and a report comparing them; off the
     TensorFlow backend both run with `import tensorflow` blocked (`--data` reads the folder

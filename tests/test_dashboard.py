@@ -33,7 +33,7 @@ from .tensorboard_server import Server, tensorboard_server
 
 pytestmark = [
     pytest.mark.slow,
-    # The tab and its index never touch Keras: once per make test, in its first (JAX) run,
+    # The tab and its index never touch Keras: once per make test, in its first (PyTorch) run,
     # where TensorFlow is blocked.
     pytest.mark.read_path,
 ]
