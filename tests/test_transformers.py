@@ -22,6 +22,7 @@ from actwatch.diagnose.attention import LogitWatch
 from actwatch.events import tags
 
 from .helpers import read_events
+from .test_text_padding import ROWS, attention_reference, between, dormant_reference, numpy_of
 
 L = keras.layers
 RNG = np.random.default_rng(20)
@@ -481,7 +482,89 @@ def test_keras_hub_bert_padding_masked() -> None:
     assert np.all(picture.values[..., T - 3 :] < 1e-6)  # padded keys get no attention
 
 
+def _decoder_reference(
+    backbone: keras.Model, x: dict[str, np.ndarray], gemma: bool
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """numpy's attention figures (by attention path) and gated-MLP hidden units (by down
+    projection path, `(ROWS, T, F)`) of a KerasHub Gemma or Llama backbone, from each
+    layer's own projections and rotary embedding: scaling, soft-capping, the causal and
+    padding mask and the softmax in numpy; padded queries left out."""
+    real = x["padding_mask"].astype(bool)
+    keys = real[:, None, :] & np.tril(np.ones((T, T), bool))[None]
+    figures, hidden = {}, {}
+    for i in range(2):
+        name = f"decoder_block_{i}" if gemma else f"transformer_layer_{i}"
+        block = backbone.get_layer(name)
+        h = keras.Model(backbone.input, block.input[0])(x)
+        if gemma:
+            att, path = block.attention, f"{name}/attention"
+            n = block.pre_attention_norm(h)
+
+            def rope(t: Any, att: Any = att) -> np.ndarray:
+                r = numpy_of(att.rope_layer(t, start_index=0))  # Gemma's own layout after
+                return np.stack(np.split(r, 2, axis=-1), axis=-1).reshape(r.shape)
+
+            q, k = rope(att.query_dense(n)), rope(att.key_dense(n))
+            q = q.reshape(*q.shape[:2], k.shape[2], -1, q.shape[-1]) / math.sqrt(q.shape[-1])
+            z = np.einsum("btkgh,bskh->bkgts", q, k).reshape(len(q), -1, T, T)
+            z = np.tanh(z / att.logit_soft_cap) * att.logit_soft_cap
+            attended = att(n, attention_mask=keys.astype("int32"))
+            m = block.pre_ffw_norm(h + attended)
+            g, up, down = block.gating_ffw(m), block.gating_ffw_2(m), f"{name}/ffw_linear"
+            g = numpy_of(g)
+            act = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g**3)))
+        else:
+            att, path = block._self_attention_layer, f"{name}/self_attention_layer"
+            n = block._self_attention_layernorm(h)
+            rotary = att.rotary_embedding_layer
+            q = numpy_of(rotary(att._query_dense(n), start_index=0))
+            k = numpy_of(rotary(att._key_dense(n), start_index=0))
+            k = np.repeat(k, q.shape[2] // k.shape[2], axis=2)
+            z = np.einsum("bquh,bkuh->buqk", q, k) / math.sqrt(q.shape[-1])
+            attended = att(n, attention_mask=keys.astype("int32"))
+            m = block._feedforward_layernorm(h + attended)
+            g = numpy_of(block._feedforward_gate_dense(m))
+            up, down = block._feedforward_intermediate_dense(m), f"{name}/feedforward_output_dense"
+            act = g / (1 + np.exp(-g))  # SiLU
+        figures[path] = attention_reference(z[:ROWS], keys[:ROWS], real[:ROWS])
+        hidden[down] = (act * numpy_of(up))[:ROWS]
+    return figures, hidden
+
+
+def _check_decoder(backbone: keras.Model, gemma: bool) -> None:
+    """One check of a tiny Gemma or Llama on padded probes: the attention figures and each
+    block's gated-MLP dormant units (role "mlp", at the down projection's input) equal
+    numpy's (`_decoder_reference`)."""
+    lengths = np.array([9, 5, 12, 7, 6, 8])
+    x = {
+        "token_ids": RNG.integers(1, VOCAB, (6, T)).astype("int32"),
+        "padding_mask": (np.arange(T)[None, :] < lengths[:, None]).astype("int32"),
+    }
+    figures, hidden = _decoder_reference(backbone, x, gemma)
+    real = x["padding_mask"][:ROWS].astype(bool)
+    first = next(iter(hidden.values()))
+    mean_abs = np.abs(first[real]).mean(axis=0)
+    tau = between(mean_abs / mean_abs.mean())
+    watched = resolve_layers(backbone, None, {k: v[:2] for k, v in x.items()})
+    assert {w.path: w.channels for w in watched if w.role == "mlp"} == {
+        p: h.shape[-1] for p, h in hidden.items()
+    }
+    feed = [x[t.name] for t in backbone.inputs]
+    result = CheckPipeline(
+        backbone, watched, stats_samples=ROWS, signals=False, dormant_threshold=tau
+    ).run(feed)
+    for path, want in figures.items():
+        got = dict(result.stats[path].transformer or {})
+        for metric, value in want.items():
+            assert got[metric] == pytest.approx(value, rel=2e-4, abs=2e-6), (path, metric)
+    for path, h in hidden.items():
+        dormant = result.stats[path].dormant
+        np.testing.assert_array_equal(dormant, dormant_reference(h, real, tau), err_msg=path)
+    assert 0 < result.stats[next(iter(hidden))].dormant.sum() < first.shape[-1]
+
+
 def test_keras_hub_gemma(tmp_path: Path) -> None:
+    """Gemma (soft-capped logits): a fit with the monitor, then a check equal to numpy's."""
     hub = _hub()
     names = ["token_ids", "padding_mask"]
     backbone = hub.models.GemmaBackbone(
@@ -492,10 +575,25 @@ def test_keras_hub_gemma(tmp_path: Path) -> None:
         hidden_dim=D,
         intermediate_dim=2 * D,
         head_dim=16,
+        attention_logit_soft_cap=4.0,
     )
     x = _text_data(names)  # probes as a dict of arrays feed the bare backbone as it is
     backbone.compile("adam", "mse")
     _fit_hub(backbone, x, np.zeros((8, T, D), "float32"), tmp_path)
+    _check_decoder(backbone, gemma=True)
+
+
+def test_keras_hub_llama() -> None:
+    hub = _hub()
+    backbone = hub.models.LlamaBackbone(
+        vocabulary_size=VOCAB,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=D,
+        intermediate_dim=2 * D,
+    )
+    _check_decoder(backbone, gemma=False)
 
 
 class _SoftmaxHead(keras.layers.Layer):

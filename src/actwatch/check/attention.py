@@ -21,7 +21,8 @@ Everything is put back when the call ends, whatever happened (`AttentionHooks.in
 
 With `A` the post-softmax attention `(B, H, T, S)`, `Z` its logits and `valid` the keys a
 query may attend (its mask; all when there is none), over the queries with at least two
-valid keys:
+valid keys that are real tokens (a padded query, `padding.validity_rule`, counts nowhere,
+even where its mask lets it attend the sentence, as KerasHub's key-padding masks do):
 
 - `attention_entropy`: mean over samples, heads and queries of
   `-sum_{valid j} A_ij log A_ij / log(#valid keys)`, in [0, 1] (Zhai et al., ICML 2023,
@@ -47,8 +48,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from actwatch.check.padding import query_validity, validity_rule
+
 __all__ = [
     "MAX_TEXT_TOKENS",
+    "VALID",
     "AttentionHooks",
     "attention_picture",
     "attention_scalars",
@@ -61,6 +65,8 @@ MAX_TEXT_TOKENS = 64
 _MISSING = object()
 #: What `reduce_attention` returns, in the order of their keys in a store.
 _FIGURES = ("entropy", "entropy_min", "head_entropy", "logit_max", "sink", "probs")
+#: The `AttentionHooks.unpack` key of the batch's real tokens `(B, T)` (None: all real).
+VALID = ""
 #: A dropout rate that makes `MultiHeadAttention._compute_attention` take its explicit path.
 _NO_DROPOUT = 1e-30
 
@@ -88,15 +94,18 @@ def _as_heads(t: Any) -> Any:
     return ops.reshape(t, (shape[0], heads, shape[-2], shape[-1]))
 
 
-def reduce_attention(logits: Any, mask: Any, probs: Any, rows: int) -> dict[str, Any]:
+def reduce_attention(
+    logits: Any, mask: Any, probs: Any, rows: int, queries: Any = None
+) -> dict[str, Any]:
     """The statistics of one attention call, on the device (see the module docstring).
 
     `logits` and `probs` are the softmax's input and output `(B, ..., T, S)`, `mask` what the
     softmax was given (None, or broadcastable to the logits; True or > 0.5 where a key may be
-    attended). The statistics are over the `rows` leading samples (0: all). Returns scalars
-    `entropy`, `entropy_min`, `logit_max`, `sink`, the per-head mean entropy `head_entropy`
-    `(H,)`, and `probs`, the probes' attention `(B - rows, H, T, S)` for pictures (dropped by
-    the compiler unless drawn).
+    attended), `queries` the real tokens `(B, T)` (None, or a shape that is not the
+    queries': all count). The statistics are over the `rows` leading samples (0: all).
+    Returns scalars `entropy`, `entropy_min`, `logit_max`, `sink`, the per-head mean entropy
+    `head_entropy` `(H,)`, and `probs`, the probes' attention `(B - rows, H, T, S)` for
+    pictures (dropped by the compiler unless drawn).
     """
     z = _as_heads(ops.cast(logits, "float32"))
     p = _as_heads(ops.cast(probs, "float32"))
@@ -105,6 +114,9 @@ def reduce_attention(logits: Any, mask: Any, probs: Any, rows: int) -> dict[str,
     else:
         m = mask if str(mask.dtype) == "bool" else ops.greater(mask, 0.5)
         valid = _as_heads(ops.broadcast_to(ops.cast(m, "bool"), tuple(logits.shape)))
+    real = query_validity(queries, int(z.shape[0]), int(z.shape[2]))
+    if real is not None:  # a padded query's row counts nowhere
+        valid = ops.logical_and(valid, real[:, None, :, None])
     probes = p[rows:] if rows else p
     if rows:
         z, p, valid = z[:rows], p[:rows], valid[:rows]
@@ -156,25 +168,37 @@ class AttentionHooks:
     `installed(store)` sets the wrappers; the first call of each layer's softmax puts
     `reduce_attention`'s tensors in `store`, each under a negative int key (apart from the
     layer ids `capture.Capture` keys its outputs by, and one tensor per key, as the
-    gradients' pass hands the store around); `unpack(store)` gives them back by path.
+    gradients' pass hands the store around); `unpack(store)` gives them back by path, and
+    under `VALID` the batch's real tokens. `begin(x)`, inside the compiled call before the
+    model runs, reads them from the batch `x` (`padding.validity_rule`).
 
     Args:
         layers: `(path, attention layer)` pairs.
         rows: the statistics samples, leading the batch (0: all samples).
+        model: the model whose batches `begin` reads the padding of (None: no padding).
     """
 
-    def __init__(self, layers: Sequence[tuple[str, Any]], rows: int = 0) -> None:
+    def __init__(self, layers: Sequence[tuple[str, Any]], rows: int = 0, model: Any = None) -> None:
         self.layers = [(path, layer, _softmax_of(layer)) for path, layer in layers]
         self.rows = rows
         self.keys = {path: -(i + 1) * len(_FIGURES) for i, (path, _, _) in enumerate(self.layers)}
+        self._rule = None if model is None else validity_rule(model)
+        #: The current call's real tokens `(B, T)` (a tensor of its trace), or None.
+        self.valid: Any = None
 
-    def unpack(self, store: Mapping[int, Any]) -> dict[str, dict[str, Any]]:
-        """`{path: reduce_attention's dict}` for the layers whose softmax ran."""
-        return {
+    def begin(self, x: Any) -> None:
+        """Read the real tokens of the batch `x`, as fed to the model, for this call."""
+        self.valid = None if self._rule is None else self._rule(x)
+
+    def unpack(self, store: Mapping[int, Any]) -> dict[str, Any]:
+        """`{path: reduce_attention's dict}` for the layers whose softmax ran, and `VALID`."""
+        found: dict[str, Any] = {
             path: {name: store[key - j] for j, name in enumerate(_FIGURES)}
             for path, key in self.keys.items()
             if key in store
         }
+        found[VALID] = self.valid
+        return found
 
     @contextlib.contextmanager
     def installed(self, store: dict[int, Any]) -> Iterator[None]:
@@ -202,6 +226,7 @@ class AttentionHooks:
                     _set(undo, module, "fused_attention_op_available", lambda: False)
             yield
         finally:
+            self.valid = None
             for step in reversed(undo):
                 step()
 
@@ -214,7 +239,7 @@ class AttentionHooks:
         def call(inputs: Any, mask: Any = None, *args: Any, **kwargs: Any) -> Any:
             out = original(inputs, mask, *args, **kwargs)
             if key not in store and len(inputs.shape) >= 3:
-                figures = reduce_attention(inputs, mask, out, rows)
+                figures = reduce_attention(inputs, mask, out, rows, self.valid)
                 store.update({key - j: figures[name] for j, name in enumerate(_FIGURES)})
             return out
 

@@ -26,6 +26,8 @@ import numpy as np
 from keras import ops
 
 from actwatch._logging import logger
+from actwatch.check.hidden import input_wrapper, reads_input
+from actwatch.check.moments import masked_moments
 from actwatch.check.tree import descendants
 
 __all__ = ["Capture", "Perturb", "TrainingView", "inference", "takes_training", "trace"]
@@ -61,6 +63,8 @@ class Capture:
 
     def _wrapper(self, key: int, original: Callable[..., Any]) -> Callable[..., Any]:
         outputs, first_call = self.outputs, self._first_call
+        if reads_input(key):  # a gated MLP's hidden units: its down projection's input
+            return input_wrapper(key, original, outputs, first_call)
 
         @functools.wraps(original)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -279,7 +283,7 @@ def batch_normalized(
         if mask is None:
             mean, variance = ops.moments(batch, axes=axes, synchronized=norm.synchronized)
         else:
-            mean, variance = _masked_moments(batch, mask[:rows] if rows else mask, axes)
+            mean, variance = masked_moments(batch, mask[:rows] if rows else mask, axes)
         outputs = ops.batch_normalization(
             x, mean, variance, axis=norm.axis, offset=offset, scale=scale, epsilon=norm.epsilon
         )
@@ -314,16 +318,6 @@ def _fused(x: Any, scale: Any, offset: Any, epsilon: float, rows: int) -> Any:
     variance = unbiased * tf.maximum(n - 1.0, 0.0) / tf.maximum(n, 1.0)
     rest = kernel(tail, mean=mean, variance=variance, is_training=False)[0]
     return tf.concat([normalised, rest], axis=0)
-
-
-def _masked_moments(x: Any, mask: Any, axes: list[int]) -> tuple[Any, Any]:
-    """Mean and variance of the values of `x` where `mask` (one axis fewer) is set, as
-    Keras' BatchNormalization computes them."""
-    where = ops.broadcast_to(ops.expand_dims(ops.cast(mask, "bool"), -1), ops.shape(x))
-    weights = ops.sum(ops.cast(where, x.dtype), axes, keepdims=True) + keras.config.epsilon()
-    mean = ops.sum(ops.where(where, x, 0), axes, keepdims=True) / weights
-    variance = ops.sum(ops.square(ops.where(where, x - mean, 0)), axes, keepdims=True) / weights
-    return ops.squeeze(mean), ops.squeeze(variance)
 
 
 @contextlib.contextmanager

@@ -91,7 +91,7 @@ class Extractor:
     ) -> None:
         #: The attention layers' softmaxes, seen during each call (`attention.AttentionHooks`);
         #: their figures are in `extras` while `reduce` runs (inside the trace).
-        self.hooks = AttentionHooks(attention, rows=batch_rows)
+        self.hooks = AttentionHooks(attention, rows=batch_rows, model=model)
         self.extras: dict[str, Any] = {}
         anchors = {path: anchor for path, _, anchor in full_walk(model)}
         self.watched = list(watched)
@@ -191,6 +191,7 @@ class Extractor:
             state: Sequence[tuple[Any, Any]] | None = None,
         ) -> Any:
             capture.outputs.clear()
+            hooks.begin(x)  # the batch's padding, read inside the trace
             if gradients is None:
                 outputs = assemble(_as_list(call(x)), capture.outputs)
                 extras(capture.outputs)

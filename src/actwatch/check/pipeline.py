@@ -199,6 +199,7 @@ class CheckPipeline:
                             extractor.extras,
                             layer.path,
                             draw and layer.path in chosen,
+                            reduced,  # an MLP's units over the real tokens (padding)
                         )
                     )
                 if draw and topk > 0 and layer.path in chosen:

@@ -18,6 +18,9 @@ samples:
   median |x| (Sun, Chen, Kolter, Liu, "Massive Activations in Large Language Models", COLM
   2024), else 0.0; `TokenFigures.where` says at which (token, channel) it sits.
 
+Padded tokens (`padding.validity_rule`) are left out of every figure: only the real
+tokens' norms, pairs, channels and values count.
+
 Every value is divided by the block's largest |x| on the device first, so no square
 overflows float32; the host multiplies back.
 """
@@ -55,11 +58,17 @@ def _peak(x: Any) -> Any:
     return ops.where(ops.logical_and(peak > 0.0, ops.isfinite(peak)), peak, ops.ones_like(peak))
 
 
-def reduce_tokens(x: Any) -> dict[str, Any]:
+def reduce_tokens(x: Any, valid: Any = None) -> dict[str, Any]:
     """One block's output `x` `(N, T, D)` float32 (the statistics samples), on the device:
     per-token norms `(N, T)` and the channels' mean squares `(D,)` in units of `scale` (its
-    square), the mean pairwise cosine per sample `(N,)`, where the largest |x| is (a flat
-    index) and a strided sample of |x| for the median."""
+    square), the mean pairwise cosine per sample `(N,)` and its tokens counted `(N,)`, where
+    the largest |x| is (a flat index) and a strided sample of |x| for the median (NaN at
+    padding). `valid` `(N, T)` bool: the real tokens (None: all); the others count nowhere
+    (their norms come back as NaN)."""
+    n, t, _ = (int(d) for d in x.shape)
+    real = None if valid is None else ops.cast(valid, "bool")
+    if real is not None:  # padding: zeros (no norm, no pair, no peak), counted nowhere
+        x = ops.where(ops.expand_dims(real, -1), x, ops.zeros_like(x))
     scale = _peak(x)
     xs = ops.where(ops.isfinite(x), x / scale, ops.zeros_like(x))
     norms = ops.sqrt(ops.sum(ops.square(xs), axis=-1))  # (N, T)
@@ -69,14 +78,19 @@ def reduce_tokens(x: Any) -> dict[str, Any]:
     count = ops.sum(ops.cast(live, "float32"), axis=1)
     pairs = ops.maximum(count * (count - 1.0), 1.0)
     cosine = (ops.sum(ops.square(summed), axis=-1) - count) / pairs
-    flat = ops.reshape(ops.abs(xs), (-1,))
+    absolute = ops.abs(xs)
+    tokens = float(n * t) if real is None else ops.maximum(ops.sum(ops.cast(real, "float32")), 1.0)
+    if real is not None:  # NaN: read as padding by `token_figures`
+        norms = ops.where(real, norms, ops.full_like(norms, float("nan")))
+        sampled = ops.where(ops.expand_dims(real, -1), absolute, ops.full_like(xs, float("nan")))
     return {
         "scale": scale,
         "norms": norms,
-        "channel_ms": ops.mean(ops.square(xs), axis=(0, 1)),
+        "channel_ms": ops.sum(ops.square(xs), axis=(0, 1)) / tokens,
         "cosine": cosine,
-        "argmax": ops.cast(ops.argmax(flat), "int32"),
-        "abs_sample": sample_values(ops.abs(xs), MEDIAN_SAMPLE),
+        "count": count,
+        "argmax": ops.cast(ops.argmax(ops.reshape(absolute, (-1,))), "int32"),
+        "abs_sample": sample_values(absolute if real is None else sampled, MEDIAN_SAMPLE),
     }
 
 
@@ -113,6 +127,7 @@ def token_figures(device: Mapping[str, Any], shape: tuple[int, int, int]) -> Tok
     """`reduce_tokens`' arrays (numpy) -> `TokenFigures`; `shape` is `(N, T, D)`."""
     scale = float(device["scale"])
     norms = np.asarray(device["norms"], dtype=np.float64).ravel()
+    norms = norms[np.isfinite(norms)]  # NaN: padding
     median_norm = float(np.median(norms)) if norms.size else 0.0
     ratio = float(norms.max()) / median_norm if median_norm > 0.0 else 0.0
     ms = np.asarray(device["channel_ms"], dtype=np.float64)
@@ -122,18 +137,27 @@ def token_figures(device: Mapping[str, Any], shape: tuple[int, int, int]) -> Tok
     index = int(device["argmax"])
     where = (index // (t * d), (index // d) % t, index % d)
     sample = np.asarray(device["abs_sample"], dtype=np.float64)
+    sample = sample[np.isfinite(sample)]
     median = float(np.median(sample)) * scale if sample.size else 0.0
     peak = scale if norms.size and float(norms.max()) > 0.0 else 0.0
     massive = peak > MASSIVE_ABSOLUTE and peak > MASSIVE_RATIO * median
     return TokenFigures(
         token_norm_ratio=ratio,
-        token_similarity=float(np.mean(np.asarray(device["cosine"], dtype=np.float64))),
+        token_similarity=_similarity(device),
         kurtosis=kurtosis,
         massive=bool(massive),
         where=where,
         peak=peak,
         median=median,
     )
+
+
+def _similarity(device: Mapping[str, Any]) -> float:
+    """Mean over the samples with two tokens or more of their mean pairwise cosine."""
+    cosine = np.asarray(device["cosine"], dtype=np.float64).ravel()
+    count = np.asarray(device.get("count", np.full(cosine.shape, 2.0)), dtype=np.float64)
+    kept = cosine[count.ravel() >= 2.0]
+    return float(kept.mean()) if kept.size else 0.0
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ compiled call): for an attention layer (`role="attention"`) the figures of
 (`role="block"`) `tokens.reduce_tokens` and, when drawn, the probes' token norms. On the host,
 `finish` turns them into scalars for `LayerStats` and `TokenPicture`s for the pictures.
 
+Padding (`padding.validity_rule`, read from the batch by `attention.AttentionHooks.begin`)
+counts nowhere: not as queries of the attention figures, not in a block's token figures, not
+in an MLP's dead and dormant units (whose per-unit max and mean |a| are taken again, over the
+real tokens, in place of `stats.reduce_layer`'s).
+
 Token layout: a model with an image input (rank 4) is a vision model. Its first tokens are
 class and register tokens: `num_register_tokens` (DINOv2) plus one class token when a layer
 has `cls_token` or `use_class_token=True`; without such a layer, what is left over the
@@ -21,8 +26,15 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
+from keras import ops
 
-from actwatch.check.attention import MAX_TEXT_TOKENS, attention_picture, attention_scalars
+from actwatch.check.attention import (
+    MAX_TEXT_TOKENS,
+    VALID,
+    attention_picture,
+    attention_scalars,
+)
+from actwatch.check.padding import query_validity
 from actwatch.check.tokens import TokenPicture, reduce_tokens, token_figures, token_norms
 from actwatch.check.tree import descendants
 
@@ -74,11 +86,25 @@ class TransformerItems:
         return "class" if prefix >= 1 else "mean"
 
     def reduce(
-        self, role: str, a: Any, extras: Mapping[str, Any], path: str, drawn: bool
+        self,
+        role: str,
+        a: Any,
+        extras: Mapping[str, Any],
+        path: str,
+        drawn: bool,
+        stats: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Device: the items to add for one layer (`a` its `(B, T, D)` float32 output)."""
+        """Device: the items to add for one layer (`a` its `(B, T, D)` float32 output);
+        `stats` its `reduce_layer` figures, whose per-unit max and mean |a| an MLP's padding
+        is taken out of (in place)."""
         rows = self.rows
         out: dict[str, Any] = {}
+        valid = None
+        if len(a.shape) == 3:
+            valid = query_validity(extras.get(VALID), int(a.shape[0]), int(a.shape[1]))
+            valid = valid[:rows] if valid is not None and rows else valid
+        if role == "mlp" and valid is not None and stats is not None:
+            stats.update(_real_units(a[:rows] if rows else a, valid, stats["scale"]))
         if role == "attention" and path in extras:
             figures = dict(extras[path])
             probs = figures.pop("probs")
@@ -86,7 +112,7 @@ class TransformerItems:
             if drawn:
                 out["attention_map"] = attention_picture(probs, self.query(int(probs.shape[2])))
         elif role == "block" and len(a.shape) == 3:
-            out["tokens"] = reduce_tokens(a[:rows] if rows else a)
+            out["tokens"] = reduce_tokens(a[:rows] if rows else a, valid)
             if drawn:
                 out["token_norms"] = token_norms(a[rows:] if rows else a)
         return out
@@ -126,6 +152,18 @@ class TransformerItems:
             prefix, grid = _grid(tokens, self.prefix) if self.vision else (0, None)
             pictures[f"tokens/{path}"] = TokenPicture("tokens", values, "", prefix, grid, text_ids)
         return scalars, pictures, where
+
+
+def _real_units(a: Any, valid: Any, scale: Any) -> dict[str, Any]:
+    """Per unit of `a` `(N, T, C)`, over its finite values at real tokens (`valid` `(N, T)`):
+    the max and the mean |a| (in units of `scale`, as `stats.reduce_layer` gives them)."""
+    kept = ops.logical_and(ops.expand_dims(valid, -1), ops.isfinite(a))
+    count = ops.sum(ops.cast(kept, "float32"), axis=(0, 1))
+    absolute = ops.sum(ops.where(kept, ops.abs(a) / scale, ops.zeros_like(a)), axis=(0, 1))
+    return {
+        "filter_max": ops.max(ops.where(kept, a, ops.full_like(a, -np.inf)), axis=(0, 1)),
+        "filter_mean_abs": absolute / ops.maximum(count, 1.0),
+    }
 
 
 def drawn_roles(paths: Collection[str], roles: Mapping[str, str]) -> list[str]:

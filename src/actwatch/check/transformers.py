@@ -14,7 +14,11 @@ layers are, beside the convolution, pooling and activation layers a CNN gets:
   attention layer (the last `Add` of the model for the last block);
 - every MLP activation (`role="mlp"`): a Dense or EinsumDense layer with a non-linear
   activation, or an activation layer, inside a block (or anywhere in a Functional
-  transformer).
+  transformer); in a block with neither, a gated MLP whose activation is a function inside
+  `call` (Gemma's `gelu(gate(x)) * up(x)`, Llama's SiLU): its hidden units, the input of its
+  down projection (`hidden.watch_input`), watched at that Dense's path
+  (`decoder_block_0/ffw_linear`): the last linear Dense or EinsumDense of the block outside
+  its attention, preferring one named `down`, `out`, `linear` or `proj`.
 
 KerasHub keeps some sublayers in private attributes (`TransformerEncoder._self_attention_layer`);
 `full_walk` lists them too, with the leading underscores dropped from the path segment when
@@ -28,6 +32,7 @@ from typing import Any
 import keras
 
 from actwatch.check import kinds
+from actwatch.check.hidden import watch_input
 from actwatch.check.tree import is_graph_model, walk
 
 __all__ = ["ROLES", "attention_layers", "full_walk", "is_attention", "roles"]
@@ -171,4 +176,38 @@ def roles(table: list[tuple[str, Any, str | None]]) -> dict[str, str]:
         nonlinear = isinstance(layer, _DENSE) and _activation_name(layer) not in ("linear", "None")
         if nonlinear or isinstance(layer, kinds.ACTIVATIONS):
             found[path] = "mlp"
+    by_path = {path: layer for path, layer, _ in table}
+    for block in blocks:
+        down = _down_projection(block, table, attention, found)
+        if down is not None:
+            watch_input(by_path[down])
+            found[down] = "mlp"
     return found
+
+
+#: Names of a gated MLP's down projection (Gemma `ffw_linear`, Llama `feedforward_output`).
+_DOWN_NAMES = ("down", "out", "linear", "proj", "fc2", "wo")
+
+
+def _down_projection(
+    block: str,
+    table: list[tuple[str, Any, str | None]],
+    attention: list[str],
+    found: dict[str, str],
+) -> str | None:
+    """The down projection of `block`'s gated MLP (module docstring), or None: when the block
+    has an MLP activation layer already, or fewer than three Dense layers beside attention
+    (gate, up, down)."""
+    if any(_within(p, block) and role == "mlp" for p, role in found.items()):
+        return None
+    dense = [
+        path
+        for path, layer, _ in table
+        if isinstance(layer, _DENSE)
+        and _within(path, block)
+        and not any(_within(path, a) for a in attention)
+    ]
+    if len(dense) < 3:
+        return None
+    named = [p for p in dense if any(n in p.rsplit("/", 1)[-1].lower() for n in _DOWN_NAMES)]
+    return (named or dense)[-1]

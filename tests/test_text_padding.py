@@ -1,0 +1,170 @@
+"""Padded tokens count nowhere (issue 20): a BERT-like probe set with a `padding_mask` and a
+model with an `Embedding(mask_zero=True)`, whose attention, token and MLP figures equal
+numpy's over the real tokens only (and not the figures with the padding in)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from actwatch.check.layers import resolve_layers
+from actwatch.check.pipeline import CheckPipeline
+
+L = keras.layers
+RNG = np.random.default_rng(21)
+VOCAB, T, D = 24, 12, 32
+#: The check's statistics samples (the probes come after them).
+ROWS = 4
+
+
+def numpy_of(t: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64)
+
+
+def attention_reference(z: np.ndarray, keys: np.ndarray, queries: np.ndarray) -> dict[str, float]:
+    """The attention figures from logits `z` `(B, H, T, S)` as the layer computes them, the
+    keys each query may attend `keys` (broadcastable to `(B, T, S)`) and the real queries
+    `queries` `(B, T)`: softmax, entropy over the queries with >= 2 keys, all in numpy."""
+    keys = np.broadcast_to(keys, (z.shape[0], z.shape[2], z.shape[3]))[:, None]
+    shifted = np.where(keys, z, -np.inf)
+    shifted = shifted - np.max(np.where(keys, z, -1e30), axis=-1, keepdims=True)
+    e = np.where(keys, np.exp(shifted), 0.0)
+    a = e / np.maximum(e.sum(-1, keepdims=True), 1e-300)
+    valid = np.broadcast_to(keys, z.shape) & queries[:, None, :, None]
+    n = valid.sum(-1)
+    counted = n >= 2
+    plogp = np.where(valid & (a > 0), a * np.log(np.where(a > 0, a, 1.0)), 0.0).sum(-1)
+    entropy = -plogp / np.log(np.maximum(n, 2))
+    heads = [entropy[:, h][counted[:, h]].mean() for h in range(z.shape[1])]
+    return {
+        "attention_entropy": float(entropy[counted].mean()),
+        "attention_entropy_min": float(min(heads)),
+        "attention_logit_max": float(np.abs(z)[valid].max()),
+        "attention_sink": float(a[..., 0][counted].mean()),
+    }
+
+
+def token_reference(x: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """A block's token figures from its output `x` `(N, T, D)` over the tokens `real`."""
+    norms = np.linalg.norm(x, axis=-1)
+    similarity = []
+    for sample, kept in zip(x, real, strict=True):
+        units = sample[kept] / np.linalg.norm(sample[kept], axis=-1, keepdims=True)
+        cosine = units @ units.T
+        similarity.append(cosine[~np.eye(len(units), dtype=bool)].mean())
+    ms = (x[real] ** 2).mean(axis=0)
+    return {
+        "token_norm_ratio": float(norms[real].max() / np.median(norms[real])),
+        "token_similarity": float(np.mean(similarity)),
+        "kurtosis": float((ms**2).mean() / ms.mean() ** 2),
+    }
+
+
+def dormant_reference(h: np.ndarray, real: np.ndarray, tau: float) -> np.ndarray:
+    """tau-dormant units of `h` `(N, T, C)` over the tokens `real` (Sokar et al.)."""
+    mean_abs = np.abs(h[real]).mean(axis=0)
+    return mean_abs / mean_abs.mean() <= tau
+
+
+def between(scores: np.ndarray) -> float:
+    """A threshold halfway between two of `scores` (a quarter up): no unit sits on it."""
+    s = np.sort(scores)
+    k = len(s) // 4
+    return float((s[k] + s[k + 1]) / 2)
+
+
+def assert_figures(got: dict[str, float], want: dict[str, float], padded: dict[str, float]) -> None:
+    """`got` equals `want` (real tokens) and not `padded` (the padding counted in)."""
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=2e-4, abs=2e-6), name
+    assert any(abs(got[n] - padded[n]) > 1e-3 * max(abs(padded[n]), 1e-3) for n in want), (
+        "the padding changes nothing here: the test proves nothing",
+        got,
+        padded,
+    )
+
+
+def test_bert_padding_counts_nowhere() -> None:
+    """KerasHub BERT (one layer) on probes padded by 3 to 7 tokens: attention (padded
+    queries out; BERT masks only keys), the block's token figures and the GELU MLP's
+    dormant units equal numpy's over the real tokens."""
+    hub = pytest.importorskip("keras_hub")
+    backbone = hub.models.BertBackbone(
+        vocabulary_size=VOCAB,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=D,
+        intermediate_dim=2 * D,
+        max_sequence_length=T,
+    )
+    lengths = np.array([9, 5, 12, 7, 6, 8])
+    mask = (np.arange(T)[None, :] < lengths[:, None]).astype("int32")
+    x = {
+        "token_ids": RNG.integers(1, VOCAB, (6, T)).astype("int32") * mask,
+        "segment_ids": np.zeros((6, T), "int32"),
+        "padding_mask": mask,
+    }
+    block = backbone.get_layer("transformer_layer_0")
+    mha = block._self_attention_layer
+    h = keras.Model(backbone.input, backbone.get_layer("embeddings_dropout").output)(x)
+    keys = mask.astype(bool)[:, None, :]
+    attended = mha(h, h, attention_mask=keys)
+    hidden = numpy_of(
+        block._feedforward_intermediate_dense(block._self_attention_layer_norm(h + attended))
+    )[:ROWS]
+    real = mask[:ROWS].astype(bool)
+    mean_abs = np.abs(hidden[real]).mean(axis=0)
+    tau = between(mean_abs / mean_abs.mean())
+    watched = resolve_layers(backbone, None, {k: v[:2] for k, v in x.items()})
+    roles = {w.path: w.role for w in watched if w.role}
+    mlp = next(p for p, r in roles.items() if r == "mlp")
+    feed = [x[t.name] for t in backbone.inputs]
+    result = CheckPipeline(
+        backbone, watched, stats_samples=ROWS, signals=False, dormant_threshold=tau
+    ).run(feed)
+
+    q = numpy_of(mha._query_dense(h))[:ROWS]
+    k = numpy_of(mha._key_dense(h))[:ROWS]
+    z = np.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+    got = dict(result.stats["transformer_layer_0/self_attention_layer"].transformer or {})
+    assert_figures(
+        got,
+        attention_reference(z, keys[:ROWS], real),
+        attention_reference(z, keys[:ROWS], np.ones_like(real)),
+    )
+    out = numpy_of(keras.Model(backbone.input, block.output)(x))[:ROWS]
+    got = dict(result.stats["transformer_layer_0"].transformer or {})
+    assert_figures(got, token_reference(out, real), token_reference(out, np.ones_like(real)))
+    dormant = result.stats[mlp].dormant
+    np.testing.assert_array_equal(dormant, dormant_reference(hidden, real, tau))
+    assert 0 < dormant.sum() < dormant.size
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the padding's ops are test_bert_padding_counts_nowhere's: runs once, on PyTorch",
+)
+def test_mask_zero_embedding_padding_counts_nowhere() -> None:
+    """A functional model whose Embedding(mask_zero=True) hides id 0: its block's token
+    figures leave the zeros out (MultiHeadAttention's own query mask already does)."""
+    tokens = keras.Input((T,), dtype="int32")
+    e = L.Embedding(VOCAB, D, mask_zero=True, name="embed")(tokens)
+    h = L.MultiHeadAttention(2, D // 2, name="mha")(e, e, use_causal_mask=True)
+    a = L.Add(name="res")([e, h])
+    m = L.Dense(2 * D, activation="gelu", name="mlp")(a)
+    block = L.Add(name="block")([a, L.Dense(D, name="proj")(m)])
+    model = keras.Model(tokens, L.Dense(VOCAB, name="head")(block))
+    lengths = np.array([10, 4, 12, 7, 6, 8])
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    x = (RNG.integers(1, VOCAB, (6, T)) * mask).astype("int32")
+    watched = resolve_layers(model, None, x[:2])
+    assert {w.path: w.role for w in watched if w.role}["block"] == "block"
+    result = CheckPipeline(model, watched, stats_samples=ROWS, signals=False).run(x)
+    out = numpy_of(keras.Model(tokens, block)(x))[:ROWS]
+    real = mask[:ROWS]
+    got = dict(result.stats["block"].transformer or {})
+    assert_figures(got, token_reference(out, real), token_reference(out, np.ones_like(real)))
