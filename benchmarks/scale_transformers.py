@@ -63,6 +63,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     parser.add_argument("--log-dir", default=None, help="kept; by default a temporary dir.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads of the backend (0: its default). 1 on a shared machine: a "
+        "parallel op of a 2-thread pool waits for a thread another process holds (~7 ms "
+        "an op on PyTorch), which the check's many small ops pay far more than the forward.",
+    )
     args = parser.parse_args(argv)
     args.models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -75,6 +83,11 @@ ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
     os.environ["KERAS_BACKEND"] = ARGS.backend or os.environ.get("KERAS_BACKEND") or "jax"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if ARGS.threads and os.environ["KERAS_BACKEND"] == "jax":  # read when XLA starts
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+            f"intra_op_parallelism_threads={ARGS.threads}"
+        )
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -238,12 +251,29 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms"
 
 
+def set_threads(threads: int, backend: str) -> None:
+    """The backend's intra-op threads (before its first op), when `threads` is not 0."""
+    if not threads:
+        return
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def main(args: argparse.Namespace) -> int:
     backend = keras.backend.backend()
+    set_threads(args.threads, backend)
     print(
         f"actwatch {actwatch.__version__}, keras {keras.__version__}, backend {backend}, "
         f"python {platform.python_version()}, {os.cpu_count()} CPUs; {args.probes} probes, "
         f"{args.rounds} interleaved rounds{' (quick)' if args.quick else ''}"
+        f"{f', {args.threads} intra-op threads' if args.threads else ''}"
     )
     root = args.log_dir or tempfile.mkdtemp(prefix="actwatch-scale-tf-")
     rows: list[Row] = []

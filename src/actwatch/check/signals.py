@@ -228,22 +228,33 @@ def histograms(flats: Sequence[Any]) -> Any:
 def _histograms_ops(flats: Sequence[Any], view: Any = ops.view) -> Any:
     bins = int(HISTOGRAM_EDGES.size - 1)
     zero = LOG_BINS + 1  # index of [-2^-20, 2^-20)
-    indices = []
-    for i, flat in enumerate(flats):
-        negative = flat < 0.0
-        bits = view(ops.abs(flat), "int32") - ops.cast(negative, "int32")
-        half_octave = ops.right_shift(bits, 22) - FIRST_HALF_OCTAVE  # 0: [2^-20, 1.5 2^-20)
-        inner = ops.clip(half_octave, -1, LOG_BINS)  # -1: the zero bin; LOG_BINS: outer
-        index = ops.where(negative, zero - 1 - inner, zero + 1 + inner)
-        index = ops.where(ops.isfinite(flat), index, bins)  # non-finite: a bin dropped
-        indices.append(index + i * (bins + 1))
-    index = ops.concatenate(indices) if len(indices) > 1 else indices[0]
+    # All layers' values in one vector first, so each step below is one op for every layer
+    # (not one per layer: on PyTorch, eager, the ops of ViT-B's 37 layers cost 13 x 37
+    # parallel launches); the concatenation also makes a strided sample contiguous.
+    sizes = [int(flat.shape[0]) for flat in flats]
+    flat = ops.concatenate(list(flats)) if len(flats) > 1 else flats[0]
+    negative = flat < 0.0
+    magnitude = view(ops.abs(flat), "int32")
+    bits = magnitude - ops.cast(negative, "int32")
+    half_octave = ops.right_shift(bits, 22) - FIRST_HALF_OCTAVE  # 0: [2^-20, 1.5 2^-20)
+    inner = ops.clip(half_octave, -1, LOG_BINS)  # -1: the zero bin; LOG_BINS: outer
+    index = ops.where(negative, zero - 1 - inner, zero + 1 + inner)
+    # Non-finite (exponent bits all ones: |a| >= Inf's bits, NaN above): a bin dropped. One
+    # comparison of the bits already there (PyTorch's `isfinite` is four ops, eager).
+    index = ops.where(magnitude < _INF_BITS, index, bins)
+    if len(flats) > 1:  # each layer's bins after the previous layer's
+        offsets = np.repeat(np.arange(len(flats), dtype="int32") * (bins + 1), sizes)
+        index = index + ops.convert_to_tensor(offsets)
     total = len(flats) * (bins + 1)
     if keras.backend.backend() == "torch":
         counts = ops.bincount(index, minlength=total)
     else:  # a static length under jax.jit and XLA
         counts = ops.segment_sum(ops.ones_like(index), index, num_segments=total)
     return ops.cast(ops.reshape(counts, (len(flats), bins + 1))[:, :bins], "int32")
+
+
+#: The bits of float32 +Inf as an int32: a finite |a| has fewer.
+_INF_BITS = 0x7F800000
 
 
 def _xla_histograms() -> Any:

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -74,11 +75,12 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
     n, p, c = a.shape
     # Per (sample, filter) map, over positions: a few passes over the activations.
     map_sum = ops.sum(a, axis=1)
-    map_abs = ops.sum(ops.abs(a), axis=1)
-    map_squares = ops.sum(ops.square(a), axis=1)
     map_max = ops.max(a, axis=1)
     map_min = ops.min(a, axis=1)
-    map_positive = ops.sum(ops.cast(a > 0.0, "int32"), axis=1)
+    # |a| is a where no value is negative (a ReLU's output): the same sums, one pass fewer.
+    map_abs = map_sum if _eager_nonnegative(map_min) else ops.sum(ops.abs(a), axis=1)
+    map_squares = ops.sum(ops.square(a), axis=1)
+    positive = _positives(a)
     total = ops.sum(map_sum)
     # Finite totals of |a| and a^2 bound every partial sum of them: the per-filter sums and
     # the signals' per-channel sums over the samples cannot overflow into Inf.
@@ -106,7 +108,7 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
         else:
             hoyer = _hoyer_over_channels(ops.reshape(a, (n, c)))
         return {
-            "zero_fraction": ops.cast(values - ops.sum(map_positive), "float32") / count,
+            "zero_fraction": ops.cast(values - positive, "float32") / count,
             "mean": ops.cast(total / count, "float32"),
             "hoyer": ops.cast(hoyer, "float32"),
             "min": ops.min(map_min),
@@ -130,6 +132,25 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
             out[key] = ops.where(ok, out[key], ops.zeros_like(out[key]))
         return {**out, "ok": ok}
     return ops.cond(ok, fast, lambda: _reduce_careful(a))  # type: ignore[no-any-return]
+
+
+def _eager_nonnegative(map_min: Any) -> bool:
+    """Whether no value is below zero (nor NaN), read on the host where the check runs
+    eagerly (PyTorch); False under a compiler (`jax.jit`, `tf.function`), which cannot branch
+    on a value and fuses the passes anyway."""
+    return keras.backend.backend() == "torch" and bool(ops.all(map_min >= 0.0))
+
+
+def _positives(a: Any) -> Any:
+    """How many values of `a` are above zero, counted over the whole layer (the zero fraction
+    needs no count per map). On PyTorch, eager, `torch.count_nonzero` of the comparison: a
+    third of the cost of a per-map int32 sum of it (ViT-B's MLP outputs: 2.2 vs 5 ms on one
+    thread), and Keras' own `count_nonzero` over every axis warns (`.T` of a 0-d tensor)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.count_nonzero(a > 0.0).to(torch.int32)
+    return ops.count_nonzero(a > 0.0)
 
 
 def _hoyer_over_channels(x: Any) -> Any:
