@@ -10,6 +10,8 @@ TORCH := torch==2.13.0
 # the backend-independent read_path tests.
 BACKENDS ?= torch jax tensorflow
 PYTEST_ARGS ?=
+# pytest-xdist workers per run: one per core, at most 4 (each holds a backend and Keras).
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install demo test lint typecheck clean chromium docs dist
 
@@ -45,7 +47,7 @@ test: lint typecheck chromium
 		echo "=== pytest with KERAS_BACKEND=$$b ==="; \
 		block=1; [ "$$b" = tensorflow ] && block=0; \
 		KERAS_BACKEND=$$b ACTWATCH_BLOCK_TENSORFLOW=$$block ACTWATCH_READ_PATH=$$read \
-			$(BIN)/python -m pytest $(PYTEST_ARGS); \
+			$(BIN)/python -m pytest -n $(WORKERS) --dist worksteal $(PYTEST_ARGS); \
 		read=0; \
 	done
 

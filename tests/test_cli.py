@@ -441,7 +441,7 @@ def test_demo_with_and_without_data_ends_with_a_report(tmp_path: Path) -> None:
     assert any(name.startswith("01-generated-topk-") for name in names)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="one backend is enough: the photos are numpy")
+@pytest.mark.skipif(BACKEND != "torch", reason="one backend is enough: the photos are numpy")
 def test_demo_runs_without_scikit_image_and_says_how_to_get_its_photos(tmp_path: Path) -> None:
     """Without scikit-image (its import blocked) the demo trains and reports as usual, and says
     once how to get the scikit-image photos."""
