@@ -241,6 +241,32 @@ class TestClaims:
         release_claim(run)
         assert (Path(run) / CLAIM_FILE).exists()
 
+    def test_a_writer_still_at_work_after_close_keeps_the_claim(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """`Sink.close` gives up waiting after its timeout while the writer goes on: the run's
+        claim stays until the writer is done, so no other run takes the directory meanwhile."""
+        run = claim_log_dir(tmp_path / "run1")
+        sink = Sink(run, priority="normal")
+        gate = threading.Event()
+
+        class _SlowJob:  # what the writer thread takes next: it waits at the gate
+            render = None
+
+            @property
+            def wall_time(self) -> float:
+                gate.wait(30)
+                return time.time()
+
+        sink._queue.put(_SlowJob())
+        sink.close(timeout=0.2)
+        assert (Path(run) / CLAIM_FILE).exists(), "released while the writer was at work"
+        assert any("still writing" in m for m in _warnings(caplog))
+        gate.set()
+        sink._thread.join(10)
+        assert not sink._thread.is_alive()
+        assert not (Path(run) / CLAIM_FILE).exists()
+
     def test_a_claim_whose_process_is_gone_is_replaced(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -253,7 +253,6 @@ class Sink:
             self._queue.put(held)  # an event with the images only, at the check's step
         self._queue.put(_STOP)
         self._thread.join(timeout)
-        release_claim(self.log_dir, self._storage_options)  # a run's claim, once it wrote
         if self._thread.is_alive():
             # The thread closes the file when it reaches the end of the queue: closing it
             # under its feet would cut a record in half and lose the checks still queued.
@@ -302,6 +301,9 @@ class Sink:
                 self._report(exc)
         if self.uploader is not None:
             self.uploader.close()
+        # The run's claim on its log dir goes only now, with everything written and uploaded
+        # (or the upload given up): a writer still at work past `close`'s timeout keeps it.
+        release_claim(self.log_dir, self._storage_options)
 
     def _report(self, exc: BaseException) -> None:
         self.stats.errors += 1
