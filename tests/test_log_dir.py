@@ -58,6 +58,20 @@ def _claim_text(log_dir: str | Path) -> str:
     return f"{host} {pid}\n"
 
 
+class _SlowJob:
+    """What a `Sink`'s writer thread takes next: it waits at `gate` (its first read)."""
+
+    render = None
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+
+    @property
+    def wall_time(self) -> float:
+        self.gate.wait(30)
+        return time.time()
+
+
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
@@ -249,23 +263,30 @@ class TestClaims:
         run = claim_log_dir(tmp_path / "run1")
         sink = Sink(run, priority="normal")
         gate = threading.Event()
-
-        class _SlowJob:  # what the writer thread takes next: it waits at the gate
-            render = None
-
-            @property
-            def wall_time(self) -> float:
-                gate.wait(30)
-                return time.time()
-
-        sink._queue.put(_SlowJob())
+        sink._queue.put(_SlowJob(gate))
         sink.close(timeout=0.2)
         assert (Path(run) / CLAIM_FILE).exists(), "released while the writer was at work"
-        assert any("still writing" in m for m in _warnings(caplog))
+        (said,) = [m for m in _warnings(caplog) if "still writing" in m]
+        assert "Until uploaded" not in said  # a local run has no spool
         gate.set()
         sink._thread.join(10)
         assert not sink._thread.is_alive()
         assert not (Path(run) / CLAIM_FILE).exists()
+
+    def test_a_remote_writer_still_at_work_says_where_its_spool_is(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """On object storage the same warning names the spool folder, which holds what is not
+        uploaded yet, in case the process ends before the writer."""
+        sink = Sink(claim_log_dir("memory://actwatch-tests/slow-writer"), priority="normal")
+        gate = threading.Event()
+        sink._queue.put(_SlowJob(gate))
+        sink.close(timeout=0.2)
+        assert sink.uploader is not None
+        (said,) = [m for m in _warnings(caplog) if "still writing" in m]
+        assert f"Until uploaded, the events are in {sink.uploader.spool}" in said
+        gate.set()
+        sink._thread.join(10)
 
     def test_a_claim_whose_process_is_gone_is_replaced(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -258,9 +258,13 @@ class Sink:
             # under its feet would cut a record in half and lose the checks still queued.
             logger.warning(
                 "actwatch: the background writer is still writing to %r after %s s; it goes "
-                "on in the background and closes the file when done.",
+                "on in the background and closes the file when done.%s",
                 self.log_dir,
                 timeout,
+                ""
+                if self.uploader is None
+                else f" Until uploaded, the events are in {self.uploader.spool}: if this "
+                "process ends first, copy that folder's files there by hand.",
             )
         if self.stats.images_skipped:
             logger.warning(
