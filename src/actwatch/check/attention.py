@@ -109,28 +109,34 @@ def reduce_attention(
     """
     z = _as_heads(ops.cast(logits, "float32"))
     p = _as_heads(ops.cast(probs, "float32"))
-    if mask is None:
-        valid = ops.ones(z.shape, dtype="bool")
+    if mask is None:  # every key: no all-true tensor to build and read (perf)
+        valid = None
     else:
         m = mask if str(mask.dtype) == "bool" else ops.greater(mask, 0.5)
         valid = _as_heads(ops.broadcast_to(ops.cast(m, "bool"), tuple(logits.shape)))
     real = query_validity(queries, int(z.shape[0]), int(z.shape[2]))
     if real is not None:  # a padded query's row counts nowhere
-        valid = ops.logical_and(valid, real[:, None, :, None])
+        every = ops.ones(z.shape, dtype="bool") if valid is None else valid
+        valid = ops.logical_and(every, real[:, None, :, None])
     probes = p[rows:] if rows else p
     if rows:
-        z, p, valid = z[:rows], p[:rows], valid[:rows]
-    n_valid = ops.sum(ops.cast(valid, "float32"), axis=-1)  # (B, H, T)
+        z, p, valid = z[:rows], p[:rows], None if valid is None else valid[:rows]
+    if valid is None:
+        n_valid = ops.full_like(p[..., 0], float(p.shape[-1]))  # (B, H, T)
+        live = p > 0.0
+    else:
+        n_valid = ops.sum(ops.cast(valid, "float32"), axis=-1)  # (B, H, T)
+        live = ops.logical_and(valid, p > 0.0)
     counted = ops.cast(n_valid >= 2.0, "float32")
-    live = ops.logical_and(valid, p > 0.0)
-    safe = ops.where(live, p, ops.ones_like(p))
-    plogp = ops.sum(ops.where(live, p * ops.log(safe), ops.zeros_like(p)), axis=-1)
+    # Scalars, not full-size ones and zeros: on PyTorch, eager, each is a pass (perf).
+    safe = ops.where(live, p, 1.0)
+    plogp = ops.sum(ops.where(live, p * ops.log(safe), 0.0), axis=-1)
     entropy = -plogp / ops.log(ops.maximum(n_valid, 2.0)) * counted
     per_head = ops.sum(counted, axis=(0, 2))
     head_entropy = ops.sum(entropy, axis=(0, 2)) / ops.maximum(per_head, 1.0)
     total = ops.maximum(ops.sum(counted), 1.0)
     sink = ops.sum(p[..., 0] * counted) / total
-    masked_abs = ops.where(valid, ops.abs(z), ops.zeros_like(z))
+    masked_abs = ops.abs(z) if valid is None else ops.where(valid, ops.abs(z), 0.0)
     return {
         "entropy": ops.sum(entropy) / total,
         "entropy_min": ops.min(ops.where(per_head > 0.0, head_entropy, ops.ones_like(per_head))),
