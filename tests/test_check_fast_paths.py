@@ -1,0 +1,66 @@
+"""The check's cheaper paths (benchmarks/RESULTS.md, "Fast on every model" on PyTorch and
+TensorFlow) give the figures of an independent numpy computation: every layer's histogram from
+one computation over all layers' values, the statistics of a non-negative layer (its sum of
+|a| taken as its sum on PyTorch) and one whose values are all finite but huge."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from actwatch.check.signals import histograms
+from actwatch.check.stats import reduce_layer
+from actwatch.events.histograms import HISTOGRAM_EDGES
+
+from . import reference as ref
+
+
+def test_histograms_of_several_layers_at_once() -> None:
+    """Layers of different sizes, with NaN, +-Inf, -0.0 and values on the edges, counted in
+    one call: each layer's counts are numpy's of its own finite values."""
+    rng = np.random.default_rng(3)
+    edges = HISTOGRAM_EDGES[1:-1].astype(np.float32)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 3e38, -3e38], np.float32)
+    layers = [
+        np.concatenate([edges, -edges, special]),
+        rng.standard_normal(1000).astype(np.float32) * 1e3,
+        np.abs(rng.standard_normal(17)).astype(np.float32),
+        -np.concatenate([np.nextafter(edges, np.float32(np.inf)), special]),
+    ]
+    counts = ops.convert_to_numpy(histograms([ops.convert_to_tensor(a) for a in layers]))
+    assert counts.shape == (len(layers), HISTOGRAM_EDGES.size - 1)
+    for got, a in zip(counts, layers, strict=True):
+        np.testing.assert_array_equal(got, ref.histogram(a, HISTOGRAM_EDGES))
+
+
+def _reduced(a: np.ndarray) -> dict[str, np.ndarray]:
+    out = reduce_layer(ops.convert_to_tensor(a), "fast")
+    return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in out.items()}
+
+
+def test_nonnegative_and_signed_layers_equal_numpy() -> None:
+    """A ReLU-like layer (exact zeros, -0.0 among them) and a signed one: zero fraction, mean,
+    per-filter mean |a| and maxima equal numpy's; both are `ok` (the fast path stands)."""
+    rng = np.random.default_rng(4)
+    signed = rng.standard_normal((3, 50, 6)).astype(np.float32)
+    relu = np.maximum(signed, 0.0)
+    relu[0, 0, 0] = -0.0
+    for a in (relu, signed):
+        r = _reduced(a)
+        assert bool(r["ok"])
+        np.testing.assert_allclose(r["zero_fraction"], np.mean(a <= 0.0), rtol=1e-6)
+        np.testing.assert_allclose(r["mean"], a.mean(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(r["filter_mean_abs"], np.abs(a).mean(axis=(0, 1)), rtol=1e-5)
+        np.testing.assert_array_equal(r["filter_max"], a.max(axis=(0, 1)))
+
+
+def test_fast_path_refuses_what_it_cannot_sum() -> None:
+    """A NaN, an Inf, or finite values whose squares overflow float32: not `ok` (the careful
+    path redoes the check); huge values whose squares fit stay `ok`."""
+    base = np.ones((2, 4, 3), np.float32)
+    for value, ok in [(np.nan, False), (np.inf, False), (-np.inf, False), (3e19, False)]:
+        a = base.copy()
+        a[1, 2, 1] = value
+        assert bool(_reduced(a)["ok"]) is ok, value
+    assert bool(_reduced(base * 1e18)["ok"])
