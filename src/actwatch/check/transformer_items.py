@@ -13,8 +13,10 @@ real tokens, in place of `stats.reduce_layer`'s).
 
 Token layout: a model with an image input (rank 4) is a vision model. Its first tokens are
 class and register tokens: `num_register_tokens` (DINOv2) plus one class token when a layer
-has `cls_token` or `use_class_token=True`; without such a layer, what is left over the
-largest square number of tokens. Its attention picture is the class token's row (a prefix),
+has `cls_token` or `use_class_token=True`; without such a layer, the fewest leading tokens
+(up to 8) that leave the patches on a grid of the image input's shape (`height // p` by
+`width // p` for a patch size `p`: a 224 x 160 image in 16 px patches is 14 x 10; square
+when the shape is not known). Its attention picture is the class token's row (a prefix),
 or the mean over queries (none). Any other model is a text model: the attention picture is
 the whole matrix of its first `attention.MAX_TEXT_TOKENS` tokens, with the probes' token ids.
 """
@@ -25,6 +27,7 @@ import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -53,13 +56,55 @@ def token_prefix(model: Any) -> int | None:
     return found
 
 
-def _grid(tokens: int, prefix: int | None) -> tuple[int, tuple[int, int]]:
-    if prefix is None:
-        side = math.isqrt(tokens)
-        prefix = tokens - side * side
-    patches = max(tokens - prefix, 0)
-    side = math.isqrt(patches)
-    return prefix, ((side, side) if side * side == patches else (1, patches))
+#: Class, register and distillation tokens tried when no layer says how many lead.
+_MAX_PREFIX = 8
+
+
+def _patch_grid(patches: int, image: tuple[int, int] | None) -> tuple[int, int] | None:
+    """`(rows, columns)` of `patches` square patches of `p` pixels cut from an `image` of
+    `(height, width)` pixels (`height // p` by `width // p`, a patchify convolution's "valid"
+    output), or square when the image's shape is unknown; None when no patch size fits."""
+    if image is None:
+        side = math.isqrt(patches)
+        return (side, side) if side * side == patches and side > 0 else None
+    height, width = image
+    for size in range(1, max(height, width) + 1):
+        rows, columns = height // size, width // size
+        if rows * columns == patches and rows > 0 and columns > 0:
+            return rows, columns
+        if rows * columns < patches:
+            return None
+    return None
+
+
+def _grid(
+    tokens: int, prefix: int | None, image: tuple[int, int] | None = None
+) -> tuple[int, tuple[int, int]]:
+    """`(leading tokens, patch grid)` of a vision transformer's `tokens`: the patches after
+    `prefix` leading tokens (when None, the fewest leading tokens, up to `_MAX_PREFIX`, that
+    leave a grid of the image's shape) on their `(rows, columns)` grid; a strip of the
+    patches when no grid fits."""
+    tried = [prefix] if prefix is not None else list(range(min(tokens, _MAX_PREFIX + 1)))
+    for lead in tried:
+        grid = _patch_grid(tokens - lead, image) if tokens > lead else None
+        if grid is not None:
+            return lead, grid
+    lead = tried[0] if prefix is not None else 0
+    return lead, (1, max(tokens - lead, 0))
+
+
+def _image_shape(inputs: list[Any]) -> tuple[int, int] | None:
+    """`(height, width)` of the model's first image input, when its shape says."""
+    for tensor in inputs:
+        shape = tuple(getattr(tensor, "shape", ()))
+        if len(shape) != 4:
+            continue
+        first = keras.config.image_data_format() == "channels_first"
+        height, width = shape[2:4] if first else shape[1:3]
+        if isinstance(height, int) and isinstance(width, int):
+            return height, width
+        return None
+    return None
 
 
 class TransformerItems:
@@ -77,12 +122,13 @@ class TransformerItems:
             inputs = []
         self.vision = any(len(getattr(t, "shape", ())) == 4 for t in inputs)
         self.prefix = token_prefix(model) if self.vision else 0
+        self.image = _image_shape(inputs)
         self.rows = rows
 
     def query(self, tokens: int) -> str:
         if not self.vision:
             return "all"
-        prefix, _ = _grid(tokens, self.prefix)
+        prefix, _ = _grid(tokens, self.prefix, self.image)
         return "class" if prefix >= 1 else "mean"
 
     def reduce(
@@ -137,7 +183,7 @@ class TransformerItems:
             values = np.asarray(item["attention_map"], dtype=np.float32)
             tokens = int(values.shape[-1])
             query = self.query(tokens) if self.vision else "all"
-            prefix, grid = _grid(tokens, self.prefix) if self.vision else (0, None)
+            prefix, grid = _grid(tokens, self.prefix, self.image) if self.vision else (0, None)
             pictures[f"attention/{path}"] = TokenPicture(
                 "attention", values, query, prefix, grid, text_ids
             )
@@ -149,7 +195,7 @@ class TransformerItems:
         if "token_norms" in item:
             values = np.asarray(item["token_norms"], dtype=np.float32)
             tokens = int(values.shape[-1])
-            prefix, grid = _grid(tokens, self.prefix) if self.vision else (0, None)
+            prefix, grid = _grid(tokens, self.prefix, self.image) if self.vision else (0, None)
             pictures[f"tokens/{path}"] = TokenPicture("tokens", values, "", prefix, grid, text_ids)
         return scalars, pictures, where
 
