@@ -161,10 +161,18 @@ def test_mask_zero_embedding_padding_counts_nowhere() -> None:
     lengths = np.array([10, 4, 12, 7, 6, 8])
     mask = np.arange(T)[None, :] < lengths[:, None]
     x = (RNG.integers(1, VOCAB, (6, T)) * mask).astype("int32")
+    (table,) = model.get_layer("embed").get_weights()
+    table[0] *= 100.0  # padding stands out: its values would top any figure it counted in
+    model.get_layer("embed").set_weights([table])
     watched = resolve_layers(model, None, x[:2])
     assert {w.path: w.role for w in watched if w.role}["block"] == "block"
-    result = CheckPipeline(model, watched, stats_samples=ROWS, signals=False).run(x)
+    result = CheckPipeline(model, watched, stats_samples=ROWS, signals=True).run(x)
     out = numpy_of(keras.Model(tokens, block)(x))[:ROWS]
     real = mask[:ROWS]
     got = dict(result.stats["block"].transformer or {})
     assert_figures(got, token_reference(out, real), token_reference(out, np.ones_like(real)))
+    # The MLP's dead and dormant units are over the real tokens; its max_abs over every
+    # position (the padded ones, ~100x here, are not the eager call's: a fully masked query
+    # row is undefined, and the check takes the explicit attention path, not the fused one).
+    hidden = numpy_of(keras.Model(tokens, m)(x))[:ROWS]
+    assert result.stats["mlp"].max_abs > 10.0 * np.abs(hidden[real]).max()

@@ -338,7 +338,10 @@ def _signals(
     """`LayerStats`' signal fields from `signals.reduce_signals`' arrays (None: none)."""
     if signals is None:
         return {}
-    filter_max = np.asarray(reduced["filter_max"], dtype=np.float64)[has_finite]
+    # An MLP of a padded text model has its per-unit max over the real tokens (dead, dormant)
+    # and over every position (`all_max`): the layer's max_abs and histograms see them all.
+    every = reduced.get("all_max", reduced["filter_max"])
+    filter_max = np.asarray(every, dtype=np.float64)[has_finite]
     peak = max(float(filter_max.max()), -float(reduced["min"])) if filter_max.size else 0.0
     out = signals_from_device(
         signals,

@@ -150,6 +150,7 @@ class TransformerItems:
             valid = query_validity(extras.get(VALID), int(a.shape[0]), int(a.shape[1]))
             valid = valid[:rows] if valid is not None and rows else valid
         if role == "mlp" and valid is not None and stats is not None:
+            stats["all_max"] = stats["filter_max"]  # max_abs and histograms see every position
             stats.update(_real_units(a[:rows] if rows else a, valid, stats["scale"]))
         if role == "attention" and path in extras:
             figures = dict(extras[path])
