@@ -29,6 +29,9 @@ if os.environ.get("KERAS_BACKEND") == "jax" and "JAX_COMPILATION_CACHE_DIR" not 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    # pytest-xdist's workers share it: a size limit turns on JAX's file lock around each
+    # entry's write and read (filelock, a dependency of torch), so none reads a half-written one.
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(2**34)
 
 if os.environ.get(BLOCK_ENV) == "1":
     if sys.modules.get("tensorflow") is not None:

@@ -12,10 +12,22 @@ import numpy as np
 import pytest
 
 from actwatch.check.layers import resolve_layers
+from actwatch.check.padding import validity_rule
 from actwatch.check.pipeline import CheckPipeline
 
 L = keras.layers
 RNG = np.random.default_rng(21)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Each test's data and weights are the same whichever tests ran before it in its
+    process (pytest-xdist hands tests to workers in no fixed order)."""
+    global RNG
+    RNG = np.random.default_rng(21)
+    keras.utils.set_random_seed(21)
+
+
 VOCAB, T, D = 24, 12, 32
 #: The check's statistics samples (the probes come after them).
 ROWS = 4
@@ -176,3 +188,18 @@ def test_mask_zero_embedding_padding_counts_nowhere() -> None:
     # row is undefined, and the check takes the explicit attention path, not the fused one).
     hidden = numpy_of(keras.Model(tokens, m)(x))[:ROWS]
     assert result.stats["mlp"].max_abs > 10.0 * np.abs(hidden[real]).max()
+
+
+def test_the_ids_are_read_from_the_input_that_feeds_the_masked_embedding() -> None:
+    """With two 2-D integer inputs, the real tokens are the ids of the one feeding the
+    `Embedding(mask_zero=True)`, not the first (here a segment-id input of all zeros)."""
+    segments = keras.Input((T,), dtype="int32", name="segments")
+    words = keras.Input((T,), dtype="int32", name="words")
+    e = L.Embedding(VOCAB, D, mask_zero=True, name="embed")(words)
+    s = L.Embedding(2, D, name="segment_embed")(segments)
+    model = keras.Model([segments, words], L.Add()([e, s]))
+    ids = np.array([[3, 4, 0, 0] + [0] * (T - 4)] * 2, dtype="int32")
+    rule = validity_rule(model)
+    for feed in ([np.zeros_like(ids), ids], {"segments": np.zeros_like(ids), "words": ids}):
+        valid = np.asarray(keras.ops.convert_to_numpy(rule(feed)))
+        np.testing.assert_array_equal(valid, ids != 0)

@@ -26,6 +26,17 @@ from .test_text_padding import ROWS, attention_reference, between, dormant_refer
 
 L = keras.layers
 RNG = np.random.default_rng(20)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Each test's data and weights are the same whichever tests ran before it in its
+    process (pytest-xdist hands tests to workers in no fixed order)."""
+    global RNG
+    RNG = np.random.default_rng(20)
+    keras.utils.set_random_seed(20)
+
+
 VOCAB, T, D = 24, 12, 32
 
 

@@ -8,8 +8,8 @@ batch says which positions are real, the figures leave the others out:
 - an input named `padding_mask` (KerasHub's BERT, Gemma, Llama... take
   `{"token_ids", "padding_mask"}`): its non-zero positions;
 - else, for a model holding an `Embedding(mask_zero=True)` (whose Keras mask hides id 0
-  from the layers after it), the token ids that are not 0: the input named `token_ids`, else
-  the first 2-D integer input.
+  from the layers after it), the token ids that are not 0: the input that feeds that Embedding
+  in a Functional model, else the input named `token_ids`, else the first 2-D integer input.
 
 `validity_rule(model)` reads the model's inputs once, before any call; the rule it returns
 runs inside the check's compiled call on the batch as fed (an array, a list in the order of
@@ -61,21 +61,40 @@ def _pick(x: Any, names: Sequence[str], wanted: str, ids: bool) -> Any:
     return None
 
 
-def validity_rule(model: Any) -> Validity | None:
-    """The rule for `model`'s batches (module docstring); None when nothing says which
-    tokens are padding (a vision model, a text model without padding_mask or mask_zero)."""
-    names = _names(model)
-    masked = any(
-        isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
+def _masked_ids(model: Any, names: Sequence[str]) -> str | None:
+    """The name of the model input that feeds an `Embedding(mask_zero=True)` directly (a
+    Functional model's), else `"token_ids"`; None when no Embedding masks id 0."""
+    masked = [
+        layer
         for layer in [model, *descendants(model)]
-    )
+        if isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
+    ]
+    if not masked:
+        return None
+    for layer in masked:
+        try:
+            fed = str(getattr(layer.input, "name", "")).split("/")[-1]
+        except (AttributeError, ValueError):  # a subclass's layer, never called on an Input
+            continue
+        if fed in names:
+            return fed
+    return "token_ids"
+
+
+def validity_rule(model: Any) -> Validity:
+    """The rule for `model`'s batches (module docstring); it gives None when nothing says
+    which tokens are padding (a vision model, a text model without padding_mask or
+    mask_zero)."""
+    names = _names(model)
+    ids = _masked_ids(model, names)
+    masked = ids is not None
 
     def rule(x: Any) -> Any:
         mask = _pick(x, names, "padding_mask", ids=False)
         if mask is not None:
             return ops.not_equal(ops.convert_to_tensor(mask), 0)
         if masked:
-            tokens = _pick(x, names, "token_ids", ids=True)
+            tokens = _pick(x, names, ids or "token_ids", ids=True)
             if tokens is not None:
                 return ops.not_equal(ops.convert_to_tensor(tokens), 0)
         return None

@@ -55,6 +55,7 @@ out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -243,14 +244,28 @@ def _histograms_ops(flats: Sequence[Any], view: Any = ops.view) -> Any:
     # comparison of the bits already there (PyTorch's `isfinite` is four ops, eager).
     index = ops.where(magnitude < _INF_BITS, index, bins)
     if len(flats) > 1:  # each layer's bins after the previous layer's
-        offsets = np.repeat(np.arange(len(flats), dtype="int32") * (bins + 1), sizes)
-        index = index + ops.convert_to_tensor(offsets)
+        if keras.backend.backend() == "torch":  # eager: made (and copied to a GPU) once
+            index = index + _bin_offsets(tuple(sizes), bins)
+        else:  # a constant of the compiled function
+            index = index + ops.convert_to_tensor(_offsets(sizes, bins))
     total = len(flats) * (bins + 1)
     if keras.backend.backend() == "torch":
         counts = ops.bincount(index, minlength=total)
     else:  # a static length under jax.jit and XLA
         counts = ops.segment_sum(ops.ones_like(index), index, num_segments=total)
     return ops.cast(ops.reshape(counts, (len(flats), bins + 1))[:, :bins], "int32")
+
+
+def _offsets(sizes: Sequence[int], bins: int) -> np.ndarray:
+    """Per sampled value, where its layer's bins start among all the layers' bins."""
+    return np.repeat(np.arange(len(sizes), dtype="int32") * (bins + 1), sizes)
+
+
+@functools.lru_cache(maxsize=8)
+def _bin_offsets(sizes: tuple[int, ...], bins: int) -> Any:
+    """`_offsets` as a device tensor, kept between checks (PyTorch, eager only: a tensor
+    kept from inside a traced function would leak its tracer)."""
+    return ops.convert_to_tensor(_offsets(sizes, bins))
 
 
 #: The bits of float32 +Inf as an int32: a finite |a| has fewer.

@@ -139,8 +139,11 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
 def _eager_nonnegative(map_min: Any) -> bool:
     """Whether no value is below zero (nor NaN), read on the host where the check runs
     eagerly (PyTorch); False under a compiler (`jax.jit`, `tf.function`), which cannot branch
-    on a value and fuses the passes anyway."""
-    return keras.backend.backend() == "torch" and bool(ops.all(map_min >= 0.0))
+    on a value and fuses the passes anyway. On a GPU too: reading the answer would make the
+    host wait for the device at every layer, where it otherwise queues the check ahead."""
+    if keras.backend.backend() != "torch" or getattr(map_min.device, "type", "cpu") != "cpu":
+        return False
+    return bool(ops.all(map_min >= 0.0))
 
 
 def _positives(a: Any) -> Any:

@@ -298,16 +298,19 @@ class Sink:
                         self._pending -= 1
 
     def _close_writer(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except OSError as exc:
-                self._report(exc)
-        if self.uploader is not None:
-            self.uploader.close()
-        # The run's claim on its log dir goes only now, with everything written and uploaded
-        # (or the upload given up): a writer still at work past `close`'s timeout keeps it.
-        release_claim(self.log_dir, self._storage_options)
+        try:
+            if self._writer is not None:
+                try:
+                    self._writer.close()
+                except OSError as exc:
+                    self._report(exc)
+            if self.uploader is not None:
+                self.uploader.close()
+        finally:
+            # The run's claim on its log dir goes only now, with everything written and
+            # uploaded (or the upload given up): a writer still at work past `close`'s
+            # timeout keeps it.
+            release_claim(self.log_dir, self._storage_options)
 
     def _report(self, exc: BaseException) -> None:
         self.stats.errors += 1
