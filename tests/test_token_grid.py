@@ -46,3 +46,14 @@ def test_the_image_shape_is_read_from_the_model_input() -> None:
     assert items.image == (32, 48)
     assert _grid(24, items.prefix, items.image) == (0, (4, 6))
     assert items.query(24) == "mean"
+
+
+def test_a_channels_first_vit_reads_its_own_data_format() -> None:
+    """A patchify conv in channels_first under Keras' channels_last default: the image input
+    `(3, 32, 48)` is 32 x 48, read in the conv's own data format."""
+    inputs = keras.Input((3, 32, 48))
+    h = L.Conv2D(8, 8, strides=8, data_format="channels_first", name="patchify")(inputs)
+    h = L.Permute((2, 3, 1))(h)
+    h = L.Reshape((24, 8))(h)
+    model = keras.Model(inputs, L.MultiHeadAttention(2, 4, name="mha")(h, h))
+    assert TransformerItems(model, rows=0).image == (32, 48)

@@ -93,13 +93,16 @@ def _grid(
     return lead, (1, max(tokens - lead, 0))
 
 
-def _image_shape(inputs: list[Any]) -> tuple[int, int] | None:
-    """`(height, width)` of the model's first image input, when its shape says."""
+def _image_shape(model: Any, inputs: list[Any]) -> tuple[int, int] | None:
+    """`(height, width)` of the model's first image input, when its shape says, in the data
+    format of the model's first layer that has one (its patchify convolution), else Keras'."""
+    formats = (getattr(layer, "data_format", None) for layer in descendants(model))
+    data_format = next((f for f in formats if isinstance(f, str)), None)
     for tensor in inputs:
         shape = tuple(getattr(tensor, "shape", ()))
         if len(shape) != 4:
             continue
-        first = keras.config.image_data_format() == "channels_first"
+        first = (data_format or keras.config.image_data_format()) == "channels_first"
         height, width = shape[2:4] if first else shape[1:3]
         if isinstance(height, int) and isinstance(width, int):
             return height, width
@@ -122,7 +125,7 @@ class TransformerItems:
             inputs = []
         self.vision = any(len(getattr(t, "shape", ())) == 4 for t in inputs)
         self.prefix = token_prefix(model) if self.vision else 0
-        self.image = _image_shape(inputs)
+        self.image = _image_shape(model, inputs) if self.vision else None
         self.rows = rows
 
     def query(self, tokens: int) -> str:
