@@ -633,3 +633,30 @@ def test_a_cnn_with_a_custom_softmax_head_keeps_its_cnn_defaults() -> None:
     plain = resolve_layers(cnn(keras.layers.Dense(3, activation="softmax", name="head")), None)
     assert [w.path for w in custom] == [w.path for w in plain]
     assert all(not w.role for w in custom)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="which layers: host logic, once")
+def test_keras_hub_dinov2_swiglu_mlp_is_watched_at_its_hidden_units() -> None:
+    """DINOv2's SwiGLU FFN makes gate and up in one Dense (`weights_in`, 2F) and multiplies
+    them in `call`: its hidden units (F) are watched at `weights_out`'s input, role mlp."""
+    hub = _hub()
+    backbone = hub.models.DINOV2Backbone(
+        patch_size=4,
+        num_layers=2,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        layer_scale_init_value=1.0,
+        num_register_tokens=2,
+        use_swiglu_ffn=True,
+        image_shape=(16, 16, 3),
+    )
+    x = RNG.normal(size=(4, 16, 16, 3)).astype("float32")
+    watched = resolve_layers(backbone, None, x[:2])
+    mlps = [w for w in watched if w.role == "mlp"]
+    assert [w.path for w in mlps] == [f"encoder/layers/{i}/mlp/weights_out" for i in (0, 1)]
+    result = CheckPipeline(backbone, watched, signals=False).run(x)
+    for w in mlps:
+        hidden = int(w.layer.kernel.shape[0])  # F, the down projection's inputs
+        assert hidden != 16 and result.stats[w.path].filters == hidden
+        assert result.stats[w.path].dormant.shape == (hidden,)

@@ -197,9 +197,10 @@ def _down_projection(
 ) -> str | None:
     """The down projection of `block`'s gated MLP (module docstring), or None: when the block
     has an MLP activation layer already, or fewer than three Dense layers beside attention
-    (gate, up, down)."""
+    (gate, up, down) but for two whose first makes gate and up at once (`_fused_gate`)."""
     if any(_within(p, block) and role == "mlp" for p, role in found.items()):
         return None
+    layers = {path: layer for path, layer, _ in table}
     dense = [
         path
         for path, layer, _ in table
@@ -207,7 +208,21 @@ def _down_projection(
         and _within(path, block)
         and not any(_within(path, a) for a in attention)
     ]
+    if len(dense) == 2 and _fused_gate(*(layers[p] for p in dense)):
+        return dense[-1]
     if len(dense) < 3:
         return None
     named = [p for p in dense if any(n in p.rsplit("/", 1)[-1].lower() for n in _DOWN_NAMES)]
     return (named or dense)[-1]
+
+
+def _fused_gate(first: Any, last: Any) -> bool:
+    """Whether `first` projects to gate and up at once for `last` (DINOv2's SwiGLU FFN:
+    `weights_in` to 2F, `silu(x1) * x2`, `weights_out` from F): twice as many outputs as
+    `last` takes inputs."""
+    try:
+        outputs = int(first.kernel.shape[-1])
+        inputs = int(last.kernel.shape[0])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return False
+    return outputs == 2 * inputs
