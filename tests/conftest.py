@@ -53,3 +53,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("read_path") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request: pytest.FixtureRequest) -> None:
+    """A test module with a `SEED` gets its `RNG` (numpy) and Keras' seed set anew before
+    each test: its data and weights are then the same whichever tests ran before it in the
+    process (pytest-xdist hands tests to workers in no fixed order)."""
+    module = request.module
+    seed = getattr(module, "SEED", None)
+    if seed is None:
+        return
+    import keras
+    import numpy as np
+
+    module.RNG = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)

@@ -16,16 +16,9 @@ from actwatch.check.padding import validity_rule
 from actwatch.check.pipeline import CheckPipeline
 
 L = keras.layers
-RNG = np.random.default_rng(21)
-
-
-@pytest.fixture(autouse=True)
-def _seeded() -> None:
-    """Each test's data and weights are the same whichever tests ran before it in its
-    process (pytest-xdist hands tests to workers in no fixed order)."""
-    global RNG
-    RNG = np.random.default_rng(21)
-    keras.utils.set_random_seed(21)
+#: Each test starts from `RNG` and Keras' seed set anew from it (tests/conftest.py).
+SEED = 21
+RNG = np.random.default_rng(SEED)
 
 
 VOCAB, T, D = 24, 12, 32

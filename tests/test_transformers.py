@@ -25,16 +25,9 @@ from .helpers import read_events
 from .test_text_padding import ROWS, attention_reference, between, dormant_reference, numpy_of
 
 L = keras.layers
-RNG = np.random.default_rng(20)
-
-
-@pytest.fixture(autouse=True)
-def _seeded() -> None:
-    """Each test's data and weights are the same whichever tests ran before it in its
-    process (pytest-xdist hands tests to workers in no fixed order)."""
-    global RNG
-    RNG = np.random.default_rng(20)
-    keras.utils.set_random_seed(20)
+#: Each test starts from `RNG` and Keras' seed set anew from it (tests/conftest.py).
+SEED = 20
+RNG = np.random.default_rng(SEED)
 
 
 VOCAB, T, D = 24, 12, 32
@@ -570,20 +563,22 @@ def _check_decoder(backbone: keras.Model, gemma: bool) -> None:
     assert 0 < result.stats[next(iter(hidden))].dormant.sum() < first.shape[-1]
 
 
+#: The tiny Gemma and Llama decoders: grouped-query attention (2 query heads, 1 key/value).
+DECODER = {
+    "vocabulary_size": VOCAB,
+    "num_layers": 2,
+    "num_query_heads": 2,
+    "num_key_value_heads": 1,
+    "hidden_dim": D,
+    "intermediate_dim": 2 * D,
+}
+
+
 def test_keras_hub_gemma(tmp_path: Path) -> None:
     """Gemma (soft-capped logits): a fit with the monitor, then a check equal to numpy's."""
     hub = _hub()
     names = ["token_ids", "padding_mask"]
-    backbone = hub.models.GemmaBackbone(
-        vocabulary_size=VOCAB,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=D,
-        intermediate_dim=2 * D,
-        head_dim=16,
-        attention_logit_soft_cap=4.0,
-    )
+    backbone = hub.models.GemmaBackbone(**DECODER, head_dim=16, attention_logit_soft_cap=4.0)
     x = _text_data(names)  # probes as a dict of arrays feed the bare backbone as it is
     backbone.compile("adam", "mse")
     _fit_hub(backbone, x, np.zeros((8, T, D), "float32"), tmp_path)
@@ -592,14 +587,7 @@ def test_keras_hub_gemma(tmp_path: Path) -> None:
 
 def test_keras_hub_llama() -> None:
     hub = _hub()
-    backbone = hub.models.LlamaBackbone(
-        vocabulary_size=VOCAB,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=D,
-        intermediate_dim=2 * D,
-    )
+    backbone = hub.models.LlamaBackbone(**DECODER)
     _check_decoder(backbone, gemma=False)
 
 
