@@ -36,6 +36,7 @@ from actwatch.events import summaries, tags
 from actwatch.events.log_dir import release_claim
 from actwatch.events.priority import PRIORITIES, set_thread_priority
 from actwatch.events.records import EventFileWriter
+from actwatch.events.sink_stats import SinkStats
 from actwatch.events.storage import DEFAULT_UPLOAD_INTERVAL, Uploader, is_url
 from actwatch.render.png import PaletteImage, encode_png
 
@@ -60,28 +61,6 @@ IMAGES_SKIPPED_DESCRIPTION = (
     "Checks of this `fit()` before this one whose images were skipped because the background "
     "writer lagged behind training (their scalars were written). 0 when every image was kept."
 )
-
-
-@dataclass
-class SinkStats:
-    """Running figures about what the sink did (read them for benchmarks and tests).
-
-    `image_checks` counts the checks submitted with images, `images_skipped` those of them
-    whose images were not written, `images_written_at_close` the last check when its images
-    were skipped at first and written when the sink closed (0 or 1).
-    """
-
-    checks: int = 0
-    bytes_written: int = 0
-    images_written: int = 0
-    image_checks: int = 0
-    images_skipped: int = 0
-    images_written_at_close: int = 0
-    render_seconds: float = 0.0
-    encode_seconds: float = 0.0
-    write_seconds: float = 0.0
-    errors: int = 0
-    last_check: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
