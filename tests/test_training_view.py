@@ -440,3 +440,38 @@ def test_one_value_per_channel_falls_back_to_inference_mode(
         assert_stats(stats, inference.reshape(1, -1))
     two = CheckPipeline(model, resolve_layers(model, ["relu"])).run(x).stats["relu"]
     assert_stats(two, np.maximum(batch_norm(norm, pooled), 0.0).reshape(2, -1))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's own kernel path")
+@pytest.mark.parametrize("rows", [0, 6])
+def test_pytorch_takes_its_batch_norm_kernel_with_keras_numbers(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PyTorch the training view's BatchNormalization runs `F.batch_norm`
+    (`batchnorm.torch_normalized`, counted here) and gives Keras' own training-mode numbers:
+    on all samples, or with the statistics of the `rows` leading ones applied to the rest."""
+    from actwatch.check import capture
+
+    calls: list[int] = []
+    real = capture.torch_normalized
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(capture, "torch_normalized", counted)
+    norm = L.BatchNormalization(center=True, scale=True)
+    x = np.random.default_rng(1).normal(2.0, 3.0, (10, 5, 5, 4)).astype("float32")
+    norm.build(x.shape)
+    norm.gamma.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
+    norm.beta.assign(np.linspace(-1.0, 1.0, 4).astype("float32"))
+    got = _np(capture.batch_normalized(norm, x, rows=rows, fused=True))
+    assert calls == [1]
+    head = x[:rows] if rows else x
+    mean, var = head.mean(axis=(0, 1, 2)), head.var(axis=(0, 1, 2))
+    expected = (x - mean) / np.sqrt(var + norm.epsilon) * _np(norm.gamma) + _np(norm.beta)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    if not rows:
+        with keras.StatelessScope():
+            keras_own = _np(norm(x, training=True))
+        np.testing.assert_allclose(got, keras_own, rtol=1e-4, atol=1e-4)

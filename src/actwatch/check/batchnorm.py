@@ -1,8 +1,9 @@
-"""Training-mode batch normalization by a backend's own kernels, for the training view.
+"""Training-mode batch normalization for the training view, beside `capture.batch_normalized`.
 
-`capture.batch_normalized` normalises with Keras ops (`ops.moments`,
-`ops.batch_normalization`) everywhere; without gradients through the statistics, TensorFlow
-(`fused`) and PyTorch (`torch_normalized`) have kernels that do it in fewer passes.
+`capture.batch_normalized` normalises with Keras ops (`ops.moments`, or `masked_moments`
+behind a mask, and `ops.batch_normalization`) everywhere; without gradients through the
+statistics, TensorFlow (`fused`) and PyTorch (`torch_normalized`) have kernels that do it in
+fewer passes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["FUSED_EPSILON", "fused", "torch_normalized"]
+import keras
+from keras import ops
+
+__all__ = ["FUSED_EPSILON", "fused", "masked_moments", "torch_normalized"]
 
 #: The smallest epsilon TensorFlow's fused kernels take (a smaller one is raised to it).
 FUSED_EPSILON = 1.001e-5
@@ -66,3 +70,13 @@ def torch_normalized(x: Any, scale: Any, offset: Any, epsilon: float, rows: int,
     variance.mul_(max(n - 1, 0) / max(n, 1))
     tail = F.batch_norm(view[rows:], mean, variance, scale, offset, False, 0.0, epsilon)
     return torch.movedim(torch.cat([head, tail]), 1, axis)
+
+
+def masked_moments(x: Any, mask: Any, axes: list[int]) -> tuple[Any, Any]:
+    """Mean and variance of the values of `x` where `mask` (one axis fewer) is set, as
+    Keras' BatchNormalization computes them."""
+    where = ops.broadcast_to(ops.expand_dims(ops.cast(mask, "bool"), -1), ops.shape(x))
+    weights = ops.sum(ops.cast(where, x.dtype), axes, keepdims=True) + keras.config.epsilon()
+    mean = ops.sum(ops.where(where, x, 0), axes, keepdims=True) / weights
+    variance = ops.sum(ops.square(ops.where(where, x - mean, 0)), axes, keepdims=True) / weights
+    return ops.squeeze(mean), ops.squeeze(variance)

@@ -28,9 +28,8 @@ from keras import ops
 from actwatch._logging import logger
 from actwatch.check.batchnorm import FUSED_EPSILON as _FUSED_EPSILON
 from actwatch.check.batchnorm import fused as _fused
-from actwatch.check.batchnorm import torch_normalized
+from actwatch.check.batchnorm import masked_moments, torch_normalized
 from actwatch.check.hidden import input_wrapper, reads_input
-from actwatch.check.moments import masked_moments
 from actwatch.check.tree import descendants
 
 __all__ = ["Capture", "Perturb", "TrainingView", "inference", "takes_training", "trace"]
