@@ -148,14 +148,26 @@ def max_abs(a: np.ndarray) -> float:
 
 
 def sampled(a: np.ndarray, cap: int) -> np.ndarray:
-    """At most `cap` values of the `(..., C)` array, evenly strided from the first: the stride
-    is the first k >= ceil(size / cap) with gcd(k, C) == 1 (found by trying them in turn)."""
-    flat = np.asarray(a).reshape(-1)
-    channels = int(np.asarray(a).shape[-1])
-    stride = -(-flat.size // cap)
-    while stride > 1 and math.gcd(stride, channels) > 1:
-        stride += 1
-    picked = flat[:: max(stride, 1)]
+    """At most `cap` values of the `(N, P, C)` array, flattened: all of them when they fit;
+    else whole positions (rows of C values) evenly strided from the first, the stride the
+    first k >= ceil(N * P / (cap // C)) with gcd(k, P) == 1 (found by trying them in turn);
+    when one row is more than `cap`, single values, the first k >= ceil(size / cap) with
+    gcd(k, C) == 1."""
+    a = np.asarray(a)
+    n, p, c = a.shape
+    if a.size <= cap:
+        return a.reshape(-1)
+    if c <= cap:
+        stride = -(-(n * p) // (cap // c))
+        while stride > 1 and math.gcd(stride, p) > 1:
+            stride += 1
+        rows = [a[i // p, i % p, :] for i in range(0, n * p, stride)]
+        picked = np.concatenate(rows)
+    else:
+        stride = -(-a.size // cap)
+        while stride > 1 and math.gcd(stride, c) > 1:
+            stride += 1
+        picked = a.reshape(-1)[::stride]
     assert picked.size <= cap
     return picked
 

@@ -1,7 +1,8 @@
 """The check's cheaper paths (benchmarks/RESULTS.md, "Fast on every model" on PyTorch and
 TensorFlow) give the figures of an independent numpy computation: every layer's histogram from
 one computation over all layers' values, the statistics of a non-negative layer (its sum of
-|a| taken as its sum on PyTorch) and one whose values are all finite but huge."""
+|a| taken as its sum: read on PyTorch, known from the layer everywhere) and one whose values
+are all finite but huge."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from actwatch.check.kinds import nonnegative
 from actwatch.check.signals import histograms
 from actwatch.check.stats import reduce_layer
 from actwatch.events.histograms import HISTOGRAM_EDGES
@@ -34,8 +36,8 @@ def test_histograms_of_several_layers_at_once() -> None:
         np.testing.assert_array_equal(got, ref.histogram(a, HISTOGRAM_EDGES))
 
 
-def _reduced(a: np.ndarray) -> dict[str, np.ndarray]:
-    out = reduce_layer(ops.convert_to_tensor(a), "fast")
+def _reduced(a: np.ndarray, nonnegative: bool = False) -> dict[str, np.ndarray]:
+    out = reduce_layer(ops.convert_to_tensor(a), "fast", nonnegative=nonnegative)
     return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in out.items()}
 
 
@@ -46,13 +48,57 @@ def test_nonnegative_and_signed_layers_equal_numpy() -> None:
     signed = rng.standard_normal((3, 50, 6)).astype(np.float32)
     relu = np.maximum(signed, 0.0)
     relu[0, 0, 0] = -0.0
-    for a in (relu, signed):
-        r = _reduced(a)
+    for a, known in ((relu, False), (relu, True), (signed, False)):
+        r = _reduced(a, known)  # known non-negative: its sum of |a| taken as its sum
         assert bool(r["ok"])
         np.testing.assert_allclose(r["zero_fraction"], np.mean(a <= 0.0), rtol=1e-6)
         np.testing.assert_allclose(r["mean"], a.mean(), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(r["filter_mean_abs"], np.abs(a).mean(axis=(0, 1)), rtol=1e-5)
         np.testing.assert_array_equal(r["filter_max"], a.max(axis=(0, 1)))
+        np.testing.assert_allclose(r["hoyer"], ref.hoyer(a), rtol=1e-5)
+
+
+def test_the_layers_that_cannot_be_negative() -> None:
+    """`kinds.nonnegative`: what tells the statistics a layer's sum of |a| is its sum. Keras'
+    own ReLU-like layers and activations only; a slope, a negative threshold, a function
+    given other arguments or a subclass (which may change the output) are not trusted (Keras
+    itself refuses a negative threshold or slope)."""
+    layers = keras.layers
+    yes = [
+        layers.ReLU(),
+        layers.ReLU(max_value=6.0),
+        layers.ReLU(threshold=0.5),
+        layers.Activation("relu"),
+        layers.Activation("relu6"),
+        layers.Activation("sigmoid"),
+        layers.Activation("softmax"),
+        layers.Conv2D(4, 3, activation="relu"),
+        layers.DepthwiseConv2D(3, activation="relu6"),
+        layers.Dense(4, activation="softplus"),
+    ]
+    no = [
+        layers.ReLU(negative_slope=0.1),
+        layers.LeakyReLU(),
+        layers.Activation("gelu"),
+        layers.Activation("silu"),
+        layers.Activation(lambda x: keras.activations.relu(x, negative_slope=0.2)),
+        layers.Conv2D(4, 3),
+        layers.Dense(4, activation="tanh"),
+        layers.BatchNormalization(),
+        _ShiftedReLU(),
+    ]
+    assert [nonnegative(layer) for layer in yes] == [True] * len(yes)
+    assert [nonnegative(layer) for layer in no] == [False] * len(no)
+
+
+class _ShiftedReLU(keras.layers.Activation):
+    """An Activation("relu") subclass whose output goes below zero."""
+
+    def __init__(self) -> None:
+        super().__init__("relu")
+
+    def call(self, inputs: object) -> object:
+        return super().call(inputs) - 1.0
 
 
 def test_fast_path_refuses_what_it_cannot_sum() -> None:

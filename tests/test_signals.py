@@ -122,20 +122,35 @@ def test_signals_special_values() -> None:
     assert huge.channel_var > 1e59  # computed in units of the peak, multiplied back on the host
 
 
-@pytest.mark.parametrize(("n", "p", "c"), [(4, 1024, 64), (4, 56 * 56, 256), (3, 7, 5)])
-def test_big_layers_are_sampled_evenly_over_channels(n: int, p: int, c: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "p", "c"), [(4, 1024, 64), (4, 56 * 56, 256), (3, 7, 5), (4, 112 * 112, 96), (2, 3, 9000)]
+)
+def test_big_layers_are_sampled_evenly_over_channels_and_positions(n: int, p: int, c: int) -> None:
     """A layer with more than HISTOGRAM_SAMPLE values is histogrammed on an even strided
-    sample taking every channel alike, never a stride that is a multiple of C (4 x 1024 x 64
-    values at a stride of 64 would all be channel 0)."""
+    sample taking every channel alike: whole positions (all C channels of each), at a stride
+    sharing no factor with P, so they fall on every column of a picture (a stride of 112 on
+    112 x 112 maps would take one column); a row longer than the cap, single values at a
+    stride that is no multiple of C (a stride of C would take channel 0 alone)."""
     a = np.random.default_rng(5).standard_normal((n, p, c)).astype(np.float32)
     for cap in (HISTOGRAM_SAMPLE, MEDIAN_SAMPLE):
-        stride = sample_stride(a.size, c, cap)
-        assert math.gcd(stride, c) == 1 and -(-a.size // stride) <= cap
+        stride = sample_stride(a.size, c, cap, p)
         picked = keras.ops.convert_to_numpy(sample_values(ops.convert_to_tensor(a), cap))
         np.testing.assert_array_equal(picked, ref.sampled(a, cap))
-        channels = np.arange(a.size)[::stride] % c
-        counts = np.bincount(channels, minlength=c)
-        assert counts.min() >= counts.max() - 1  # every channel alike
+        assert picked.size <= cap
+        if a.size <= cap:
+            assert stride == 1 and picked.size == a.size
+            continue
+        if c <= cap:  # whole rows: every channel alike, every position class mod P
+            assert math.gcd(stride, p) == 1 and picked.size % c == 0
+            assert picked.size >= cap // 2  # as many as the cap allows, within a stride
+            rows = np.arange(n * p)[::stride]
+            side = math.isqrt(p)
+            if side * side == p and len(rows) >= side:  # square maps: every column
+                assert set(rows % side) == set(range(side))
+        else:
+            assert math.gcd(stride, c) == 1 and -(-a.size // stride) <= cap
+            counts = np.bincount(np.arange(a.size)[::stride] % c, minlength=c)
+            assert counts.min() >= counts.max() - 1
     s = _stats(a)
     assert s.histogram is not None
     assert int(s.histogram.sum()) == min(a.size, ref.sampled(a, HISTOGRAM_SAMPLE).size)

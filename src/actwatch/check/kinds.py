@@ -21,6 +21,7 @@ __all__ = [
     "PADDING",
     "PLAIN_CONVOLUTIONS",
     "POOLING",
+    "nonnegative",
 ]
 
 L = keras.layers
@@ -72,3 +73,31 @@ NORMALIZATION: tuple[type[Any], ...] = (
     L.GroupNormalization,
 )
 PADDING: tuple[type[Any], ...] = (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)
+
+
+#: Activation functions whose output is never below zero, in float arithmetic too.
+_NONNEGATIVE_FUNCTIONS = (
+    keras.activations.relu,
+    keras.activations.relu6,
+    keras.activations.sigmoid,
+    keras.activations.softplus,
+    keras.activations.softmax,
+)
+
+
+def nonnegative(layer: Any) -> bool:
+    """Whether `layer`'s output can have no value below zero, by what the layer is: a
+    `ReLU` layer without a negative slope and with a threshold >= 0, or an `Activation`,
+    convolution or `Dense` layer whose activation is ReLU, ReLU6, sigmoid, softplus or
+    softmax (Keras' own functions, with their default arguments). Only Keras' own classes,
+    whose `call` is theirs (a subclass may add something after the activation). NaN is not
+    below zero: a NaN output is still caught by the statistics' finite test."""
+    cls = type(layer)
+    if cls is L.ReLU:
+        slope, threshold = layer.negative_slope, layer.threshold
+        return float(slope) == 0.0 and float(threshold) >= 0.0
+    for base in (L.Activation, L.Dense, *CONVOLUTIONS):
+        if isinstance(layer, base) and cls.call is base.call:
+            activation = getattr(layer, "activation", None)
+            return any(activation is f for f in _NONNEGATIVE_FUNCTIONS)
+    return False

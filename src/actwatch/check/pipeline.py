@@ -23,6 +23,7 @@ from keras import ops
 from actwatch.check.extract import Extractor
 from actwatch.check.gradients import GradientStats, gradient_stats, reduce_gradients
 from actwatch.check.images import default_drawn
+from actwatch.check.kinds import nonnegative
 from actwatch.check.layers import WatchedLayer
 from actwatch.check.maps import channel_mean, heat_maps, normalize_maps
 from actwatch.check.signals import (
@@ -183,7 +184,9 @@ class CheckPipeline:
                 self._spatial[layer.path] = tuple(int(d) for d in a.shape[1:-1])
                 sample = a[:stats_samples] if stats_samples else a
                 flat = ops.reshape(sample, (sample.shape[0], -1, layer.channels))
-                reduced = reduce_layer(flat, "careful" if careful else "fast")
+                reduced = reduce_layer(
+                    flat, "careful" if careful else "fast", nonnegative=nonnegative(layer.layer)
+                )
                 inputs = {key: reduced.pop(key) for key in SIGNAL_INPUTS}  # stay on device
                 item: dict[str, Any] = {"stats": reduced}
                 if signals:

@@ -28,10 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import keras
 import numpy as np
 from keras import ops
 
+from actwatch.check import reductions
 from actwatch.check.signals import signals_from_device
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 _TINY_SQUARES = 1e-30
 
 
-def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
+def reduce_layer(a: Any, path: str = "auto", *, nonnegative: bool = False) -> dict[str, Any]:
     """Reduce one layer's activations `a` of shape `(N, P, C)` (float32) on the device.
 
     Returns scalars and three per-filter vectors of length C; nothing larger crosses to the
@@ -63,6 +63,9 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
     magnitude (`scale`), so huge but finite activations cannot overflow float32 into Inf or
     NaN; `mean` and `filter_mean_abs` are in units of `scale` (`summarize` multiplies back).
 
+    `nonnegative` says that no value of `a` can be below zero (a ReLU's output, from
+    `kinds.nonnegative`): the fast path takes the sum of |a| to be the sum, one pass fewer.
+
     `path="auto"` picks with `keras.ops.cond` (the backend runs only the path it takes).
     `"fast"` returns the fast path's figures with `ok`, a boolean tensor that is False where
     only the careful path is right; `"careful"` the careful path's (`ok` True). The check's
@@ -74,13 +77,15 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
         return {**_reduce_careful(a), "ok": ops.convert_to_tensor(True)}
     n, p, c = a.shape
     # Per (sample, filter) map, over positions: a few passes over the activations.
+    # (`reductions`: each by the backend's cheapest kernels.)
     map_sum = ops.sum(a, axis=1)
     map_max = ops.max(a, axis=1)
     map_min = ops.min(a, axis=1)
     # |a| is a where no value is negative (a ReLU's output): the same sums, one pass fewer.
-    map_abs = map_sum if _eager_nonnegative(map_min) else ops.sum(ops.abs(a), axis=1)
-    map_squares = ops.sum(ops.square(a), axis=1)
-    positive = _positives(a)
+    nonnegative = nonnegative or reductions.eager_nonnegative(map_min)
+    map_abs = map_sum if nonnegative else ops.sum(ops.abs(a), axis=1)
+    map_squares, map_l2 = reductions.squares(a)
+    positive = reductions.positives(a, nonnegative)
     total = ops.sum(map_sum)
     # Finite totals of |a| and a^2 bound every partial sum of them: the per-filter sums and
     # the signals' per-channel sums over the samples cannot overflow into Inf.
@@ -103,7 +108,7 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
         if p > 1:
             live = map_abs > 0.0
             root = math.sqrt(p)
-            l2 = ops.sqrt(ops.where(live, map_squares, ops.ones_like(map_squares)))
+            l2 = ops.where(live, map_l2, ops.ones_like(map_l2))
             h = (root - map_abs / l2) / (root - 1.0)
             live_f = ops.cast(live, "float32")
             hoyer = ops.sum(h * live_f) / ops.maximum(ops.sum(live_f), 1.0)
@@ -134,29 +139,6 @@ def reduce_layer(a: Any, path: str = "auto") -> dict[str, Any]:
             out[key] = ops.where(ok, out[key], ops.zeros_like(out[key]))
         return {**out, "ok": ok}
     return ops.cond(ok, fast, lambda: _reduce_careful(a))  # type: ignore[no-any-return]
-
-
-def _eager_nonnegative(map_min: Any) -> bool:
-    """Whether no value is below zero (nor NaN), read on the host where the check runs
-    eagerly (PyTorch); False under a compiler (`jax.jit`, `tf.function`), which cannot branch
-    on a value and fuses the passes anyway. On a GPU too: reading the answer would make the
-    host wait for the device at every layer, where it otherwise queues the check ahead."""
-    if keras.backend.backend() != "torch" or getattr(map_min.device, "type", "cpu") != "cpu":
-        return False
-    return bool(ops.all(map_min >= 0.0))
-
-
-def _positives(a: Any) -> Any:
-    """How many values of `a` are above zero, counted over the whole layer (the zero fraction
-    needs no count per map). On PyTorch, eager, `torch.count_nonzero` of the comparison: a
-    third of the cost of an int32 sum of it (ViT-B's MLP outputs: 2.2 vs 5 ms on one thread;
-    Keras' own `count_nonzero` over every axis warns, `.T` of a 0-d tensor). On TensorFlow
-    the sum: `count_nonzero` casts twice (MobileNetV2: +39 ms a check against +20)."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.count_nonzero(a > 0.0).to(torch.int32)
-    return ops.sum(ops.cast(a > 0.0, "int32"))
 
 
 def _hoyer_over_channels(x: Any) -> Any:
