@@ -259,7 +259,9 @@ def view_forward(row: Row) -> float:
         from actwatch.check.extract import Extractor
 
         watched = row.monitor._session.pipeline.watched  # the monitor's own layers
-        extractor = Extractor(row.model, watched)
+        # As the check builds it (`CheckPipeline`): attention layers read at their softmax.
+        attention = [(w.path, w.layer) for w in watched if w.role == "attention"]
+        extractor = Extractor(row.model, watched, attention=attention)
         row.view_forward = extractor.make_runner(lambda outs: [ops.sum(o) for o in outs])
         row.view_forward(row.probes)  # compiles
     times = []

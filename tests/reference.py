@@ -149,15 +149,15 @@ def max_abs(a: np.ndarray) -> float:
 
 def sampled(a: np.ndarray, cap: int) -> np.ndarray:
     """At most `cap` values of the `(N, P, C)` array, flattened: all of them when they fit;
-    else whole positions (rows of C values) evenly strided from the first, the stride the
-    first k >= ceil(N * P / (cap // C)) with gcd(k, P) == 1 (found by trying them in turn);
-    when one row is more than `cap`, single values, the first k >= ceil(size / cap) with
-    gcd(k, C) == 1."""
+    else, when at least 64 whole positions fit (cap // C >= 64), positions (rows of C values)
+    evenly strided from the first, the stride the first k >= ceil(N * P / (cap // C)) with
+    gcd(k, P) == 1 (found by trying them in turn); else single values, the first
+    k >= ceil(size / cap) with gcd(k, C) == 1."""
     a = np.asarray(a)
     n, p, c = a.shape
     if a.size <= cap:
         return a.reshape(-1)
-    if c <= cap:
+    if cap // c >= 64:
         stride = -(-(n * p) // (cap // c))
         while stride > 1 and math.gcd(stride, p) > 1:
             stride += 1

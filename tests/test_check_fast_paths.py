@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
+from actwatch.check import reductions
 from actwatch.check.kinds import nonnegative
 from actwatch.check.signals import histograms
 from actwatch.check.stats import reduce_layer
@@ -58,11 +60,34 @@ def test_nonnegative_and_signed_layers_equal_numpy() -> None:
         np.testing.assert_allclose(r["hoyer"], ref.hoyer(a), rtol=1e-5)
 
 
+def test_a_known_nonnegative_layer_with_nan_takes_the_careful_path() -> None:
+    """A NaN in a ReLU layer (`relu(NaN)` is NaN): its sum, taken for its sum of |a|, is NaN,
+    so the fast path is not `ok` and the check is redone carefully."""
+    a = np.maximum(np.random.default_rng(6).standard_normal((2, 9, 3)), 0.0).astype(np.float32)
+    a[1, 4, 2] = np.nan
+    assert not bool(_reduced(a, True)["ok"])
+
+
+def test_positives_past_float32_exact_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-negative layer's positives are per-map sums of sign(a) in float32, exact below
+    `EXACT_POSITIONS` positions; with more, the comparison's count (the limit lowered here so
+    the fallback runs on a small layer): both equal numpy's count."""
+    a = np.maximum(np.random.default_rng(7).standard_normal((3, 40, 5)), 0.0).astype(np.float32)
+    expected = int(np.count_nonzero(a > 0))
+    assert int(ops.convert_to_numpy(reductions.positives(ops.convert_to_tensor(a), True))) == (
+        expected
+    )
+    monkeypatch.setattr(reductions, "EXACT_POSITIONS", 40)  # 40 positions: not below it
+    assert int(ops.convert_to_numpy(reductions.positives(ops.convert_to_tensor(a), True))) == (
+        expected
+    )
+
+
 def test_the_layers_that_cannot_be_negative() -> None:
     """`kinds.nonnegative`: what tells the statistics a layer's sum of |a| is its sum. Keras'
     own ReLU-like layers and activations only; a slope, a negative threshold, a function
-    given other arguments or a subclass (which may change the output) are not trusted (Keras
-    itself refuses a negative threshold or slope)."""
+    given other arguments or a subclass (which may change the output) are not trusted; nor a
+    negative threshold or a slope set after Keras checked them."""
     layers = keras.layers
     yes = [
         layers.ReLU(),
@@ -89,6 +114,11 @@ def test_the_layers_that_cannot_be_negative() -> None:
     ]
     assert [nonnegative(layer) for layer in yes] == [True] * len(yes)
     assert [nonnegative(layer) for layer in no] == [False] * len(no)
+    changed = layers.ReLU()
+    changed.threshold = -1.0  # set after Keras checked it
+    sloped = layers.ReLU()
+    sloped.negative_slope = 0.2
+    assert not nonnegative(changed) and not nonnegative(sloped)
 
 
 class _ShiftedReLU(keras.layers.Activation):

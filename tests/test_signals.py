@@ -19,9 +19,11 @@ from actwatch.check.pipeline import CheckPipeline
 from actwatch.check.signals import (
     HISTOGRAM_SAMPLE,
     MEDIAN_SAMPLE,
+    SAMPLE_MIN_ROWS,
     histograms,
     reduce_signals,
     reduce_topk,
+    sample_rows,
     sample_stride,
     sample_values,
     topk_from_device,
@@ -123,14 +125,16 @@ def test_signals_special_values() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "p", "c"), [(4, 1024, 64), (4, 56 * 56, 256), (3, 7, 5), (4, 112 * 112, 96), (2, 3, 9000)]
+    ("n", "p", "c"),
+    [(4, 1024, 64), (4, 56 * 56, 256), (3, 7, 5), (4, 112 * 112, 96), (4, 128, 768), (2, 3, 9000)],
 )
 def test_big_layers_are_sampled_evenly_over_channels_and_positions(n: int, p: int, c: int) -> None:
     """A layer with more than HISTOGRAM_SAMPLE values is histogrammed on an even strided
-    sample taking every channel alike: whole positions (all C channels of each), at a stride
-    sharing no factor with P, so they fall on every column of a picture (a stride of 112 on
-    112 x 112 maps would take one column); a row longer than the cap, single values at a
-    stride that is no multiple of C (a stride of C would take channel 0 alone)."""
+    sample taking every channel alike and at least 64 positions (or all): whole positions
+    (all C channels of each) where 64 of them fit, at a stride sharing no factor with P (a
+    stride of 112 on 112 x 112 maps would take one column); else single values at a stride
+    that is no multiple of C (a stride of C would take channel 0 alone), so a 768-wide token
+    layer's 4096-value median sample spreads over its tokens, not 5 of them."""
     a = np.random.default_rng(5).standard_normal((n, p, c)).astype(np.float32)
     for cap in (HISTOGRAM_SAMPLE, MEDIAN_SAMPLE):
         stride = sample_stride(a.size, c, cap, p)
@@ -140,7 +144,7 @@ def test_big_layers_are_sampled_evenly_over_channels_and_positions(n: int, p: in
         if a.size <= cap:
             assert stride == 1 and picked.size == a.size
             continue
-        if c <= cap:  # whole rows: every channel alike, every position class mod P
+        if sample_rows(c, cap):  # whole rows: every channel alike, spread over positions
             assert math.gcd(stride, p) == 1 and picked.size % c == 0
             assert picked.size >= cap // 2  # as many as the cap allows, within a stride
             rows = np.arange(n * p)[::stride]
@@ -148,9 +152,11 @@ def test_big_layers_are_sampled_evenly_over_channels_and_positions(n: int, p: in
             if side * side == p and len(rows) >= side:  # square maps: every column
                 assert set(rows % side) == set(range(side))
         else:
+            rows = np.unique(np.arange(a.size)[::stride] // c)
             assert math.gcd(stride, c) == 1 and -(-a.size // stride) <= cap
             counts = np.bincount(np.arange(a.size)[::stride] % c, minlength=c)
             assert counts.min() >= counts.max() - 1
+        assert len(np.unique(rows)) >= min(SAMPLE_MIN_ROWS, n * p)
     s = _stats(a)
     assert s.histogram is not None
     assert int(s.histogram.sum()) == min(a.size, ref.sampled(a, HISTOGRAM_SAMPLE).size)

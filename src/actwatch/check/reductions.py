@@ -27,7 +27,11 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["eager_nonnegative", "positives", "squares"]
+__all__ = ["EXACT_POSITIONS", "eager_nonnegative", "positives", "squares"]
+
+#: float32 counts every integer below this exactly: a per-map sum of 0s and 1s over fewer
+#: positions is the exact count.
+EXACT_POSITIONS = 2**24
 
 
 def squares(a: Any) -> tuple[Any, Any]:
@@ -45,8 +49,9 @@ def positives(a: Any, nonnegative: bool) -> Any:
     """How many values of `a` are above zero (int32), over the whole layer (the zero fraction
     needs no count per map). `nonnegative`: no value is below zero, so the count is the sum
     of `sign(a)` (0 or 1 each; NaN aside: the fast path is not taken with one), summed per
-    map in float32 (exact below 2^24 positions), then over the maps in int32."""
-    if nonnegative and int(a.shape[1]) < 2**24:
+    map in float32 (exact below `EXACT_POSITIONS`), then over the maps in int32; with more
+    positions, the comparison's count."""
+    if nonnegative and int(a.shape[1]) < EXACT_POSITIONS:
         return ops.sum(ops.cast(ops.sum(ops.sign(a), axis=1), "int32"))
     if keras.backend.backend() == "torch":
         import torch

@@ -14,8 +14,9 @@ out of every figure, as in `stats`. With `a[n, p, c]` over the finite values:
   most `HISTOGRAM_SAMPLE` (16,384) of them, else over an even strided sample of at most that
   many (`sample_values`: every k-th position of the `(N * P, C)` rows from the first, with all
   C channels of it, k the smallest stride that keeps the sample within the cap and shares no
-  factor with P, so every channel is sampled alike and the positions fall on every column of
-  a picture; the same values at every check). Counting all 65M values
+  factor with P, so every channel is sampled alike and the positions spread over a picture's
+  columns; when fewer than `SAMPLE_MIN_ROWS` (64) positions would fit, every k-th value, k
+  sharing no factor with C; the same values at every check). Counting all 65M values
   of a ResNet50's 70 layers at 224 px took about 300 ms a check on 2 CPU cores, as long as
   the forward pass twice; the shape of a distribution does not need them all. The edges are
   fixed and the same for every layer and every check (symmetric log bins, so histograms stay
@@ -71,11 +72,13 @@ from actwatch.render.tiles import TopK
 __all__ = [
     "HISTOGRAM_SAMPLE",
     "MEDIAN_SAMPLE",
+    "SAMPLE_MIN_ROWS",
     "SRANK_DELTA",
     "histograms",
     "ranks",
     "reduce_signals",
     "reduce_topk",
+    "sample_rows",
     "sample_stride",
     "sample_values",
     "signals_from_device",
@@ -91,19 +94,31 @@ MEDIAN_SAMPLE = 4096
 HISTOGRAM_SAMPLE = 16384
 
 
-def sample_stride(size: int, channels: int, cap: int, positions: int = 1) -> int:
+#: A sample takes whole positions (rows of C values) only when it can take this many of them;
+#: else single values: 4096 values of a 768-wide token layer in whole rows would be 5 tokens,
+#: all of them padding in a padded batch.
+SAMPLE_MIN_ROWS = 64
+
+
+def sample_rows(channels: int, cap: int) -> bool:
+    """Whether a sample of at most `cap` values of a layer with `channels` channels takes
+    whole positions: when at least `SAMPLE_MIN_ROWS` of them fit."""
+    return cap // max(channels, 1) >= SAMPLE_MIN_ROWS
+
+
+def sample_stride(size: int, channels: int, cap: int, positions: int) -> int:
     """Stride of an even sample of at most `cap` of the `size` values of a flattened
-    `(N, P, C)` layer output (`positions` is P). When C <= `cap`: a stride over the `N * P`
-    rows of C values, the smallest >= ceil(rows / (cap // C)) that shares no factor with P,
-    so the rows taken fall on every column of a picture (a stride of the width would take
-    one column), each with all its channels. When C > `cap`: a stride over the values, the
+    `(N, P, C)` layer output (`positions` is P). With `sample_rows`: a stride over the
+    `N * P` rows of C values, the smallest >= ceil(rows / (cap // C)) that shares no factor
+    with P, so the rows taken spread over a picture's columns (a stride of the width would
+    take one column), each with all its channels. Else a stride over the values, the
     smallest >= ceil(size / cap) that shares no factor with C (a stride of C would take only
     the first channel). 1 (every value) when `size <= cap`.
     """
     if size <= cap:
         return 1
-    if channels <= cap:
-        rows, coprime = size // max(channels, 1), positions
+    if sample_rows(channels, cap):
+        rows, coprime = size // channels, positions
         stride = max(1, math.ceil(rows / (cap // channels)))
     else:
         coprime = channels
@@ -114,20 +129,23 @@ def sample_stride(size: int, channels: int, cap: int, positions: int = 1) -> int
 
 
 def sample_values(a: Any, cap: int) -> Any:
-    """At most `cap` values of the `(N, P, C)` tensor `a`, flattened: every
-    `sample_stride(...)`-th row of C values (all of `a` when it has at most `cap` values;
-    every `sample_stride`-th value when one row is more than `cap`). Whole rows, gathered by
-    index: a row's C values lie side by side, so each is one copy, where TensorFlow's strided
-    slice copies value by value (MobileNetV2's 52 layers at 224 px, one thread: 16 ms a
-    check for a stride over values or over rows, 6 ms gathering the rows)."""
+    """At most `cap` values of the `(N, P, C)` tensor `a`, flattened: all of them when they
+    fit; else every `sample_stride(...)`-th row of C values (`sample_rows`), or every
+    `sample_stride`-th value. Rows are gathered by index on TensorFlow, whose strided slice
+    copies value by value (MobileNetV2's 52 layers at 224 px, one thread: 16 ms a check for
+    a stride over values or over rows, 6 ms gathering the rows); a strided view elsewhere."""
     n, p, c = (int(d) for d in a.shape)
     stride = sample_stride(n * p * c, c, cap, p)
     if stride == 1:
         return ops.reshape(a, (-1,))
-    if c <= cap:
-        rows = ops.convert_to_tensor(np.arange(0, n * p, stride, dtype=np.int32))
-        return ops.reshape(ops.take(ops.reshape(a, (n * p, c)), rows, axis=0), (-1,))
-    return ops.reshape(a, (-1,))[::stride]
+    if not sample_rows(c, cap):
+        return ops.reshape(a, (-1,))[::stride]
+    rows = ops.reshape(a, (n * p, c))
+    if keras.backend.backend() == "tensorflow":
+        taken = ops.take(rows, np.arange(0, n * p, stride, dtype=np.int32), axis=0)
+    else:
+        taken = rows[::stride]
+    return ops.reshape(taken, (-1,))
 
 
 #: delta of srank (Kumar et al. 2021).
