@@ -371,6 +371,15 @@ def test_token_figures_equal_numpy_and_find_the_massive_activation() -> None:
     assert not token_figures(
         keras.tree.map_structure(keras.ops.convert_to_numpy, again), x.shape
     ).massive
+    # A median sample of padding only (NaN) gives no median: no massive activation claimed
+    # (a median of 0 made any peak over 100 massive).
+    x[1, 7, 5] = 5000.0
+    device = keras.tree.map_structure(
+        keras.ops.convert_to_numpy, reduce_tokens(keras.ops.convert_to_tensor(x))
+    )
+    assert token_figures(device, x.shape).massive
+    device["abs_sample"] = np.full_like(device["abs_sample"], np.nan)
+    assert not token_figures(device, x.shape).massive
 
 
 # KerasHub backbones: tiny configs, random weights, never from_preset -------------------------

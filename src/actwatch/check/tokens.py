@@ -140,7 +140,9 @@ def token_figures(device: Mapping[str, Any], shape: tuple[int, int, int]) -> Tok
     sample = sample[np.isfinite(sample)]
     median = float(np.median(sample)) * scale if sample.size else 0.0
     peak = scale if norms.size and float(norms.max()) > 0.0 else 0.0
-    massive = peak > MASSIVE_ABSOLUTE and peak > MASSIVE_RATIO * median
+    # No finite value in the sample (every sampled token padding): no median to compare to,
+    # so no claim (a median of 0 would call any |x| > 100 massive).
+    massive = sample.size > 0 and peak > MASSIVE_ABSOLUTE and peak > MASSIVE_RATIO * median
     return TokenFigures(
         token_norm_ratio=ratio,
         token_similarity=_similarity(device),
