@@ -196,3 +196,53 @@ def test_the_ids_are_read_from_the_input_that_feeds_the_masked_embedding() -> No
     for feed in ([np.zeros_like(ids), ids], {"segments": np.zeros_like(ids), "words": ids}):
         valid = np.asarray(keras.ops.convert_to_numpy(rule(feed)))
         np.testing.assert_array_equal(valid, ids != 0)
+
+
+def _padded_lm() -> keras.Model:
+    """A causal LM over `{"token_ids", "padding_mask"}` that does not zero its padding (the
+    mask only read by actwatch), whose padding id 0 embeds 1000x larger than any word; the
+    same weights at every call."""
+    keras.utils.set_random_seed(SEED)
+    ids = keras.Input((T,), dtype="int32", name="token_ids")
+    mask = keras.Input((T,), dtype="int32", name="padding_mask")
+    x = L.Embedding(VOCAB, D, name="embed")(ids)
+    x = x + 0.0 * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    y = L.MultiHeadAttention(2, D // 2, name="mha")(x, x, use_causal_mask=True)
+    x = L.Add(name="res")([x, y])
+    y = L.Dense(D, name="proj")(L.Dense(2 * D, activation="gelu", name="mlp")(x))
+    x = L.Add(name="block")([x, y])
+    model = keras.Model({"token_ids": ids, "padding_mask": mask}, L.Dense(VOCAB, name="head")(x))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    (table,) = model.get_layer("embed").get_weights()
+    table[0] *= 1000.0
+    model.get_layer("embed").set_weights([table])
+    return model
+
+
+def test_padding_counts_nowhere_under_fit_with_dict_probes(tmp_path: Any) -> None:
+    """Through `fit` and the monitor (dict probes as KerasHub feeds them), on every backend:
+    the block's token figures and the MLP's maximum over the real tokens leave the padding
+    out; the same probes with every token marked real see it (1000x the words)."""
+    import actwatch
+
+    ids = RNG.integers(1, VOCAB, (8, T)).astype("int32")
+    data = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    lengths = np.array([T, T // 2])
+    mask = (np.arange(T)[None, :] < lengths[:, None]).astype("int32")
+    padded = {"token_ids": ids[:2] * mask, "padding_mask": mask}
+    seen = {}
+    every = {**padded, "padding_mask": np.ones_like(mask)}
+    for name, probes in (("padded", padded), ("all real", every)):
+        model = _padded_lm()  # the same weights, the same batches: the same activations
+        monitor = actwatch.ActivationMonitor(probes, str(tmp_path / name.replace(" ", "_")))
+        model.fit(data, np.roll(ids, -1, axis=1), batch_size=4, epochs=1, verbose=0,
+                  shuffle=False, callbacks=[monitor])  # fmt: skip
+        seen[name] = monitor.last_stats
+    block = dict(seen["padded"]["block"].transformer or {})
+    everything = dict(seen["all real"]["block"].transformer or {})
+    assert block["token_norm_ratio"] < 10.0 < 100.0 < everything["token_norm_ratio"]
+    assert not block["massive_activation"]
+    # The MLP's units: dormant over the real tokens (the padding's 1000x would make every
+    # unit but the padding's largest look dormant), its max_abs over every position.
+    assert seen["padded"]["mlp"].dormant.mean() < seen["all real"]["mlp"].dormant.mean()
+    assert seen["padded"]["mlp"].max_abs == pytest.approx(seen["all real"]["mlp"].max_abs, rel=1e-4)
