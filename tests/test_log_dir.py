@@ -350,6 +350,53 @@ class TestClaims:
             worker.communicate("")
         assert got == {run, f"{run}-2", f"{run}-3"}
 
+    def test_processes_taking_over_one_stale_claim_get_a_directory_each(
+        self, tmp_path: Path
+    ) -> None:
+        """A sweep relaunched after a crash: four processes find the same stale claim at once.
+        Each reads it as stale (made slow here, 0.3 s, so all four read it before any acts);
+        one takes it over, the others go on to siblings: never two in one directory (each
+        removing the stale claim could remove the claim another had just made)."""
+        code = (
+            "import sys, time\n"
+            "from actwatch.events import log_dir\n"
+            "owner = log_dir._claim_owner\n"
+            "def slow(claim):\n"
+            "    found = owner(claim)\n"
+            "    time.sleep(0.3)\n"
+            "    return found\n"
+            "log_dir._claim_owner = slow\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "print(log_dir.claim_log_dir(sys.argv[1]), flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        run = tmp_path / "run"
+        run.mkdir()
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        (run / CLAIM_FILE).write_text(f"{HOST} {gone.pid}\n")
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(run)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        pipes = [(w.stdin, w.stdout) for w in workers]
+        for _, out in pipes:
+            assert out is not None and out.readline() == "ready\n"
+        for into, _ in pipes:
+            assert into is not None
+            into.write("go\n")
+            into.flush()
+        got = [out.readline().strip() for _, out in pipes if out is not None]
+        for worker in workers:
+            worker.communicate("")
+        assert sorted(got) == sorted([str(run)] + [f"{run}-{n}" for n in range(2, 5)]), got
+
 
 def test_a_directory_that_cannot_be_written_is_refused_as_check_log_dir_does(
     tmp_path: Path,

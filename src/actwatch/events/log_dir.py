@@ -204,13 +204,40 @@ def _claim(directory: str, start_step: int | None) -> str | None:
                     f"is claimed by {owner}, whose run has not written yet (delete {claim!r} "
                     "if that process is gone)"
                 )
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(claim)  # its process is gone: the claim is stale
+            if not _remove_stale(claim):  # another process is taking it over
+                break
             continue
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(_held.setdefault(claim, _claim_text()))
         return None
     return f"is being claimed by another process ({claim!r})"
+
+
+#: A takeover lock older than this many seconds was left by a process that died taking over.
+TAKEOVER_STALE_SECONDS = 30.0
+
+
+def _remove_stale(claim: str) -> bool:
+    """Remove the stale claim `claim`, holding `<claim>.takeover` (made with O_EXCL) while
+    it looks again: several processes can read one stale claim at once, and one removing
+    it after another had already claimed would remove that new claim. False when another
+    process holds the takeover (the caller refuses the directory, as for a claim)."""
+    lock = f"{claim}.takeover"
+    try:
+        handle = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(OSError):  # left by a process that died taking over
+            if time.time() - os.path.getmtime(lock) > TAKEOVER_STALE_SECONDS:
+                os.remove(lock)
+        return False
+    try:
+        if _claim_owner(claim) is None:  # still the stale one: nobody can claim past it
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(claim)
+        return True
+    finally:
+        os.close(handle)
+        os.remove(lock)
 
 
 def _claim_text() -> str:
