@@ -30,6 +30,32 @@ from actwatch.events.sink import Sink
 HOST = socket.gethostname()
 
 
+def _claim_at_once(code: str, run: str, processes: int) -> list[str]:
+    """Start `processes` Pythons running `code` (which prints "ready", waits for a line, then
+    prints the directory it claimed for `run` and stays alive until stdin closes), let them
+    all claim at (nearly) the same instant, and return what each claimed."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, run],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    pipes = [(w.stdin, w.stdout) for w in workers]
+    for _, out in pipes:
+        assert out is not None and out.readline() == "ready\n"
+    for into, _ in pipes:
+        assert into is not None
+        into.write("go\n")
+        into.flush()
+    got = [out.readline().strip() for _, out in pipes if out is not None]
+    for worker in workers:
+        worker.communicate("")
+    return got
+
+
 def _write_run(log_dir: str, value: float) -> None:
     """One check written by a real Sink, as a monitor's run writes it."""
     sink = Sink(log_dir, priority="normal")
@@ -329,26 +355,8 @@ class TestClaims:
             "sys.stdin.read()\n"  # stay alive, as a training run does, until released
         )
         run = str(tmp_path / "run")
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, run],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(3)
-        ]
-        pipes = [(w.stdin, w.stdout) for w in workers]
-        for _, out in pipes:
-            assert out is not None and out.readline() == "ready\n"
-        for into, _ in pipes:  # all three claim at (nearly) the same instant
-            assert into is not None
-            into.write("go\n")
-            into.flush()
-        got = {out.readline().strip() for _, out in pipes if out is not None}
-        for worker in workers:
-            worker.communicate("")
-        assert got == {run, f"{run}-2", f"{run}-3"}
+        got = _claim_at_once(code, run, 3)
+        assert sorted(got) == [run, f"{run}-2", f"{run}-3"]
 
     def test_processes_taking_over_one_stale_claim_get_a_directory_each(
         self, tmp_path: Path
@@ -376,25 +384,7 @@ class TestClaims:
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
         (run / CLAIM_FILE).write_text(f"{HOST} {gone.pid}\n")
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, str(run)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        pipes = [(w.stdin, w.stdout) for w in workers]
-        for _, out in pipes:
-            assert out is not None and out.readline() == "ready\n"
-        for into, _ in pipes:
-            assert into is not None
-            into.write("go\n")
-            into.flush()
-        got = [out.readline().strip() for _, out in pipes if out is not None]
-        for worker in workers:
-            worker.communicate("")
+        got = _claim_at_once(code, str(run), 4)
         assert sorted(got) == sorted([str(run)] + [f"{run}-{n}" for n in range(2, 5)]), got
 
 
